@@ -1,0 +1,1 @@
+"""The staging cache: layout on disk, index, eviction and purge."""

@@ -1,0 +1,5 @@
+import sys
+
+from seproxy.cli.main import main
+
+sys.exit(main())

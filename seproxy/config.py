@@ -1,0 +1,322 @@
+"""Configuration: one TOML file, read into typed, validated settings.
+
+Every option has a default here and an entry in ``deploy/seproxy.example.toml``.
+A mistake is reported as ``<file>: <key>: <what is wrong>`` and stops the
+service before it listens, because a proxy that half-understood its config
+would serve the wrong files to the wrong people.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ROUTE_PART = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+SE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the file and the key."""
+
+
+class ByteSize(int):
+    """A size that the config may write as ``1048576``, ``"512M"`` or ``"1.5G"``."""
+
+
+class Duration(float):
+    """Seconds, which the config may write as ``90``, ``"30s"``, ``"15m"``, ``"2h"`` or ``"1d"``."""
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"64M"``, ``"1.5G"``, ``"10GiB"`` or ``"4096"`` into bytes (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size (examples: 4096, 512M, 1.5G, 2T)")
+    number, unit = match.groups()
+    return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+
+def parse_duration(text: str) -> float:
+    """Parse ``"90"``, ``"30s"``, ``"15m"``, ``"2h"``, ``"1d"`` or ``"1w"`` into seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration (examples: 90, 30s, 15m, 2h, 1d)")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit]
+
+
+def default_state_dir() -> Path:
+    """Where the embedded default keeps credentials, cache and storage."""
+    if os.environ.get("SEPROXY_STATE_DIR"):
+        return Path(os.environ["SEPROXY_STATE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "seproxy"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number from 0 to 65535 (0: any free port)"
+
+
+def _fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be a fraction greater than 0 and at most 1"
+
+
+def _check(rule: Any) -> dict[str, Any]:
+    return {"check": rule}
+
+
+@dataclass
+class ServiceSettings:
+    """The HTTPS RPC service."""
+
+    host: str = "127.0.0.1"
+    port: int = field(default=8443, metadata=_check(_port))
+    system: str = "DataManagement"
+    component: str = "StorageElementProxy"
+    # The host name written into URLs handed to clients; empty: the host's FQDN.
+    public_name: str = ""
+    state_dir: Path = field(default_factory=default_state_dir)
+    worker_threads: int = field(default=16, metadata=_check(_positive))
+    call_timeout: Duration = field(default=Duration(600), metadata=_check(_positive))
+    max_form_size: ByteSize = field(default=ByteSize(64 * 1024**2), metadata=_check(_positive))
+    idle_connection_timeout: Duration = field(default=Duration(120), metadata=_check(_positive))
+    max_connections: int = field(default=1024, metadata=_check(_positive))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass
+class TLSSettings:
+    """Server credentials and the trust store for client certificates."""
+
+    # Empty host_cert/host_key: generate and use development credentials
+    # under <state_dir>/dev-credentials (never for production).
+    host_cert: Path | None = None
+    host_key: Path | None = None
+    # A hashed CA directory (c_rehash / openssl rehash layout); empty with
+    # development credentials: the generated development CA.
+    ca_dir: Path | None = None
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # Check CRLs (<hash>.r0 files in ca_dir) for the client's certificate chain.
+    crl_check: bool = False
+
+
+@dataclass
+class GroupSettings:
+    """A group: the VO it belongs to and the properties it grants."""
+
+    vo: str
+    properties: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UserSettings:
+    """A user: the DNs that identify them and the groups they may act in (first: default)."""
+
+    dn: list[str]
+    groups: list[str]
+
+
+@dataclass
+class RegistrySettings:
+    """Who is who: DNs to users, users to groups, groups to properties and VO."""
+
+    users: dict[str, UserSettings] = field(default_factory=dict)
+    groups: dict[str, GroupSettings] = field(default_factory=dict)
+
+
+@dataclass
+class StorageElementSettings:
+    """One storage element the proxy may reach."""
+
+    plugin: Literal["file", "webdav", "xroot"]
+    # file: a directory; webdav: an http(s) URL; xroot: a root:// URL.
+    base: str
+    # VOs that may use this element; empty: every VO.
+    vos: list[str] = field(default_factory=list)
+    read_only: bool = False
+    # Credentials the proxy presents to the storage (webdav, xroot).
+    x509_proxy: Path | None = None
+    x509_cert: Path | None = None
+    x509_key: Path | None = None
+    bearer_token_file: Path | None = None
+    # CA directory used to check the storage's certificate; empty: tls.ca_dir.
+    ca_dir: Path | None = None
+    timeout: Duration = field(default=Duration(60), metadata=_check(_positive))
+
+
+@dataclass
+class Settings:
+    """Everything the service reads from its config file."""
+
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    storage_elements: dict[str, StorageElementSettings] = field(default_factory=dict)
+    # Method name -> who may call it ("all", "authenticated" or properties);
+    # overrides the handler's own auth_<method>.
+    authorization: dict[str, list[str]] = field(default_factory=dict)
+    # Where the settings came from, for messages; not a config key.
+    source: str = field(default="<embedded default>", metadata={"internal": True})
+
+    @property
+    def route(self) -> str:
+        return f"/{self.service.system}/{self.service.component}"
+
+
+class _Reader:
+    """Turns nested TOML tables into the dataclasses above, checking each value."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, what: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.source}: {key or '<top level>'}: {what}")
+
+    def build(self, cls: type, data: Any, key: str) -> Any:
+        if not isinstance(data, dict):
+            self.fail(key, f"expected a table, got {_kind(data)}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            self.fail(_join(key, unknown[0]), f"unknown key (known keys: {', '.join(sorted(fields))})")
+        values = {}
+        for name, spec in fields.items():
+            sub = _join(key, name)
+            if name not in data:
+                if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                    self.fail(sub, "required key is missing")
+                continue
+            value = self.value(hints[name], data[name], sub)
+            check = spec.metadata.get("check")
+            problem = check(value) if check and value is not None else None
+            if problem:
+                self.fail(sub, f"{problem}, got {data[name]!r}")
+            values[name] = value
+        return cls(**values)
+
+    def value(self, hint: Any, raw: Any, key: str) -> Any:
+        origin = typing.get_origin(hint)
+        args = typing.get_args(hint)
+        if origin in (typing.Union, types.UnionType):
+            inner = [a for a in args if a is not type(None)]
+            if raw == "" and type(None) in args:
+                return None
+            return self.value(inner[0], raw, key)
+        if origin is Literal:
+            if raw not in args:
+                self.fail(key, f"must be one of {', '.join(map(repr, args))}, got {raw!r}")
+            return raw
+        if origin is list:
+            if not isinstance(raw, list):
+                self.fail(key, f"expected a list, got {_kind(raw)}")
+            return [self.value(args[0], item, f"{key}[{i}]") for i, item in enumerate(raw)]
+        if origin is dict:
+            if not isinstance(raw, dict):
+                self.fail(key, f"expected a table, got {_kind(raw)}")
+            return {name: self.value(args[1], item, _join(key, name)) for name, item in raw.items()}
+        if dataclasses.is_dataclass(hint):
+            return self.build(hint, raw, key)
+        return self.scalar(hint, raw, key)
+
+    def scalar(self, hint: Any, raw: Any, key: str) -> Any:
+        if hint is bool:
+            if not isinstance(raw, bool):
+                self.fail(key, f"expected true or false, got {_kind(raw)}")
+            return raw
+        if hint is ByteSize or hint is Duration:
+            parse = parse_size if hint is ByteSize else parse_duration
+            if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+                self.fail(key, f"expected a number or a string such as '512M' / '2h', got {_kind(raw)}")
+            try:
+                return hint(parse(raw) if isinstance(raw, str) else raw)
+            except ValueError as exc:
+                self.fail(key, str(exc))
+        if hint is int or hint is float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (hint is int and isinstance(raw, float)):
+                self.fail(key, f"expected {'an integer' if hint is int else 'a number'}, got {_kind(raw)}")
+            return hint(raw)
+        if hint is str or hint is Path:
+            if not isinstance(raw, str):
+                self.fail(key, f"expected a string, got {_kind(raw)}")
+            if "\x00" in raw:
+                self.fail(key, "must not contain a NUL character")
+            return Path(raw).expanduser() if hint is Path else raw
+        raise TypeError(f"config schema uses an unsupported type {hint!r} at {key}")
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"{type(value).__name__} {value!r}"
+    )
+
+
+def _validate(settings: Settings, reader: _Reader) -> None:
+    """Rules that span several keys."""
+    for part in ("system", "component"):
+        if not ROUTE_PART.match(getattr(settings.service, part)):
+            reader.fail(f"service.{part}", "must be letters, digits and underscores, starting with a letter")
+    tls = settings.tls
+    if (tls.host_cert is None) != (tls.host_key is None):
+        reader.fail("tls.host_cert", "host_cert and host_key must be set together (or both left out)")
+    if tls.host_cert is not None and tls.ca_dir is None:
+        reader.fail("tls.ca_dir", "required when host_cert is set (the hashed CA directory)")
+    groups = settings.registry.groups
+    for user, spec in settings.registry.users.items():
+        if not spec.groups:
+            reader.fail(f"registry.users.{user}.groups", "a user needs at least one group")
+        for group in spec.groups:
+            if group not in groups:
+                reader.fail(f"registry.users.{user}.groups", f"group {group!r} is not defined in [registry.groups]")
+    seen: dict[str, str] = {}
+    for user, spec in settings.registry.users.items():
+        for dn in spec.dn:
+            if dn in seen:
+                reader.fail(f"registry.users.{user}.dn", f"DN {dn!r} is already given to user {seen[dn]!r}")
+            seen[dn] = user
+    for name in settings.storage_elements:
+        if not SE_NAME.match(name):
+            reader.fail(f"storage_elements.{name}", "a storage element name is letters, digits, '.', '_' and '-'")
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and check a config file."""
+    source = str(path)
+    try:
+        with open(path, "rb") as stream:
+            data = tomllib.load(stream)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    return settings_from_dict(data, source)
+
+
+def settings_from_dict(data: dict[str, Any], source: str = "<dict>") -> Settings:
+    """Build settings from an already-parsed table (tests, embedded defaults)."""
+    reader = _Reader(source)
+    settings = reader.build(Settings, data, "")
+    settings.source = source
+    _validate(settings, reader)
+    return settings

@@ -1,0 +1,33 @@
+"""The embedded default: what ``seproxy serve`` runs with no config file.
+
+A working service on loopback with nothing to set up: development
+credentials (CA, host, user, proxy) generated under the state folder, a
+registry that knows the development user, and one storage element,
+``LocalSE``, a directory in the state folder.
+"""
+
+from __future__ import annotations
+
+from seproxy.config import Settings, default_state_dir, settings_from_dict
+from seproxy.security.devcreds import DEV_USER_DN
+
+DEV_USERNAME = "dev"
+DEV_GROUP = "dev_user"
+DEV_VO = "dev"
+
+
+def embedded_settings() -> Settings:
+    state_dir = default_state_dir()
+    return settings_from_dict(
+        {
+            "service": {"state_dir": str(state_dir)},
+            "registry": {
+                "users": {DEV_USERNAME: {"dn": [DEV_USER_DN], "groups": [DEV_GROUP]}},
+                "groups": {DEV_GROUP: {"vo": DEV_VO, "properties": ["NormalUser"]}},
+            },
+            "storage_elements": {
+                "LocalSE": {"plugin": "file", "base": str(state_dir / "storage" / "LocalSE"), "vos": [DEV_VO]},
+            },
+        },
+        source="<embedded default>",
+    )

@@ -1,0 +1,114 @@
+"""Who a caller is: DN to user, user to groups, group to VO and properties.
+
+DIRAC keeps this in its Configuration Service; seproxy keeps it in the
+``[registry]`` table of its config, so that a site can run the proxy without a
+DIRAC installation and still make the same decisions DIRAC would.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from seproxy.config import RegistrySettings
+from seproxy.security.x509 import PeerIdentity
+
+ANONYMOUS = "anonymous"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The credentials of one request, as handlers and authorization see them."""
+
+    dn: str = ""
+    subject: str = ""
+    issuer: str = ""
+    is_proxy: bool = False
+    is_limited_proxy: bool = False
+    username: str = ANONYMOUS
+    group: str = ""
+    vo: str = ""
+    properties: tuple[str, ...] = ()
+    valid_dn: bool = False
+    valid_group: bool = False
+    not_after: datetime.datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def anonymous(self) -> bool:
+        return not self.dn
+
+    def seconds_left(self) -> int:
+        if self.not_after is None:
+            return 0
+        return max(0, int((self.not_after - datetime.datetime.now(datetime.timezone.utc)).total_seconds()))
+
+    def as_dirac_dict(self) -> dict[str, Any]:
+        """The credential dict of DIRAC's ``whoami`` / ``getRemoteCredentials``."""
+        return {
+            "DN": self.dn,
+            "identity": self.dn,
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "isProxy": self.is_proxy,
+            "isLimitedProxy": self.is_limited_proxy,
+            "username": self.username,
+            "group": self.group,
+            "VO": self.vo,
+            "properties": list(self.properties),
+            "secondsLeft": self.seconds_left(),
+            "validDN": self.valid_dn,
+            "validGroup": self.valid_group,
+        }
+
+
+class Registry:
+    """Resolves a verified certificate identity into a ``Caller``."""
+
+    def __init__(self, settings: RegistrySettings) -> None:
+        self._settings = settings
+        self._user_by_dn = {dn: name for name, user in settings.users.items() for dn in user.dn}
+
+    def username_for_dn(self, dn: str) -> str | None:
+        return self._user_by_dn.get(dn)
+
+    def vo_of_group(self, group: str) -> str:
+        spec = self._settings.groups.get(group)
+        return spec.vo if spec else ""
+
+    def caller(self, identity: PeerIdentity | None) -> Caller:
+        """The caller for a TLS peer; ``None`` (no certificate) is anonymous.
+
+        The group is the one named in the proxy's DIRAC extension when the
+        user belongs to it, otherwise the user's first group; a proxy naming
+        a group the user is not in gives ``validGroup = False`` and no
+        properties, as in DIRAC.
+        """
+        if identity is None:
+            return Caller()
+        base = {
+            "dn": identity.dn,
+            "subject": identity.subject,
+            "issuer": identity.issuer,
+            "is_proxy": identity.is_proxy,
+            "is_limited_proxy": identity.is_limited_proxy,
+            "not_after": identity.not_after,
+        }
+        username = self.username_for_dn(identity.dn)
+        if username is None:
+            return Caller(**base, username=ANONYMOUS, group=identity.dirac_group or "")
+        groups = self._settings.users[username].groups
+        group = identity.dirac_group or groups[0]
+        if group not in groups:
+            return Caller(**base, username=username, group=group, valid_dn=True)
+        spec = self._settings.groups[group]
+        return Caller(
+            **base,
+            username=username,
+            group=group,
+            vo=spec.vo,
+            properties=tuple(spec.properties),
+            valid_dn=True,
+            valid_group=True,
+        )

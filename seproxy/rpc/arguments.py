@@ -1,0 +1,52 @@
+"""Argument checks from ``types_<method>``, before a handler runs.
+
+DIRAC declares the expected types of the leading positional arguments as a
+list, each item a type or a tuple of alternatives. The arity is checked
+against the method's signature too, so that a wrong call is answered with a
+message instead of a ``TypeError`` deep inside the handler.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from seproxy.rpc.call import BadRequest
+
+TypeSpec = type | tuple[type, ...]
+
+
+def _names(spec: TypeSpec) -> str:
+    types = spec if isinstance(spec, tuple) else (spec,)
+    return " or ".join(_wire_name(t) for t in types)
+
+
+def _wire_name(kind: type) -> str:
+    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "dict"}.get(
+        kind, kind.__name__
+    )
+
+
+def _matches(value: Any, spec: TypeSpec) -> bool:
+    types = spec if isinstance(spec, tuple) else (spec,)
+    if isinstance(value, bool) and bool not in types and object not in types:
+        return False  # True is an int in Python, but not on the wire
+    if isinstance(value, int) and not isinstance(value, bool) and float in types:
+        return True
+    return isinstance(value, types)
+
+
+def check_arguments(method: str, function: Callable[..., Any], types: Sequence[TypeSpec], args: list[Any]) -> None:
+    """Raise ``BadRequest`` naming the argument when ``args`` does not fit."""
+    try:
+        inspect.signature(function).bind(*args)
+    except TypeError as exc:
+        raise BadRequest(f"{method}: wrong number of arguments ({len(args)} given): {exc}") from None
+    for position, (value, spec) in enumerate(zip(args, types), start=1):
+        if not _matches(value, spec):
+            raise BadRequest(
+                f"{method}: argument {position} must be a {_names(spec)}, got {_wire_name(type(value))}"
+            )
+    if len(args) < len(types):
+        raise BadRequest(f"{method}: expected at least {len(types)} arguments, got {len(args)}")

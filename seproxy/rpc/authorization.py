@@ -1,0 +1,51 @@
+"""Who may call a method: DIRAC's ``auth_<method>`` rules.
+
+A rule is a list of words: ``all`` (anyone, even without a certificate),
+``authenticated`` (a registered user acting in a valid group), or property
+names, any one of which the caller's group must hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from seproxy.registry import Caller
+
+ALL = "all"
+AUTHENTICATED = "authenticated"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    status: int = 200  # 401: no usable credentials, 403: credentials without the right
+    reason: str = ""
+
+
+def authorize(rule: Sequence[str], caller: Caller, method: str) -> Decision:
+    """Decide whether ``caller`` may call ``method`` under ``rule``."""
+    words = {word.lower() if word.lower() in (ALL, AUTHENTICATED) else word for word in rule}
+    if ALL in words:
+        return Decision(True)
+    if caller.anonymous:
+        return Decision(False, 401, f"{method} needs a client certificate")
+    if caller.seconds_left() == 0:
+        return Decision(False, 401, f"the client certificate expired ({caller.dn})")
+    if not caller.valid_dn:
+        return Decision(False, 403, f"DN {caller.dn!r} is not registered with this service")
+    if not caller.valid_group:
+        return Decision(False, 403, f"user {caller.username!r} is not a member of group {caller.group!r}")
+    if AUTHENTICATED in words:
+        return Decision(True)
+    needed = sorted(words)
+    if words.intersection(caller.properties):
+        return Decision(True)
+    if not needed:
+        return Decision(False, 403, f"{method} is not open to any caller")
+    return Decision(
+        False,
+        403,
+        f"{method} needs one of the properties {', '.join(needed)}; group {caller.group!r} has "
+        f"{', '.join(caller.properties) or 'none'}",
+    )

@@ -1,0 +1,100 @@
+"""One RPC call as DIRAC's HTTPS clients send it: a form-encoded POST body.
+
+Fields: ``method``, ``args`` (a JSON array), ``clientVO``, ``clientSetup``,
+optional ``extraCredentials`` (JSON) and ``rawContent``. Everything is
+checked here, before any handler code runs, so that a malformed request is
+answered with a 400 that names the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from seproxy.transfer import codec
+
+METHOD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+FORM_TYPE = "application/x-www-form-urlencoded"
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no", "none", ""}
+
+
+class BadRequest(ValueError):
+    """The request is malformed; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RPCCall:
+    method: str
+    args: list[Any]
+    client_vo: str = "unknown"
+    client_setup: str = "None"
+    extra_credentials: Any = None
+    raw_content: bool = False
+
+
+def _single_fields(body: bytes) -> dict[str, str]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the request body is not valid UTF-8") from None
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not a valid form: {exc}") from None
+    fields: dict[str, str] = {}
+    for name, value in pairs:
+        if name in fields:
+            raise BadRequest(f"form field {name!r} is given more than once")
+        fields[name] = value
+    return fields
+
+
+def _flag(fields: dict[str, str], name: str) -> bool:
+    value = fields.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise BadRequest(f"form field {name!r} must be True or False, got {fields[name][:32]!r}")
+
+
+def _json_field(fields: dict[str, str], name: str) -> Any:
+    try:
+        return codec.decode(fields[name])
+    except codec.CodecError as exc:
+        raise BadRequest(f"form field {name!r}: {exc}") from None
+
+
+def parse_call(content_type: str, body: bytes) -> RPCCall:
+    """Check and decode a DIRAC RPC form body.
+
+    Fields this version does not know are ignored, as DIRAC does, so that a
+    newer client that sends one more field still works.
+    """
+    if content_type.split(";", 1)[0].strip().lower() != FORM_TYPE:
+        raise BadRequest(f"Content-Type must be {FORM_TYPE}, got {content_type[:64]!r}", status=415)
+    fields = _single_fields(body)
+    method = fields.get("method")
+    if not method:
+        raise BadRequest("form field 'method' is missing")
+    if not METHOD_NAME.match(method):
+        raise BadRequest(f"form field 'method': {method[:64]!r} is not a method name")
+    args = _json_field(fields, "args") if "args" in fields else []
+    if not isinstance(args, list):
+        raise BadRequest("form field 'args' must be a JSON array")
+    extra = _json_field(fields, "extraCredentials") if fields.get("extraCredentials") else None
+    return RPCCall(
+        method=method,
+        args=args,
+        client_vo=fields.get("clientVO", "unknown"),
+        client_setup=fields.get("clientSetup", "None"),
+        extra_credentials=extra,
+        raw_content=_flag(fields, "rawContent"),
+    )

@@ -1,0 +1,314 @@
+"""The base of every RPC service: DIRAC's handler conventions on Tornado.
+
+A service subclasses ``RPCHandler`` and writes ``export_<name>`` methods,
+optionally with ``auth_<name>`` (who may call) and ``types_<name>``
+(expected argument types). One request goes through these steps, each of
+which can end it with a clear answer:
+
+1. ``prepare``: request id, body size limit (413 before reading the body);
+2. parse the form (400/415), find ``export_<method>`` (501);
+3. identify the caller from the verified certificate chain; authorize (401/403);
+4. check the arguments (400); ``initializeRequest()``;
+5. run the method: plain functions in the bounded thread pool under the call
+   time limit, coroutines on the event loop; 6. answer JSON (or raw bytes).
+
+A bug in a method is logged with its traceback and answered with a generic
+error that carries the request id; no traceback, ``CallStack`` or
+``ExecInfo`` ever reaches the client.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import functools
+import inspect
+import logging
+import os
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import tornado.web
+
+from seproxy import __version__
+from seproxy.config import Settings
+from seproxy.registry import Caller, Registry
+from seproxy.rpc.arguments import TypeSpec, check_arguments
+from seproxy.rpc.authorization import authorize
+from seproxy.rpc.call import BadRequest, RPCCall, parse_call
+from seproxy.rpc.executor import CallExecutor, CallTimeout, current_call
+from seproxy.security.x509 import PeerIdentity, identity_from_chain, peer_chain_der
+from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
+
+log = logging.getLogger("seproxy.rpc")
+
+PRIVATE_KEYS = ("CallStack", "ExecInfo")
+DEFAULT_AUTH = ("authenticated",)
+# HTTP status for an S_ERROR when the client asked for raw bytes: it must not
+# be 2xx, or the client would write the error text into the user's file.
+RAW_ERROR_STATUS = {errno.ENOENT: 404, errno.EACCES: 403, errno.EPERM: 403, errno.EINVAL: 400, errno.ENOSYS: 501}
+
+
+@dataclass
+class ServiceContext:
+    """What all requests of one service share, built once at start-up."""
+
+    settings: Settings
+    registry: Registry
+    executor: CallExecutor
+    url: str
+    started: float = field(default_factory=time.time)
+    # Requests between prepare and finish; a graceful stop waits for zero.
+    in_flight: int = 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _identity(chain: tuple[bytes, ...]) -> PeerIdentity:
+    # Keep-alive clients send the same chain on every call: parse it once.
+    return identity_from_chain(chain)
+
+
+class RequestError(Exception):
+    """End the request with ``status`` and an S_ERROR body."""
+
+    def __init__(self, status: int, result: dict[str, Any]) -> None:
+        super().__init__(result["Message"])
+        self.status = status
+        self.result = result
+
+
+@tornado.web.stream_request_body
+class RPCHandler(tornado.web.RequestHandler):
+    """Base class of RPC services; see the module docstring for the lifecycle."""
+
+    SUPPORTED_METHODS = ("POST",)
+    service: ServiceContext
+    _initialized: ClassVar[bool] = False
+
+    auth_ping: ClassVar[Sequence[str]] = ("all",)
+    types_ping: ClassVar[Sequence[TypeSpec]] = ()
+    auth_echo: ClassVar[Sequence[str]] = ("all",)
+    types_echo: ClassVar[Sequence[TypeSpec]] = (object,)
+    auth_whoami: ClassVar[Sequence[str]] = ("all",)
+    types_whoami: ClassVar[Sequence[TypeSpec]] = ()
+
+    # -- hooks for services -------------------------------------------------
+
+    @classmethod
+    def initializeHandler(cls, service: ServiceContext) -> None:
+        """Runs once, before the first request; services open databases etc. here."""
+
+    def initializeRequest(self) -> None:
+        """Runs for each authorized call, before the exported method."""
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def initialize(self, service: ServiceContext) -> None:  # type: ignore[override]
+        self.service = service
+        self.request_id = secrets.token_hex(6)
+        self.caller: Caller = Caller()
+        self.call: RPCCall | None = None
+        self._body = bytearray()
+        self._limit = service.settings.service.max_form_size
+        self._started = time.monotonic()
+        self._outcome = "-"
+
+    def prepare(self) -> None:
+        self.service.in_flight += 1
+        self._counted = True
+        self.set_header("X-Request-ID", self.request_id)
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self._limit):
+            self._reject_size(declared)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._body += chunk
+        if len(self._body) > self._limit:
+            self._reject_size(str(len(self._body)) + "+")
+
+    def _reject_size(self, size: str) -> None:
+        message = f"request body of {size} bytes is over this service's limit of {self._limit} bytes (max_form_size)"
+        self._write_json(413, S_ERROR(errno.EFBIG, message))
+        raise tornado.web.Finish()
+
+    def on_connection_close(self) -> None:
+        context = getattr(self, "_call_context", None)
+        if context is not None:
+            context.cancelled.set()
+        self._uncount()
+
+    def _uncount(self) -> None:
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.service.in_flight -= 1
+
+    async def post(self) -> None:
+        try:
+            result = await self._dispatch()
+        except RequestError as exc:
+            self._write_json(exc.status, exc.result)
+            return
+        except BadRequest as exc:
+            self._write_json(exc.status, S_ERROR(errno.EINVAL, str(exc)))
+            return
+        if not self._finished:
+            self._answer(result)
+
+    async def _dispatch(self) -> Any:
+        self.call = parse_call(self.request.headers.get("Content-Type", ""), bytes(self._body))
+        del self._body[:]
+        method = self.call.method
+        function = getattr(self, f"export_{method}", None)
+        if function is None or not callable(function):
+            raise RequestError(501, S_ERROR(errno.ENOSYS, f"unknown method {method!r} of {self.service_name}"))
+        self.caller = self._identify()
+        decision = authorize(self._rule(method), self.caller, method)
+        if not decision.allowed:
+            raise RequestError(decision.status, S_ERROR(errno.EACCES, decision.reason))
+        check_arguments(method, function, getattr(self, f"types_{method}", ()), self.call.args)
+        self.initializeRequest()
+        return await self._invoke(function)
+
+    def _identify(self) -> Caller:
+        chain = peer_chain_der(self.request.connection.stream.socket)  # type: ignore[attr-defined]
+        caller = self.service.registry.caller(_identity(tuple(chain)) if chain else None)
+        extra = self.call.extra_credentials if self.call else None
+        if isinstance(extra, (list, tuple)):
+            raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))
+        return caller
+
+    def _rule(self, method: str) -> Sequence[str]:
+        override = self.service.settings.authorization.get(method)
+        return override if override is not None else getattr(self, f"auth_{method}", DEFAULT_AUTH)
+
+    async def _invoke(self, function: Any) -> Any:
+        assert self.call is not None
+        try:
+            if inspect.iscoroutinefunction(function):
+                return await function(*self.call.args)
+            return await self.service.executor.run(self._in_thread, function, *self.call.args)
+        except CallTimeout as exc:
+            return S_ERROR(errno.ETIMEDOUT, f"{self.call.method}: {exc}")
+        except Exception:
+            log.exception("[%s] %s raised an unexpected error", self.request_id, self.call.method)
+            return S_ERROR(errno.EIO, f"internal error in {self.call.method}; the service log has details (request id {self.request_id})")
+
+    def _in_thread(self, function: Any, *args: Any) -> Any:
+        # Expose the pool thread's call context so on_connection_close can cancel it.
+        self._call_context = current_call()
+        return function(*args)
+
+    # -- answers ------------------------------------------------------------
+
+    def _answer(self, result: Any) -> None:
+        assert self.call is not None
+        if not isReturnStructure(result):
+            log.error("[%s] %s returned %r, not S_OK/S_ERROR", self.request_id, self.call.method, type(result))
+            result = S_ERROR(errno.EIO, f"internal error in {self.call.method} (request id {self.request_id})")
+        if self.call.raw_content:
+            if not result["OK"]:
+                self._write_json(RAW_ERROR_STATUS.get(result.get("Errno", 0), 500), result)
+                return
+            value = result["Value"]
+            self._outcome = "OK"
+            self.set_header("Content-Type", "application/octet-stream")
+            self.finish(value if isinstance(value, bytes) else codec.encode(value).encode())
+            return
+        self._write_json(200, result)
+
+    def _write_json(self, status: int, result: dict[str, Any]) -> None:
+        clean = {k: v for k, v in result.items() if k not in PRIVATE_KEYS}
+        self._outcome = "OK" if clean.get("OK") else f"error(errno={clean.get('Errno', 0)})"
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(codec.encode(clean))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado's own errors (405, 400 from the HTTP layer, 500) as JSON, never a traceback."""
+        reason = self._reason or "error"
+        code = {405: errno.ENOSYS, 404: errno.ENOENT}.get(status_code, errno.EIO)
+        self._write_json(status_code, S_ERROR(code, f"HTTP {status_code}: {reason}"))
+
+    def on_finish(self) -> None:
+        self._uncount()
+        log.info(
+            "[%s] %s user=%s dn=%r method=%s status=%d outcome=%s %.1fms",
+            self.request_id,
+            self.request.remote_ip,
+            self.caller.username,
+            self.caller.dn,
+            self.call.method if self.call else "-",
+            self._status_code,
+            self._outcome,
+            (time.monotonic() - self._started) * 1000,
+        )
+
+    # -- the methods every service has --------------------------------------
+
+    @property
+    def service_name(self) -> str:
+        return f"{self.service.settings.service.system}/{self.service.settings.service.component}"
+
+    def getRemoteCredentials(self) -> dict[str, Any]:
+        """DIRAC's name for the caller's credential dict."""
+        return self.caller.as_dirac_dict()
+
+    def export_ping(self) -> dict[str, Any]:
+        """Liveness and load, in the shape of DIRAC's ``ping``."""
+        now = time.time()
+        times = os.times()
+        return S_OK(
+            {
+                "version": __version__,
+                "time": _utc(now),
+                "name": self.service_name,
+                "service url": self.service.url,
+                "service start time": _utc(self.service.started),
+                "service uptime": int(now - self.service.started),
+                "host uptime": _host_uptime(),
+                "load": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+                "cpu times": {
+                    "user time": times.user,
+                    "system time": times.system,
+                    "children user time": times.children_user,
+                    "children system time": times.children_system,
+                    "elapsed real time": times.elapsed,
+                },
+            }
+        )
+
+    def export_echo(self, value: Any) -> dict[str, Any]:
+        """Returns its argument: checks the codec end to end."""
+        return S_OK(value)
+
+    def export_whoami(self) -> dict[str, Any]:
+        """How this service sees the caller (anonymous callers too)."""
+        return S_OK(self.caller.as_dirac_dict())
+
+
+@tornado.web.stream_request_body
+class NotFoundHandler(tornado.web.RequestHandler):
+    """Unknown routes: a JSON 404 without buffering whatever body was sent."""
+
+    def prepare(self) -> None:
+        self.set_status(404)
+        self.set_header("Content-Type", "application/json")
+        self.finish(codec.encode(S_ERROR(errno.ENOENT, f"no service at {self.request.path[:200]!r}")))
+
+    def data_received(self, chunk: bytes) -> None:
+        """The body of a request to nowhere is dropped unread."""
+
+
+def _utc(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
+
+
+def _host_uptime() -> int:
+    try:
+        with open("/proc/uptime") as stream:
+            return int(float(stream.read().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 0

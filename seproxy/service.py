@@ -1,0 +1,171 @@
+"""Assembling and running one seproxy instance.
+
+``Service`` wires the pieces together (credentials, TLS, registry, thread
+pool, the Tornado application) and owns their lifetime: start listening,
+stop listening, let in-flight calls finish within a grace period, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from seproxy import __version__
+from seproxy.config import Settings
+from seproxy.registry import Registry
+from seproxy.rpc.executor import CallExecutor
+from seproxy.rpc.handler import NotFoundHandler, RPCHandler, ServiceContext
+from seproxy.security.devcreds import DevCredentials, ensure_dev_credentials
+from seproxy.security.tls import server_context
+
+log = logging.getLogger("seproxy.service")
+
+LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
+WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+
+
+@dataclass(frozen=True)
+class ServerCredentials:
+    host_cert: Path
+    host_key: Path
+    ca_dir: Path
+    development: DevCredentials | None
+
+
+def server_credentials(settings: Settings) -> ServerCredentials:
+    """The host credentials from the config, or development ones made on demand."""
+    tls = settings.tls
+    if tls.host_cert is not None and tls.host_key is not None and tls.ca_dir is not None:
+        return ServerCredentials(tls.host_cert, tls.host_key, tls.ca_dir, None)
+    dev = ensure_dev_credentials(settings.service.state_dir / "dev-credentials")
+    return ServerCredentials(dev.host_cert, dev.host_key, tls.ca_dir or dev.ca_dir, dev)
+
+
+def public_host(settings: Settings) -> str:
+    """The host name clients should use: it must match the host certificate."""
+    service = settings.service
+    if service.public_name:
+        return service.public_name
+    if service.host in LOOPBACK_HOSTS:
+        return "localhost"
+    if service.host in WILDCARD_HOSTS:
+        return socket.getfqdn()
+    return service.host
+
+
+def service_url(settings: Settings, port: int | None = None) -> str:
+    host = public_host(settings)
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{port or settings.service.port}{settings.route}"
+
+
+class BoundedHTTPServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer that closes connections beyond a fixed number at once."""
+
+    def initialize(self, *args: Any, max_connections: int = 1024, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self.max_connections = max_connections
+
+    def handle_stream(self, stream: Any, address: Any) -> None:
+        if len(self._connections) >= self.max_connections:
+            log.warning("connection from %s refused: %d connections open", address, len(self._connections))
+            stream.close()
+            return
+        super().handle_stream(stream, address)
+
+
+class Service:
+    """One instance of the HTTPS RPC service."""
+
+    def __init__(self, settings: Settings, handler: type[RPCHandler] = RPCHandler) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.port = settings.service.port
+        self.credentials: ServerCredentials | None = None
+        self._server: BoundedHTTPServer | None = None
+        self._context: ServiceContext | None = None
+
+    @property
+    def url(self) -> str:
+        return service_url(self.settings, self.port)
+
+    def start(self) -> None:
+        """Bind and listen; call from within the running event loop."""
+        service = self.settings.service
+        self.credentials = server_credentials(self.settings)
+        tls = server_context(
+            self.credentials.host_cert,
+            self.credentials.host_key,
+            self.credentials.ca_dir,
+            min_version=self.settings.tls.min_version,
+            crl_check=self.settings.tls.crl_check,
+        )
+        sockets = tornado.netutil.bind_sockets(service.port, service.host, backlog=1024)
+        self.port = sockets[0].getsockname()[1]
+        self._context = ServiceContext(
+            settings=self.settings,
+            registry=Registry(self.settings.registry),
+            executor=CallExecutor(service.worker_threads, service.call_timeout),
+            url=self.url,
+        )
+        self.handler.initializeHandler(self._context)
+        app = tornado.web.Application(
+            [(self.settings.route, self.handler, {"service": self._context})],
+            default_handler_class=NotFoundHandler,
+            serve_traceback=False,
+        )
+        self._server = BoundedHTTPServer(
+            app,
+            ssl_options=tls,
+            # Handlers stream their bodies and enforce their own limits, with
+            # a clear 413; this only stops the HTTP layer from refusing first.
+            max_body_size=1 << 40,
+            idle_connection_timeout=service.idle_connection_timeout,
+            max_connections=service.max_connections,
+        )
+        self._server.add_sockets(sockets)
+        log.info("seproxy %s serving %s", __version__, self.url)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, give open connections ``grace`` seconds, then close them."""
+        if self._server is None:
+            return
+        self._server.stop()
+        try:
+            await asyncio.wait_for(self._drained(), timeout=grace)
+        except asyncio.TimeoutError:
+            log.warning("stopping with requests still running after %.0f s", grace)
+        await self._server.close_all_connections()
+        if self._context is not None:
+            self._context.executor.shutdown(wait=False)
+        self._server = None
+
+    async def _drained(self) -> None:
+        while self._context is not None and self._context.in_flight:
+            await asyncio.sleep(0.05)
+
+
+async def serve(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> None:
+    """Run a service until SIGTERM or SIGINT."""
+    service = Service(settings)
+    service.start()
+    if on_ready is not None:
+        on_ready(service)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("stopping")
+    await service.stop()

@@ -1,0 +1,117 @@
+"""How the handler base runs methods: time limits, bugs, coroutines, raw answers, stop.
+
+The service runs in a thread of the test process with a handler class made
+for these tests; the TLS, HTTP and RPC layers are the real ones.
+"""
+
+import errno
+import logging
+import threading
+import time
+
+import pytest
+from fixtures.service import ServiceThread, base_config, post_form, rpc_fields
+
+from seproxy.rpc.executor import CallCancelled, check_cancelled
+from seproxy.rpc.handler import RPCHandler
+from seproxy.transfer import S_ERROR, S_OK, codec
+
+stopped_work = threading.Event()
+
+
+class ExerciseHandler(RPCHandler):
+    auth_slow = auth_crash = auth_bogus = auth_later = auth_raw = ["all"]
+    types_slow = [float]
+
+    def export_slow(self, seconds):
+        stopped_work.clear()
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end:
+                check_cancelled()
+                time.sleep(0.02)
+        except CallCancelled:
+            stopped_work.set()
+            raise
+        return S_OK(seconds)
+
+    def export_crash(self):
+        raise RuntimeError("secret internal detail")
+
+    def export_bogus(self):
+        return {"not": "a result"}
+
+    async def export_later(self, value):
+        return S_OK([value, threading.current_thread() is threading.main_thread()])
+
+    def export_raw(self, found):
+        return S_OK(b"\x00raw bytes") if found else S_ERROR(errno.ENOENT, "no such file id")
+
+
+@pytest.fixture()
+def exercise(pki, tmp_path):
+    config = base_config(pki, tmp_path / "state")
+    config["service"]["call_timeout"] = 1
+    runner = ServiceThread(config, ExerciseHandler)
+    with runner as service:
+        yield service
+
+
+def call(service, pki, method, *args, **fields):
+    response = post_form(service.url, rpc_fields(method, *args, **fields), pki, cert=str(pki.proxy))
+    return response
+
+
+def test_call_over_the_limit_answers_and_stops_its_work(exercise, pki):
+    started = time.monotonic()
+    result = codec.decode(call(exercise, pki, "slow", 30).content)
+    assert time.monotonic() - started < 5
+    assert result["OK"] is False and result["Errno"] == errno.ETIMEDOUT
+    assert "1 s" in result["Message"]
+    assert stopped_work.wait(5), "the timed-out call kept running"
+
+
+def test_call_within_the_limit(exercise, pki):
+    assert codec.decode(call(exercise, pki, "slow", 0.1).content) == S_OK(0.1)
+
+
+def test_a_bug_answers_a_generic_error_and_is_logged(exercise, pki, caplog):
+    with caplog.at_level(logging.ERROR, logger="seproxy.rpc"):
+        response = call(exercise, pki, "crash")
+    result = codec.decode(response.content)
+    assert result["OK"] is False and "internal error in crash" in result["Message"]
+    assert response.headers["X-Request-ID"] in result["Message"]
+    assert "secret internal detail" not in response.text and "Traceback" not in response.text
+    assert "secret internal detail" in caplog.text and "Traceback" in caplog.text
+
+
+def test_a_malformed_result_is_an_error(exercise, pki):
+    result = codec.decode(call(exercise, pki, "bogus").content)
+    assert result["OK"] is False and "internal error" in result["Message"]
+
+
+def test_coroutine_methods_run_on_the_event_loop(exercise, pki):
+    result = codec.decode(call(exercise, pki, "later", "v").content)
+    assert result["OK"] and result["Value"][0] == "v"
+
+
+def test_raw_content(exercise, pki):
+    ok = call(exercise, pki, "raw", True, rawContent="True")
+    assert ok.status_code == 200 and ok.headers["Content-Type"] == "application/octet-stream"
+    assert ok.content == b"\x00raw bytes"
+    missing = call(exercise, pki, "raw", False, rawContent="True")
+    assert missing.status_code == 404
+    assert missing.headers["Content-Type"] == "application/json"
+    assert codec.decode(missing.content)["Errno"] == errno.ENOENT
+
+
+def test_stop_lets_running_calls_finish(pki, tmp_path):
+    config = base_config(pki, tmp_path / "state")
+    runner = ServiceThread(config, ExerciseHandler)
+    answers = []
+    with runner as service:
+        worker = threading.Thread(target=lambda: answers.append(call(service, pki, "slow", 1.0)))
+        worker.start()
+        time.sleep(0.3)
+    worker.join(10)
+    assert answers and codec.decode(answers[0].content) == S_OK(1.0)

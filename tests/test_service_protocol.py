@@ -1,0 +1,189 @@
+"""The RPC protocol of a real ``seproxy serve`` over TLS: auth matrix, errors, ping.
+
+A dedicated service whose config restricts two methods, so that every row
+of the auth matrix has something to be refused:
+``echo`` needs "authenticated" and ``ping`` needs the "Admin" property.
+"""
+
+import datetime
+import errno
+
+import pytest
+import requests
+from fixtures.service import base_config, post_form, rpc_fields, start_service
+
+from seproxy.transfer import codec
+
+
+@pytest.fixture(scope="module")
+def strict_service(pki, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("strict")
+    config = base_config(pki, directory / "state")
+    config["authorization"] = {"echo": ["authenticated"], "ping": ["Admin"]}
+    config["service"]["max_form_size"] = 4096
+    running = start_service(directory, config)
+    yield running
+    running.stop()
+
+
+def call(service, pki, method, *args, cert=None, **fields):
+    response = post_form(service.url, rpc_fields(method, *args, **fields), pki, cert=cert)
+    return response.status_code, codec.decode(response.content)
+
+
+def credentials(pki):
+    return {
+        "anonymous": None,
+        "user certificate": (str(pki.user_cert), str(pki.user_key)),
+        "RFC 3820 proxy": str(pki.proxy),
+        "limited proxy": str(pki.limited_proxy),
+        "proxy of proxy": str(pki.proxy_of_proxy),
+        "proxy with group": str(pki.group_proxy),
+        "unknown DN": (str(pki.unknown_cert), str(pki.unknown_key)),
+        "admin": (str(pki.admin_cert), str(pki.admin_key)),
+    }
+
+
+# (credential, echo status, ping status): echo needs a registered user, ping needs Admin.
+MATRIX = [
+    ("anonymous", 401, 401),
+    ("user certificate", 200, 403),
+    ("RFC 3820 proxy", 200, 403),
+    ("limited proxy", 200, 403),
+    ("proxy of proxy", 200, 403),
+    ("proxy with group", 200, 200),
+    ("unknown DN", 403, 403),
+    ("admin", 200, 200),
+]
+
+
+@pytest.mark.parametrize("who, echo_status, ping_status", MATRIX)
+def test_auth_matrix(strict_service, pki, who, echo_status, ping_status):
+    cert = credentials(pki)[who]
+    status, result = call(strict_service, pki, "echo", "hello", cert=cert)
+    assert status == echo_status, result
+    assert result["OK"] == (status == 200)
+    if status == 200:
+        assert result["Value"] == "hello"
+    else:
+        assert result["Errno"] == errno.EACCES and result["Message"]
+    status, result = call(strict_service, pki, "ping", cert=cert)
+    assert status == ping_status, result
+
+
+@pytest.mark.parametrize("who", ["foreign", "expired"])
+def test_bad_certificates_are_refused_at_the_handshake(strict_service, pki, who):
+    cert = (str(getattr(pki, f"{who}_cert")), str(getattr(pki, f"{who}_key")))
+    with pytest.raises(requests.exceptions.SSLError):
+        post_form(strict_service.url, rpc_fields("whoami"), pki, cert=cert)
+    # ...and the service keeps serving others.
+    assert call(strict_service, pki, "whoami")[0] == 200
+
+
+def test_whoami_of_a_proxy(service, pki):
+    status, result = call(service, pki, "whoami", cert=str(pki.proxy))
+    assert status == 200
+    who = result["Value"]
+    assert who["DN"] == who["identity"] == pki.user_dn
+    assert who["subject"].startswith(pki.user_dn + "/CN=")
+    assert who["issuer"] == pki.user_dn
+    assert who["isProxy"] is True and who["isLimitedProxy"] is False
+    assert who["username"] == "tester" and who["group"] == "lab_user"
+    assert who["properties"] == ["NormalUser"]
+    assert who["validDN"] is True and who["validGroup"] is True
+    assert 0 < who["secondsLeft"] <= 24 * 3600
+    assert set(who) >= {"DN", "identity", "issuer", "subject", "isProxy", "isLimitedProxy", "username", "group",
+                        "properties", "secondsLeft", "validDN", "validGroup"}
+
+
+def test_whoami_limited_and_group_proxies(service, pki):
+    limited = call(service, pki, "whoami", cert=str(pki.limited_proxy))[1]["Value"]
+    assert limited["isLimitedProxy"] is True and limited["DN"] == pki.user_dn
+    grouped = call(service, pki, "whoami", cert=str(pki.group_proxy))[1]["Value"]
+    assert grouped["group"] == "lab_admin" and "Admin" in grouped["properties"]
+    chained = call(service, pki, "whoami", cert=str(pki.proxy_of_proxy))[1]["Value"]
+    assert chained["DN"] == pki.user_dn and chained["isProxy"] is True
+
+
+def test_whoami_anonymous_and_unknown(service, pki):
+    anonymous = call(service, pki, "whoami")[1]["Value"]
+    assert anonymous["DN"] == "" and anonymous["username"] == "anonymous" and anonymous["validDN"] is False
+    unknown = call(service, pki, "whoami", cert=(str(pki.unknown_cert), str(pki.unknown_key)))[1]["Value"]
+    assert unknown["DN"] == pki.unknown_dn and unknown["validDN"] is False and unknown["properties"] == []
+
+
+def test_ping(strict_service, pki):
+    status, result = call(strict_service, pki, "ping", cert=str(pki.group_proxy))
+    assert status == 200
+    value = result["Value"]
+    assert value["name"] == "DataManagement/StorageElementProxy"
+    assert value["service url"] == strict_service.url
+    assert isinstance(value["time"], datetime.datetime)
+    assert isinstance(value["service start time"], datetime.datetime)
+    assert value["service uptime"] >= 0 and value["host uptime"] > 0
+    assert len(value["load"].split()) == 3
+    assert {"user time", "system time", "elapsed real time"} <= set(value["cpu times"])
+    assert value["version"]
+
+
+def test_echo_carries_every_wire_type(service, pki):
+    payload = {"when": datetime.datetime(2026, 1, 2, 3, 4, 5), "day": datetime.date(2026, 1, 2), "raw": b"\x00\xff",
+               "list": [1, 2.5, None, True], "tuple": (1, 2)}
+    status, result = call(service, pki, "echo", payload, cert=str(pki.proxy))
+    assert status == 200
+    assert result["Value"] == {**payload, "tuple": [1, 2]}
+
+
+def test_unknown_method_is_501(service, pki):
+    status, result = call(service, pki, "noSuchMethod", cert=str(pki.proxy))
+    assert status == 501 and result["Errno"] == errno.ENOSYS and "noSuchMethod" in result["Message"]
+
+
+@pytest.mark.parametrize(
+    "fields, fragment",
+    [
+        ({"args": "[]"}, "'method' is missing"),
+        ({"method": "__class__", "args": "[]"}, "not a method name"),
+        ({"method": "_private", "args": "[]"}, "not a method name"),
+        ({"method": "echo", "args": "{"}, "'args': invalid JSON"),
+        ({"method": "echo", "args": '[{"__dCls": "X509Chain", "obj": "x"}]'}, "unknown __dCls"),
+        ({"method": "echo", "args": "[1, 2]"}, "wrong number of arguments"),
+        ({"method": "echo", "args": "[]"}, "wrong number of arguments"),
+        ({"method": "whoami", "args": "[1]"}, "wrong number of arguments"),
+        ({"method": "echo", "args": "[1]", "rawContent": "perhaps"}, "rawContent"),
+    ],
+)
+def test_malformed_requests_are_400(service, pki, fields, fragment):
+    response = post_form(service.url, fields, pki, cert=str(pki.proxy))
+    assert response.status_code == 400, response.text
+    result = codec.decode(response.content)
+    assert result["OK"] is False and fragment in result["Message"]
+    assert "Traceback" not in response.text and "CallStack" not in result
+
+
+def test_wrong_content_type_is_415(service, pki):
+    response = post_form(service.url, '{"method": "ping"}', pki, headers={"Content-Type": "application/json"})
+    assert response.status_code == 415
+    assert "Content-Type" in codec.decode(response.content)["Message"]
+
+
+def test_body_over_limit_is_413_before_reading(strict_service, pki):
+    response = post_form(strict_service.url, rpc_fields("echo", "x" * 10000), pki, cert=str(pki.proxy))
+    assert response.status_code == 413
+    assert "max_form_size" in codec.decode(response.content)["Message"]
+    assert call(strict_service, pki, "whoami")[0] == 200
+
+
+def test_get_and_unknown_routes(service, pki):
+    response = requests.get(service.url, verify=str(pki.ca_dir), timeout=10)
+    assert response.status_code == 405
+    assert codec.decode(response.content)["OK"] is False
+    elsewhere = service.url.replace("StorageElementProxy", "Nothing")
+    response = post_form(elsewhere, rpc_fields("ping"), pki)
+    assert response.status_code == 404 and codec.decode(response.content)["Errno"] == errno.ENOENT
+
+
+def test_requests_are_logged_with_identity(service, pki):
+    call(service, pki, "whoami", cert=str(pki.proxy))
+    log = service.log()
+    assert "method=whoami" in log and "user=tester" in log and pki.user_dn in log

@@ -1,0 +1,19 @@
+"""What a client of seproxy needs: return values, the JSON codec, the RPC client."""
+
+from seproxy.transfer.returnvalues import (
+    S_ERROR,
+    S_OK,
+    SErrorException,
+    convertToReturnValue,
+    isReturnStructure,
+    returnValueOrRaise,
+)
+
+__all__ = [
+    "S_OK",
+    "S_ERROR",
+    "SErrorException",
+    "convertToReturnValue",
+    "isReturnStructure",
+    "returnValueOrRaise",
+]
