@@ -116,6 +116,21 @@ class TLSSettings:
 
 
 @dataclass
+class CacheSettings:
+    """The staging cache: where it lives and how big it may grow."""
+
+    # Empty: <service.state_dir>/cache.
+    root: Path | None = None
+    quota: ByteSize = field(default=ByteSize(20 * 1024**3), metadata=_check(_positive))
+    # Eviction starts when usage passes high_watermark * quota and stops below
+    # low_watermark * quota.
+    high_watermark: float = field(default=0.9, metadata=_check(_fraction))
+    low_watermark: float = field(default=0.8, metadata=_check(_fraction))
+    # Free disk kept in reserve: a staging or upload that would eat into it is refused.
+    min_free: ByteSize = field(default=ByteSize(1024**3))
+
+
+@dataclass
 class GroupSettings:
     """A group: the VO it belongs to and the properties it grants."""
 
@@ -149,6 +164,8 @@ class StorageElementSettings:
     # VOs that may use this element; empty: every VO.
     vos: list[str] = field(default_factory=list)
     read_only: bool = False
+    # Properties of which a caller's group needs one to write or remove here.
+    write_properties: list[str] = field(default_factory=lambda: ["FileWrite"])
     # Credentials the proxy presents to the storage (webdav, xroot).
     x509_proxy: Path | None = None
     x509_cert: Path | None = None
@@ -166,6 +183,7 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     tls: TLSSettings = field(default_factory=TLSSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
     storage_elements: dict[str, StorageElementSettings] = field(default_factory=dict)
     # Method name -> who may call it ("all", "authenticated" or properties);
     # overrides the handler's own auth_<method>.
@@ -176,6 +194,10 @@ class Settings:
     @property
     def route(self) -> str:
         return f"/{self.service.system}/{self.service.component}"
+
+    @property
+    def cache_root(self) -> Path:
+        return self.cache.root or self.service.state_dir / "cache"
 
 
 class _Reader:
@@ -280,6 +302,8 @@ def _validate(settings: Settings, reader: _Reader) -> None:
         reader.fail("tls.host_cert", "host_cert and host_key must be set together (or both left out)")
     if tls.host_cert is not None and tls.ca_dir is None:
         reader.fail("tls.ca_dir", "required when host_cert is set (the hashed CA directory)")
+    if settings.cache.low_watermark >= settings.cache.high_watermark:
+        reader.fail("cache.low_watermark", "must be below cache.high_watermark")
     groups = settings.registry.groups
     for user, spec in settings.registry.users.items():
         if not spec.groups:

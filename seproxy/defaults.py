@@ -17,13 +17,15 @@ DEV_VO = "dev"
 
 
 def embedded_settings() -> Settings:
+    """The embedded default; creates the LocalSE directory, which the defaults promise."""
     state_dir = default_state_dir()
+    (state_dir / "storage" / "LocalSE").mkdir(parents=True, exist_ok=True)
     return settings_from_dict(
         {
             "service": {"state_dir": str(state_dir)},
             "registry": {
                 "users": {DEV_USERNAME: {"dn": [DEV_USER_DN], "groups": [DEV_GROUP]}},
-                "groups": {DEV_GROUP: {"vo": DEV_VO, "properties": ["NormalUser"]}},
+                "groups": {DEV_GROUP: {"vo": DEV_VO, "properties": ["NormalUser", "FileWrite"]}},
             },
             "storage_elements": {
                 "LocalSE": {"plugin": "file", "base": str(state_dir / "storage" / "LocalSE"), "vos": [DEV_VO]},

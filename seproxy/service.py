@@ -27,6 +27,7 @@ from seproxy.rpc.executor import CallExecutor
 from seproxy.rpc.handler import NotFoundHandler, RPCHandler, ServiceContext
 from seproxy.security.devcreds import DevCredentials, ensure_dev_credentials
 from seproxy.security.tls import server_context
+from seproxy.storage_element_proxy import StorageElementProxyHandler
 
 log = logging.getLogger("seproxy.service")
 
@@ -88,7 +89,7 @@ class BoundedHTTPServer(tornado.httpserver.HTTPServer):
 class Service:
     """One instance of the HTTPS RPC service."""
 
-    def __init__(self, settings: Settings, handler: type[RPCHandler] = RPCHandler) -> None:
+    def __init__(self, settings: Settings, handler: type[RPCHandler] = StorageElementProxyHandler) -> None:
         self.settings = settings
         self.handler = handler
         self.port = settings.service.port
@@ -118,10 +119,13 @@ class Service:
             registry=Registry(self.settings.registry),
             executor=CallExecutor(service.worker_threads, service.call_timeout),
             url=self.url,
+            ca_dir=self.credentials.ca_dir,
         )
-        self.handler.initializeHandler(self._context)
+        self._context.shared = self.handler.initializeHandler(self._context)
+        routes = [(self.settings.route, self.handler, {"service": self._context})]
+        routes += [(self.settings.route + pattern, extra, {"service": self._context}) for pattern, extra in self.handler.extra_routes()]
         app = tornado.web.Application(
-            [(self.settings.route, self.handler, {"service": self._context})],
+            routes,
             default_handler_class=NotFoundHandler,
             serve_traceback=False,
         )
@@ -149,6 +153,7 @@ class Service:
         await self._server.close_all_connections()
         if self._context is not None:
             self._context.executor.shutdown(wait=False)
+            self.handler.finalizeHandler(self._context)
         self._server = None
 
     async def _drained(self) -> None:

@@ -25,6 +25,7 @@ def test_example_config_loads_and_shows_every_option():
     for section, cls in [
         ("service", config.ServiceSettings),
         ("tls", config.TLSSettings),
+        ("cache", config.CacheSettings),
     ]:
         for spec in dataclasses.fields(cls):
             assert f"\n{spec.name} =" in text or f"\n# {spec.name} =" in text, f"[{section}] {spec.name} undocumented"

@@ -8,6 +8,8 @@ from seproxy.transfer.returnvalues import (
     isReturnStructure,
     returnValueOrRaise,
 )
+from seproxy.transfer.credentials import ClientCredentials, find_credentials
+from seproxy.transfer.rpc_client import RPCClient
 
 __all__ = [
     "S_OK",
@@ -16,4 +18,7 @@ __all__ = [
     "convertToReturnValue",
     "isReturnStructure",
     "returnValueOrRaise",
+    "ClientCredentials",
+    "find_credentials",
+    "RPCClient",
 ]

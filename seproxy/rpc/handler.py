@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import datetime
 import errno
-import functools
 import inspect
 import logging
 import os
 import secrets
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -40,7 +40,7 @@ from seproxy.rpc.arguments import TypeSpec, check_arguments
 from seproxy.rpc.authorization import authorize
 from seproxy.rpc.call import BadRequest, RPCCall, parse_call
 from seproxy.rpc.executor import CallExecutor, CallTimeout, current_call
-from seproxy.security.x509 import PeerIdentity, identity_from_chain, peer_chain_der
+from seproxy.rpc.identity import caller_of
 from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
 
 log = logging.getLogger("seproxy.rpc")
@@ -60,15 +60,13 @@ class ServiceContext:
     registry: Registry
     executor: CallExecutor
     url: str
+    # The CA directory the service trusts; storage elements default to it too.
+    ca_dir: Path
     started: float = field(default_factory=time.time)
     # Requests between prepare and finish; a graceful stop waits for zero.
     in_flight: int = 0
-
-
-@functools.lru_cache(maxsize=4096)
-def _identity(chain: tuple[bytes, ...]) -> PeerIdentity:
-    # Keep-alive clients send the same chain on every call: parse it once.
-    return identity_from_chain(chain)
+    # What the handler's initializeHandler built for all its requests (a cache, connections).
+    shared: Any = None
 
 
 class RequestError(Exception):
@@ -98,8 +96,22 @@ class RPCHandler(tornado.web.RequestHandler):
     # -- hooks for services -------------------------------------------------
 
     @classmethod
-    def initializeHandler(cls, service: ServiceContext) -> None:
-        """Runs once, before the first request; services open databases etc. here."""
+    def initializeHandler(cls, service: ServiceContext) -> Any:
+        """Runs once, before the first request; what it returns is ``self.shared`` for every request."""
+
+    @classmethod
+    def finalizeHandler(cls, service: ServiceContext) -> None:
+        """Runs once when the service stops, after the last request."""
+
+    @classmethod
+    def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+        """Routes beside the RPC one, relative to it: ``(pattern, handler class)``; each
+        handler gets ``service`` in ``initialize`` as RPC handlers do."""
+        return []
+
+    @property
+    def shared(self) -> Any:
+        return self.service.shared
 
     def initializeRequest(self) -> None:
         """Runs for each authorized call, before the exported method."""
@@ -130,7 +142,11 @@ class RPCHandler(tornado.web.RequestHandler):
             self._reject_size(str(len(self._body)) + "+")
 
     def _reject_size(self, size: str) -> None:
-        message = f"request body of {size} bytes is over this service's limit of {self._limit} bytes (max_form_size)"
+        message = (
+            f"request body of {size} bytes is over this service's limit of {self._limit} bytes "
+            "(service.max_form_size); DIRAC's sendFile sends the whole file in the form: "
+            "send large files with seproxy's TransferClient, which streams them"
+        )
         self._write_json(413, S_ERROR(errno.EFBIG, message))
         raise tornado.web.Finish()
 
@@ -156,6 +172,8 @@ class RPCHandler(tornado.web.RequestHandler):
             return
         if not self._finished:
             self._answer(result)
+        elif self._outcome == "-":
+            self._outcome = "streamed"
 
     async def _dispatch(self) -> Any:
         self.call = parse_call(self.request.headers.get("Content-Type", ""), bytes(self._body))
@@ -173,8 +191,7 @@ class RPCHandler(tornado.web.RequestHandler):
         return await self._invoke(function)
 
     def _identify(self) -> Caller:
-        chain = peer_chain_der(self.request.connection.stream.socket)  # type: ignore[attr-defined]
-        caller = self.service.registry.caller(_identity(tuple(chain)) if chain else None)
+        caller = caller_of(self.request, self.service.registry)
         extra = self.call.extra_credentials if self.call else None
         if isinstance(extra, (list, tuple)):
             raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))

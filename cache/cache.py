@@ -1,0 +1,332 @@
+"""The cache as the service and the operator CLI use it.
+
+A file becomes an entry in three steps: a ``write`` lease is recorded, the
+bytes go to ``tmp/<id>`` (hashed on the way), and the verified file is renamed
+to ``data/<id>`` before its row is inserted. The lease is dropped only after
+that (and after any eviction the commit triggers), so no other process ever
+takes a file in progress for an orphan. Removal goes the other way: the row
+is deleted first (only if no live lease), the file unlinked after the commit.
+A crash between any two steps leaves something recovery removes at the next
+open, never a partial file that looks whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from seproxy.cache.entry import Area, Entry, ReadLease, Usage
+from seproxy.cache.eviction import Quota, give_up_lru
+from seproxy.cache.index import Index
+from seproxy.cache.layout import Layout, check_entry_id, new_entry_id
+from seproxy.cache.leases import Heartbeat, Holder
+from seproxy.cache.recovery import recover
+from seproxy.cache.singleflight import SingleFlight
+from seproxy.cache.space import DiskSpace
+from seproxy.cache.writer import StagingWriter
+
+log = logging.getLogger(__name__)
+
+Fetch = Callable[[StagingWriter], None]
+
+# What a new entry says unless its kind of writing tells (an upload has no source SE, ...).
+_NEW_ENTRY: dict[str, Any] = {
+    "se": None, "source_path": None, "owner": None, "name": None, "pinned_until": 0.0, "upload_pending": False,
+}  # fmt: skip
+
+
+def _no_entry(entry_id: str) -> FileNotFoundError:
+    return FileNotFoundError(errno.ENOENT, "no such cache entry", entry_id)
+
+
+class Cache:
+    """Staged downloads, pending uploads and HTTP files under one root, with a quota.
+
+    Thread-safe; several processes may open the same root at once (the
+    service and the operator CLI). Opening recovers from any earlier crash.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        quota: int,
+        high_watermark: float = 0.9,
+        low_watermark: float = 0.8,
+        min_free: int = 1 << 30,
+        lease_ttl: float = 120.0,
+    ) -> None:
+        self.layout = Layout(root)
+        self.layout.create()
+        self.quota = Quota(quota, high_watermark, low_watermark)
+        self.space = DiskSpace(self.layout.root, min_free)
+        self._lease_ttl = lease_ttl
+        self._index = Index(self.layout.index, self.layout.entry_path)
+        self._stagings: SingleFlight[Entry] = SingleFlight()
+        self._evicting = threading.Lock()
+        recover(self.layout, self._index)
+        self._heartbeat = Heartbeat(lease_ttl / 4, self._renew_leases)
+
+    def close(self) -> None:
+        self._heartbeat.stop()
+        self._index.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- getting files in
+
+    def stage(
+        self,
+        se: str,
+        path: str,
+        fetch: Fetch,
+        *,
+        owner: str | None = None,
+        name: str | None = None,
+        force: bool = False,
+    ) -> Entry:
+        """The entry holding ``path`` of storage element ``se``, fetched if not cached.
+
+        Concurrent calls for one source share one fetch, run in the first
+        caller's thread; the others get its entry or its exception. ``force``
+        fetches again even if a copy exists (the old copy goes once unused).
+        ``name`` records the logical file name (LFN) when the caller knows it.
+        """
+
+        def work() -> Entry:
+            now = time.time()
+            cached = self._index.find_source(se, path)
+            if cached is not None and not force:
+                self._index.touch(cached.id, now)
+                return replace(cached, last_access=now)
+            with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
+                fetch(writer)
+            if cached is not None:
+                self._delete(cached, force=False)
+            assert writer.entry is not None
+            return writer.entry
+
+        return self._stagings.run((se, path), work)
+
+    def receive_upload(
+        self,
+        owner: str,
+        name: str,
+        *,
+        expected_size: int | None,
+        expected_checksums: Mapping[str, str] | None = None,
+    ) -> AbstractContextManager[StagingWriter]:
+        """A file a client sends, to be pushed to a storage element later.
+
+        Committed when the ``with`` block ends without error, as an entry that
+        owes an upload and that ``(owner, name)`` resolves to; otherwise
+        nothing is left. ``writer.entry`` is the new entry after the block.
+        """
+        return self._writing(
+            "upload",
+            always_adler32=True,  # compared with the storage's checksum after the push
+            expected_size=expected_size,
+            expected_checksums=expected_checksums,
+            alias=(owner, name),
+            owner=owner,
+            name=name,
+            upload_pending=True,
+        )
+
+    def build_http_file(
+        self, owner: str, name: str, *, expected_size: int | None = None
+    ) -> AbstractContextManager[StagingWriter]:
+        """A file the service makes to serve over HTTP (say, a tar of several
+        staged files); pin it for as long as its URL is valid."""
+        return self._writing("http", expected_size=expected_size, owner=owner, name=name)
+
+    @contextmanager
+    def _writing(
+        self,
+        area: Area,
+        *,
+        expected_size: int | None = None,
+        expected_checksums: Mapping[str, str] | None = None,
+        alias: tuple[str, str] | None = None,
+        always_adler32: bool = False,
+        **fields: Any,
+    ) -> Iterator[StagingWriter]:
+        entry_id = new_entry_id()
+        with self._leased(entry_id, "write"):
+            path = self.layout.tmp_path(entry_id)
+            writer = StagingWriter(path, self.space, self._make_room, always_adler32=always_adler32)
+            try:
+                writer.expect(expected_size, expected_checksums)  # checks free space before any byte
+                yield writer
+                size, xxh3, adler32 = writer.finish()
+                now = time.time()
+                entry = Entry(
+                    entry_id, area, size, xxh3, adler32, created=now, last_access=now,
+                    path=self.layout.entry_path(entry_id), **{**_NEW_ENTRY, **fields},
+                )  # fmt: skip
+                writer.entry = self._commit(writer.path, entry, alias)
+            except BaseException:
+                writer.discard()
+                raise
+            # Still under the write lease: the eviction this commit may trigger spares the new entry.
+            self.evict()
+
+    def _commit(self, tmp: Path, entry: Entry, alias: tuple[str, str] | None) -> Entry:
+        """Rename the verified file into place, then insert its row (and name) in one transaction."""
+        entry.path.parent.mkdir(exist_ok=True)
+        os.rename(tmp, entry.path)
+        try:
+            with self._index.transaction():
+                self._index.insert(entry)
+                replaced = self._index.set_alias(*alias, entry.id) if alias else None
+        except BaseException:
+            entry.path.unlink(missing_ok=True)
+            raise
+        self._release_replaced(replaced, entry.id)
+        return entry
+
+    def _make_room(self, size: int) -> None:
+        """Evict for the quota and then for the disk so that ``size`` more bytes fit;
+        raise ``OSError(ENOSPC)`` if the disk cannot take them even so."""
+        target = self.quota.target(self._total(), size)
+        if target is not None:
+            self._evict_down_to(target)
+        shortfall = self.space.shortfall(size)
+        if shortfall:
+            self._evict_down_to(self._total() - shortfall)
+            if self.space.shortfall(size):
+                raise self.space.full(size)
+
+    # --- reading
+
+    def lookup(self, se: str, path: str) -> Entry | None:
+        return self._index.find_source(se, path)
+
+    def get(self, entry_id: str) -> Entry | None:
+        return self._index.get(check_entry_id(entry_id))
+
+    @contextmanager
+    def open_read(self, entry_id: str) -> Iterator[ReadLease]:
+        """Keep the entry's file on disk (for every process) while the block runs.
+
+        The caller opens ``lease.path`` itself (servers hand it to sendfile).
+        """
+        with self._leased(check_entry_id(entry_id), "read"):
+            entry = self._index.get(entry_id)
+            if entry is None:  # only if recovery elsewhere found its file lost
+                raise _no_entry(entry_id)
+            yield ReadLease(entry, entry.path)
+
+    @contextmanager
+    def _leased(self, entry_id: str, kind: str) -> Iterator[None]:
+        now = time.time()
+        lease = self._index.add_lease(entry_id, kind, Holder.current(), now + self._lease_ttl, now)
+        if lease is None:
+            raise _no_entry(entry_id)
+        try:
+            yield
+        finally:
+            self._index.drop_lease(lease)
+
+    def _renew_leases(self) -> None:
+        self._index.renew_leases(Holder.current(), time.time() + self._lease_ttl)
+
+    # --- names, pins, uploads
+
+    def set_alias(self, owner: str, name: str, entry_id: str) -> None:
+        """Make ``(owner, name)``, such as a user's ``getFile/<basename>``, resolve to the entry."""
+        try:
+            replaced = self._index.set_alias(owner, name, check_entry_id(entry_id))
+        except KeyError:
+            raise _no_entry(entry_id) from None
+        self._release_replaced(replaced, entry_id)
+
+    def resolve_alias(self, owner: str, name: str) -> Entry | None:
+        return self._index.resolve_alias(owner, name)
+
+    def _release_replaced(self, replaced: str | None, by: str) -> None:
+        # A client that sends putFile/x again replaces the earlier upload, which
+        # will never be pushed now: without this it would stay pending for ever.
+        if replaced is not None and replaced != by:
+            self.mark_uploaded(replaced)
+
+    def pin(self, entry_id: str, until: float) -> None:
+        """Keep the entry until ``until`` (epoch seconds), as long as a URL to it is valid."""
+        if not self._index.pin(check_entry_id(entry_id), until):
+            raise _no_entry(entry_id)
+
+    def unpin(self, entry_id: str) -> None:
+        self._index.unpin(check_entry_id(entry_id))
+
+    def mark_uploaded(self, entry_id: str) -> None:
+        """The storage element has the file: release it now (removed at once unless in use)."""
+        if self._index.clear_upload_pending(check_entry_id(entry_id)):
+            self._delete(self._index.get(entry_id), force=False)
+
+    # --- removing
+
+    def remove(self, entry_id: str, *, force: bool = False) -> bool:
+        """Remove an entry; return False if it is absent or in use.
+
+        In use means read (by any process) or being written; without
+        ``force`` also pinned or still owed to a storage element. A read
+        lease always wins, even over ``force``.
+        """
+        return self._delete(self.get(entry_id), force=force)
+
+    def _delete(self, entry: Entry | None, *, force: bool) -> bool:
+        if entry is None or self._index.delete(entry.id, time.time(), force=force) is None:
+            return False
+        entry.path.unlink(missing_ok=True)  # after the commit: a crash here leaves an orphan for recovery
+        return True
+
+    def evict(self) -> list[Entry]:
+        """Evict least recently used entries if usage is past the high watermark."""
+        target = self.quota.target(self._total())
+        return [] if target is None else self._evict_down_to(target)
+
+    def _evict_down_to(self, target: int) -> list[Entry]:
+        with self._evicting:
+            now = time.time()
+            self._index.reap_leases(now, Holder.is_alive)
+            removed, _ = give_up_lru(
+                self._index.releasable(now), self._total(), target, lambda e: self._delete(e, force=False)
+            )
+        if removed:
+            log.info("cache evicted %d entries, %d bytes", len(removed), sum(e.size for e in removed))
+        return removed
+
+    # --- for the operator
+
+    def entries(self, *, area: Area | None = None, se: str | None = None, owner: str | None = None) -> list[Entry]:
+        """Entries matching every given field, least recently used first."""
+        return self._index.select(area=area, se=se, owner=owner)
+
+    def usage(self) -> Usage:
+        by_area, by_se, count = self._index.totals()
+        return Usage(
+            total=sum(by_area.values()),
+            count=count,
+            by_area=by_area,
+            by_se=by_se,
+            quota=self.quota.limit,
+            high_watermark=self.quota.high_bytes,
+            low_watermark=self.quota.low_bytes,
+            disk_free=self.space.free(),
+            staging=len(self._index.leased(time.time(), "write")),
+        )
+
+    def _total(self) -> int:
+        return self._index.total_size()

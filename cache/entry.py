@@ -1,0 +1,58 @@
+"""The values the cache hands out: entries, read leases and usage totals."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Area = Literal["staged", "upload", "http"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One complete, verified file in the cache, as the index describes it.
+
+    ``staged``: fetched from a storage element (``se``, ``source_path``);
+    ``upload``: sent by a client, owed to a storage element while
+    ``upload_pending``; ``http``: made by the service to be served over HTTP.
+    ``name`` is the logical name (LFN) or the client's file name.
+    """
+
+    id: str
+    area: Area
+    size: int
+    xxh3: str
+    adler32: str | None
+    se: str | None
+    source_path: str | None
+    owner: str | None
+    name: str | None
+    created: float
+    last_access: float
+    pinned_until: float
+    upload_pending: bool
+    path: Path
+
+
+@dataclass(frozen=True)
+class ReadLease:
+    """Proof that ``path`` stays on disk until the lease is released."""
+
+    entry: Entry
+    path: Path
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the operator needs to judge the cache: bytes by area and by SE, and the limits."""
+
+    total: int
+    count: int
+    by_area: dict[str, int]
+    by_se: dict[str, int]
+    quota: int
+    high_watermark: int
+    low_watermark: int
+    disk_free: int
+    staging: int  # stagings and uploads in progress (any process)

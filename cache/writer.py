@@ -1,0 +1,122 @@
+"""Writing one file into the cache, hashing the bytes as they pass.
+
+The checksums are computed on the chunks as they are written, never by
+reading the file again: a second pass over a 1 GiB staging would double its
+disk traffic. xxh3-64 is always computed (it is nearly free); ADLER32, which
+grid catalogues store, only when the source offers a value to compare with,
+or when the file will be pushed to a storage that reports one (uploads).
+
+The writer owns its temporary file until it is complete; the cache decides
+where that file lives and commits it by renaming.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from pathlib import Path
+
+import xxhash
+
+from seproxy.cache.entry import Entry
+from seproxy.cache.space import FULL_DISK_ERRNOS, DiskSpace
+
+# The names sources and clients use for the checksums we can compute.
+_ALGORITHMS = {"adler32": "adler32", "ad": "adler32", "xxh3": "xxh3", "xxh3_64": "xxh3", "xxh3-64": "xxh3"}
+
+
+class VerificationError(ValueError):
+    """The bytes received are not the bytes the source announced (size or checksum)."""
+
+
+def _expected_checksums(checksums: Mapping[str, str]) -> dict[str, int]:
+    """The checksums we can verify, by our algorithm name; values compared as numbers
+    because catalogues disagree about case and leading zeros of ADLER32."""
+    expected = {}
+    for name, value in checksums.items():
+        algorithm = _ALGORITHMS.get(name.lower())
+        if algorithm and value:
+            try:
+                expected[algorithm] = int(value, 16)
+            except ValueError:
+                raise ValueError(f"{name} checksum {value!r} is not hexadecimal") from None
+    return expected
+
+
+class StagingWriter:
+    """The sink a fetch or an upload writes into (the ``DownloadSink`` protocol).
+
+    Call ``expect(size, checksums)`` first if anything is known, then
+    ``write(chunk)`` with large chunks. After the cache has committed the
+    file, ``entry`` is the new cache entry.
+    """
+
+    def __init__(
+        self, path: Path, space: DiskSpace, make_room: Callable[[int], None], *, always_adler32: bool = False
+    ) -> None:
+        self.path = path
+        self.written = 0
+        self.entry: Entry | None = None
+        self._space = space
+        self._make_room = make_room
+        self._file = open(path, "xb")
+        self._xxh3 = xxhash.xxh3_64()
+        self._adler32: int | None = None
+        self._size: int | None = None
+        self._expected: dict[str, int] = {}
+        self._always_adler32 = always_adler32
+
+    def expect(self, size: int | None, checksums: Mapping[str, str] | None = None) -> None:
+        """Announce what the source says the file is; checked at the end, and the
+        size is checked against free space right now (``OSError(ENOSPC)``)."""
+        if self.written:
+            raise ValueError("expect() must come before the first write()")
+        if size is not None and size < 0:
+            raise ValueError(f"negative expected size {size}")
+        self._size = size
+        self._expected = _expected_checksums(checksums or {})
+        wanted = self._always_adler32 or "adler32" in self._expected
+        self._adler32 = 1 if wanted else None  # 1: ADLER32 of no bytes
+        self._make_room(size or 0)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        count = memoryview(data).nbytes
+        if self._size is not None and self.written + count > self._size:
+            raise VerificationError(f"the source sent more than the {self._size} bytes it announced")
+        self._guard_disk(count, self._file.write, data)
+        self._xxh3.update(data)
+        if self._adler32 is not None:
+            self._adler32 = zlib.adler32(data, self._adler32)
+        self.written += count
+
+    def finish(self) -> tuple[int, str, str | None]:
+        """Make the bytes durable and verify them; return (size, xxh3, adler32) in hex."""
+        self._guard_disk(0, self._file.flush)
+        # Durable before the rename, so that a power cut cannot leave a whole-looking empty file.
+        self._guard_disk(0, os.fsync, self._file.fileno())
+        self._file.close()
+        if self._size is not None and self.written != self._size:
+            raise VerificationError(f"received {self.written} bytes, the source announced {self._size}")
+        actual = {"xxh3": self._xxh3.intdigest(), "adler32": self._adler32}
+        for algorithm, value in self._expected.items():
+            if actual[algorithm] != value:
+                raise VerificationError(f"{algorithm} mismatch: expected {value:x}, computed {actual[algorithm]:x}")
+        adler32 = None if self._adler32 is None else f"{self._adler32:08x}"
+        return self.written, self._xxh3.hexdigest(), adler32
+
+    def discard(self) -> None:
+        """Remove the partial file (a failed or refused write leaves nothing behind)."""
+        with suppress(OSError):
+            self._file.close()  # may fail again flushing onto a full disk; it closes anyway
+        self.path.unlink(missing_ok=True)
+
+    def _guard_disk(self, pending: int, operation: Callable[..., object], *args: object) -> None:
+        """Run a write operation; a full disk becomes the cache's clear ENOSPC error."""
+        try:
+            operation(*args)
+        except OSError as error:
+            if error.errno in FULL_DISK_ERRNOS:
+                raise self._space.full(self.written + pending) from error
+            raise

@@ -1,0 +1,210 @@
+"""Bytes between the cache and HTTPS clients, in chunks, never a whole file in memory.
+
+Out: ``send_cached_file`` writes a cached file (or one ``Range`` of it) to a
+Tornado response, flushing after each chunk so a slow client slows the
+reads (back-pressure) instead of filling the service's memory.
+
+In: ``StreamUploadHandler`` takes ``PUT <route>/stream/putFile/<name>``, the
+route seproxy's own client uses instead of DIRAC's whole-file-in-a-form
+``streamFromClient``: the body goes to the cache as it arrives, hashed on
+the way, checked against the declared size and checksums, and committed
+only when complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from typing import Any
+
+import aiofiles
+import tornado.iostream
+import tornado.web
+
+from seproxy.byte_range import RangeNotSatisfiable, parse_range
+from seproxy.cache import Entry, VerificationError
+from seproxy.file_ids import PUT_AREA, parse_file_id
+from seproxy.rpc.authorization import authorize
+from seproxy.rpc.handler import ServiceContext
+from seproxy.rpc.identity import caller_of
+from seproxy.transfer import S_ERROR, S_OK, SErrorException, codec
+from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, format_digest, parse_digest
+
+log = logging.getLogger("seproxy.streams")
+
+CHUNK = 1024 * 1024
+
+
+def checksum_headers(entry: Entry) -> dict[str, str]:
+    headers = {XXH3_HEADER: entry.xxh3, "ETag": f'"{entry.xxh3}"'}
+    if entry.adler32:
+        headers[DIGEST_HEADER] = format_digest(entry.adler32)
+    return headers
+
+
+async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, path: Any) -> None:
+    """Answer with the file at ``path`` (the committed bytes of ``entry``), honouring ``Range``.
+
+    Raises ``SErrorException`` (errno EINVAL, status 416) for an unsatisfiable
+    range. Once the first byte is out an error can only cut the connection,
+    so the client sees a short body and never takes it for the whole file.
+    """
+    try:
+        wanted = parse_range(handler.request.headers.get("Range"), entry.size)
+    except RangeNotSatisfiable as exc:
+        handler.set_header("Content-Range", f"bytes */{entry.size}")
+        raise SErrorException(str(exc), errno=errno.EINVAL) from None
+    start, length = (wanted.start, wanted.length) if wanted else (0, entry.size)
+    if wanted:
+        handler.set_status(206)
+        handler.set_header("Content-Range", wanted.content_range(entry.size))
+    handler.set_header("Content-Type", "application/octet-stream")
+    handler.set_header("Accept-Ranges", "bytes")
+    handler.set_header("Content-Length", str(length))
+    for name, value in checksum_headers(entry).items():
+        handler.set_header(name, value)
+    try:
+        async with aiofiles.open(path, "rb") as stream:
+            await stream.seek(start)
+            while length:
+                chunk = await stream.read(min(CHUNK, length))
+                if not chunk:
+                    raise OSError(errno.EIO, f"cache file {entry.id} is shorter than its index says")
+                length -= len(chunk)
+                handler.write(chunk)
+                await handler.flush()
+    except tornado.iostream.StreamClosedError:
+        return  # the client went away; the caller releases the file
+    except Exception:
+        log.exception("stream of cache entry %s failed mid-way; cutting the connection", entry.id)
+        handler.request.connection.close()  # type: ignore[union-attr]
+        raise tornado.web.Finish() from None
+    handler.finish()
+
+
+@tornado.web.stream_request_body
+class StreamUploadHandler(tornado.web.RequestHandler):
+    """``PUT <route>/stream/putFile/<name>``: a streamed upload into the caller's putFile area.
+
+    Headers: ``Content-Length`` (required: free space is checked before the
+    first byte), optional ``X-Checksum-XXH3`` and ``Digest: adler32=...`` to be
+    verified. Answer: JSON S_OK with the size and checksums, or S_ERROR. The
+    writes run in threads one after the other (a lock orders them), so an
+    abort never races a write.
+    """
+
+    SUPPORTED_METHODS = ("PUT",)
+    BUFFER = 4 * CHUNK
+    # A refused upload still has its body on the wire; read (and drop) up to
+    # this much so the client, which is still sending, gets to read the answer.
+    DRAIN_LIMIT = 64 * CHUNK
+
+    def initialize(self, service: ServiceContext) -> None:  # type: ignore[override]
+        self.service = service
+        self._upload: Any = None
+        self._writer: Any = None
+        self._buffer = bytearray()
+        self._lock = asyncio.Lock()
+        self._refusal: tuple[int, dict[str, Any]] | None = None
+
+    def _answer(self, status: int, result: dict[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(codec.encode(result))
+
+    def _refuse(self, status: int, result: dict[str, Any]) -> None:
+        """Answer after the body (when small enough to drain) or now, closing the connection."""
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) <= self.DRAIN_LIMIT:
+            self._refusal = (status, result)
+            return
+        self._answer(status, result)
+        self.request.connection.close()  # type: ignore[union-attr]
+        raise tornado.web.Finish()
+
+    async def prepare(self) -> None:
+        caller = caller_of(self.request, self.service.registry)
+        rule = self.service.settings.authorization.get("sendFile", ["authenticated"])
+        decision = authorize(rule, caller, "sendFile")
+        if not decision.allowed:
+            return self._refuse(decision.status, S_ERROR(errno.EACCES, decision.reason))
+        file_id = self.path_args[0]
+        try:
+            parse_file_id(file_id, PUT_AREA)
+        except SErrorException as exc:
+            return self._refuse(400, exc.result)
+        declared = self.request.headers.get("Content-Length", "")
+        if not declared.isdigit():
+            return self._refuse(411, S_ERROR(errno.EINVAL, "a streamed upload needs a Content-Length header"))
+        expected = parse_digest(self.request.headers.get(DIGEST_HEADER))
+        if self.request.headers.get(XXH3_HEADER):
+            expected["xxh3"] = self.request.headers[XXH3_HEADER]
+        upload = self.service.shared.cache.receive_upload(
+            caller.username, file_id, expected_size=int(declared), expected_checksums=expected
+        )
+        try:
+            self._writer = await self._in_thread(upload.__enter__)
+        except (OSError, ValueError) as exc:
+            return self._refuse(*_result(exc))
+        self._upload = upload
+
+    async def _in_thread(self, function: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._upload is None:
+            return  # already failed and answered
+        self._buffer += chunk
+        if len(self._buffer) >= self.BUFFER:
+            await self._flush_to_cache()
+
+    async def _flush_to_cache(self) -> None:
+        data, self._buffer = bytes(self._buffer), bytearray()
+        try:
+            await self._in_thread(self._writer.write, data)
+        except (OSError, ValueError) as exc:
+            # Answer now rather than take the rest of a body that cannot be kept.
+            await self._abort(exc)
+            self._answer(*_result(exc))
+            self.request.connection.close()  # type: ignore[union-attr]
+
+    async def put(self, file_id: str) -> None:
+        if self._refusal is not None:
+            self._answer(*self._refusal)
+            return
+        if self._upload is None:
+            return
+        try:
+            await self._flush_to_cache()
+            if self._upload is None:
+                return
+            upload, self._upload = self._upload, None
+            await self._in_thread(upload.__exit__, None, None, None)
+        except (OSError, ValueError) as exc:
+            self._answer(*_result(exc))
+            return
+        entry = self._writer.entry
+        self._answer(200, S_OK({"FileId": file_id, "Size": entry.size, "xxh3": entry.xxh3, "Checksum": entry.adler32}))
+
+    async def _abort(self, failure: BaseException) -> None:
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            await self._in_thread(upload.__exit__, type(failure), failure, None)
+
+    def on_connection_close(self) -> None:
+        """A client gone mid-body: drop the partial upload."""
+        if self._upload is not None:
+            gone = ConnectionAbortedError("the client closed the connection before the upload ended")
+            asyncio.ensure_future(self._abort(gone))
+
+
+def _result(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """The status and S_ERROR for a failed upload: 507 full disk, 400 bad data, 500 otherwise."""
+    if isinstance(exc, VerificationError):
+        return 400, S_ERROR(errno.EIO, f"upload refused: {exc}")
+    if isinstance(exc, ValueError):
+        return 400, S_ERROR(errno.EINVAL, str(exc))
+    code = getattr(exc, "errno", None) or errno.EIO
+    return (507 if code == errno.ENOSPC else 500), S_ERROR(code, str(getattr(exc, "strerror", None) or exc))

@@ -1,0 +1,120 @@
+"""Plugin "file": a local or mounted POSIX tree (NFS, CephFS, a Lustre mount of the SE).
+
+The path checks of the base class are lexical; here symlinks can still lead
+out, so every path is also resolved and must stay under the resolved base.
+Uploads land under a temporary name in the target directory and are renamed
+into place, so a crash never leaves a half file under the final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, BinaryIO
+
+from seproxy.storage.base import CHUNK_SIZE, FileInfo, PathRefused, ReadStream, StorageElement
+
+
+class LocalStorage(StorageElement):
+    plugin = "file"
+    schemes = ("file",)
+    base_form = "an absolute directory such as /storage/se1"
+
+    def normalize(self, pfn: str) -> str:
+        path = super().normalize(pfn)
+        self._resolve(path)
+        return path
+
+    def _resolve(self, path: str) -> str:
+        """The real location of ``path``, refused when a symlink leads outside the base."""
+        root = os.path.realpath(self._storage_path("/"))
+        real = os.path.realpath(self._storage_path(path))
+        if real != root and not real.startswith(root.rstrip("/") + "/"):
+            raise self._refused(path, "a symlink leads outside the element's base")
+        return real
+
+    @contextmanager
+    def _posix(self, path: str) -> Iterator[None]:
+        """Re-raise OS errors naming the element path instead of the local one."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            raise self._error(exc.errno, path, exc.strerror or os.strerror(exc.errno)) from None
+
+    def _info(self, path: str, result: os.stat_result) -> FileInfo:
+        is_dir = stat.S_ISDIR(result.st_mode)
+        return FileInfo(path, 0 if is_dir else result.st_size, is_dir, result.st_mtime)
+
+    def _stat(self, path: str) -> FileInfo:
+        with self._posix(path):
+            return self._info(path, os.stat(self._storage_path(path)))
+
+    def _listdir(self, path: str) -> list[FileInfo]:
+        prefix = path.rstrip("/")
+        entries = []
+        with self._posix(path), os.scandir(self._storage_path(path)) as listing:
+            for entry in listing:
+                child = f"{prefix}/{entry.name}"
+                try:
+                    self._resolve(child)
+                    entries.append(self._info(child, entry.stat()))
+                except (PathRefused, FileNotFoundError):
+                    continue  # leads outside the base, or vanished while listing
+        return sorted(entries, key=lambda info: info.path)
+
+    def _mkdir(self, path: str) -> None:
+        with self._posix(path):
+            os.makedirs(self._storage_path(path), exist_ok=True)
+
+    def _rmdir(self, path: str) -> None:
+        with self._posix(path):
+            os.rmdir(self._storage_path(path))
+
+    def _remove(self, path: str) -> None:
+        with self._posix(path):
+            os.unlink(self._storage_path(path))
+
+    def _remove_tree(self, path: str) -> None:
+        with self._posix(path):
+            shutil.rmtree(self._storage_path(path))
+
+    @contextmanager
+    def _open_read(self, path: str) -> Iterator[ReadStream]:
+        with self._posix(path):
+            # The path was resolved and checked; O_NOFOLLOW keeps a link swapped in since from being followed.
+            fd = os.open(self._resolve(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb", buffering=0) as stream:
+            info = os.fstat(fd)
+            yield ReadStream(info.st_size, {}, info.st_mtime, self._chunks(stream, path))
+
+    def _chunks(self, stream: BinaryIO, path: str) -> Iterator[bytes]:
+        with self._posix(path):
+            while chunk := stream.read(CHUNK_SIZE):
+                yield chunk
+
+    def _write(self, stream: Any, size: int, path: str) -> None:
+        target = self._resolve(path)
+        directory, name = os.path.split(target)
+        with self._posix(path):
+            fd, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=directory)
+        try:
+            with self._posix(path), os.fdopen(fd, "wb"):
+                os.fchmod(fd, 0o644)
+                copied = 0  # the kernel copies: the bytes never enter Python
+                while copied < size and (sent := os.sendfile(fd, stream.fileno(), copied, size - copied)):
+                    copied += sent
+                os.fsync(fd)
+            if copied != size:
+                raise self._error(errno.EIO, path, f"the local file gave {copied} of {size} bytes")
+            with self._posix(path):
+                os.replace(temporary, target)
+        except BaseException:
+            os.unlink(temporary)
+            raise

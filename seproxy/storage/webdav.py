@@ -1,0 +1,278 @@
+"""Plugin "webdav": HTTP(S) storage such as dCache, StoRM, EOS or XRootD's HTTP door.
+
+One ``requests`` session per element keeps connections alive. Two things are
+not what a plain ``requests`` user would expect:
+
+* the CA directory is passed with every request, because ``REQUESTS_CA_BUNDLE``
+  and ``CURL_CA_BUNDLE`` in the environment beat a session's own ``verify``;
+* checksums come from RFC 3230 instance digests: we send ``Want-Digest:
+  adler32`` and read ``Digest: adler32=<hex>``, which dCache and StoRM answer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from seproxy import __version__
+from seproxy.config import StorageElementSettings
+from seproxy.storage.base import (
+    CHUNK_SIZE,
+    FileInfo,
+    ReadStream,
+    StorageElement,
+    StorageUnavailable,
+    adler32_hex,
+)
+
+_DAV = "{DAV:}"
+_PROPFIND_BODY = (
+    b'<?xml version="1.0" encoding="utf-8"?>'
+    b'<propfind xmlns="DAV:"><prop><resourcetype/><getcontentlength/><getlastmodified/></prop></propfind>'
+)
+_STATUS_ERRNO = {
+    400: errno.EINVAL,
+    401: errno.EACCES,
+    403: errno.EACCES,
+    404: errno.ENOENT,
+    405: errno.EPERM,
+    409: errno.EEXIST,
+    412: errno.EEXIST,
+    413: errno.EFBIG,
+    414: errno.ENAMETOOLONG,
+    423: errno.EBUSY,
+    507: errno.ENOSPC,
+}
+
+
+class _LargeBlockAdapter(HTTPAdapter):
+    """Sends request bodies in CHUNK_SIZE blocks instead of http.client's 16 KiB."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = CHUNK_SIZE
+        super().init_poolmanager(*args, **kwargs)
+
+
+class WebDavStorage(StorageElement):
+    plugin = "webdav"
+    schemes = ("https", "http")
+    base_form = "an https:// URL such as https://dcache.example.org:2880/pnfs/example.org/data"
+
+    def __init__(
+        self, name: str, settings: StorageElementSettings, *, default_ca_dir: Path | None = None
+    ) -> None:
+        super().__init__(name, settings, default_ca_dir=default_ca_dir)
+        ca_dir = settings.ca_dir or default_ca_dir
+        if ca_dir is not None and not ca_dir.is_dir():
+            raise self._config_error("ca_dir", f"{ca_dir} is not a directory")
+        if settings.bearer_token_file is not None and self._scheme != "https":
+            raise self._config_error("bearer_token_file", "a bearer token is only ever sent over https")
+        # Given with every request: a session's own verify would lose to REQUESTS_CA_BUNDLE.
+        self._verify: str | bool = str(ca_dir) if ca_dir is not None else True
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = f"seproxy/{__version__}"
+        for prefix in ("https://", "http://"):
+            self._session.mount(prefix, _LargeBlockAdapter())
+        if settings.x509_proxy is not None:
+            self._session.cert = str(settings.x509_proxy)
+        elif settings.x509_cert is not None:
+            self._session.cert = (str(settings.x509_cert), str(settings.x509_key or settings.x509_cert))
+
+    def _url_path(self, storage_path: str) -> str:
+        return quote(storage_path, safe="/")
+
+    def _unquote(self, url_path: str) -> str:
+        return unquote(url_path)
+
+    # -- HTTP --------------------------------------------------------------
+
+    def _auth_headers(self, path: str) -> dict[str, str]:
+        token_file = self.settings.bearer_token_file
+        if token_file is None:
+            return {}
+        try:  # read at every request: tokens are renewed behind our back
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise PermissionError(
+                errno.EACCES, f"{self.name}: {path}: cannot read the bearer token file {token_file}: {exc.strerror}"
+            ) from None
+        return {"Authorization": f"Bearer {token}"}
+
+    @contextmanager
+    def _transport(self, path: str) -> Iterator[None]:
+        """Turn a failure to talk to the server into StorageUnavailable."""
+        try:
+            yield
+        except requests.exceptions.RequestException as exc:
+            code = _errno_of(exc)
+            if isinstance(exc, requests.exceptions.SSLError):
+                detail = f"TLS failed (CA directory {self._verify}): {_innermost(exc)}"
+            elif code == errno.ETIMEDOUT:
+                detail = f"no answer within {self.settings.timeout:g} s"
+            else:
+                detail = f"unreachable: {_innermost(exc)}"
+            raise StorageUnavailable(code, f"{self.name}: {path}: storage at {self._netloc}: {detail}") from None
+
+    def _request(
+        self, method: str, path: str, *, ok: tuple[int, ...], headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> requests.Response:
+        with self._transport(path):
+            response = self._session.request(
+                method,
+                self.url(path),
+                headers={**(headers or {}), **self._auth_headers(path)},
+                verify=self._verify,
+                timeout=self.settings.timeout,
+                **kwargs,
+            )
+        if response.status_code not in ok:
+            response.close()
+            raise self._status_error(response, method, path)
+        return response
+
+    def _status_error(self, response: requests.Response, method: str, path: str) -> OSError:
+        answer = f"{method} answered {response.status_code} {response.reason}"
+        code = _STATUS_ERRNO.get(response.status_code)
+        if code is None and response.status_code >= 500:
+            return StorageUnavailable(errno.EHOSTUNREACH, f"{self.name}: {path}: storage failed: {answer}")
+        code = code or errno.EIO
+        return self._error(code, path, f"{os.strerror(code)} ({answer})")
+
+    def _propfind(self, path: str, depth: int) -> Iterator[tuple[str, ElementTree.Element]]:
+        """Each ``response`` of a PROPFIND with its decoded href path (no trailing slash)."""
+        response = self._request(
+            "PROPFIND",
+            path,
+            ok=(207,),
+            headers={"Depth": str(depth), "Content-Type": "application/xml; charset=utf-8"},
+            data=_PROPFIND_BODY,
+        )
+        with self._transport(path):
+            body = response.content
+        # Entity declarations are how XML bombs work; no WebDAV server needs them.
+        if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+            raise self._error(errno.EPROTO, path, "PROPFIND answer declares a DOCTYPE; refused")
+        try:
+            tree = ElementTree.fromstring(body)
+        except ElementTree.ParseError as exc:
+            raise self._error(errno.EPROTO, path, f"PROPFIND answer is not XML: {exc}") from None
+        for node in tree.iter(f"{_DAV}response"):
+            yield unquote(urlsplit(node.findtext(f"{_DAV}href", "")).path).rstrip("/"), node
+
+    @staticmethod
+    def _info(node: ElementTree.Element, path: str) -> FileInfo:
+        # Properties a resource lacks come back empty (in a 404 propstat), which reads as absent.
+        is_dir = node.find(f".//{_DAV}resourcetype/{_DAV}collection") is not None
+        size = node.findtext(f".//{_DAV}getcontentlength") or ""
+        modified = node.findtext(f".//{_DAV}getlastmodified")
+        return FileInfo(path, int(size) if size.isdigit() and not is_dir else 0, is_dir, _http_date(modified))
+
+    # -- the primitives ----------------------------------------------------
+
+    def _stat(self, path: str) -> FileInfo:
+        for _, node in self._propfind(path, 0):
+            return self._info(node, path)
+        raise self._error(errno.EPROTO, path, "PROPFIND answer is empty")
+
+    def _checksums(self, path: str) -> dict[str, str]:
+        response = self._request("HEAD", path, ok=(200,), headers={"Want-Digest": "adler32"})
+        response.close()
+        return _digest(response.headers.get("Digest", ""))
+
+    def _listdir(self, path: str) -> list[FileInfo]:
+        own = self._storage_path(path).rstrip("/")
+        entries = []
+        for href, node in self._propfind(path, 1):
+            if href != own:
+                entries.append(self._info(node, f"{path.rstrip('/')}/{href.rsplit('/', 1)[-1]}"))
+            elif not self._info(node, path).is_dir:
+                raise self._error(errno.ENOTDIR, path, "not a directory")
+        return sorted(entries, key=lambda entry: entry.path)
+
+    def _mkdir(self, path: str) -> None:
+        response = self._request("MKCOL", path, ok=(201, 405, 409))
+        response.close()
+        if response.status_code == 409:  # a parent is missing: MKCOL makes one level only
+            self._mkdir(path.rsplit("/", 1)[0] or "/")
+            self._request("MKCOL", path, ok=(201, 405)).close()
+        elif response.status_code == 405 and not self._stat(path).is_dir:
+            raise self._error(errno.EEXIST, path, "exists and is not a directory")
+
+    def _delete(self, path: str) -> None:
+        self._request("DELETE", path, ok=(200, 202, 204)).close()
+
+    _rmdir = _remove = _delete
+    # A DELETE of a collection removes it with everything below.
+    _remove_tree = _delete
+
+    @contextmanager
+    def _open_read(self, path: str) -> Iterator[ReadStream]:
+        response = self._request(
+            "GET", path, ok=(200,), headers={"Want-Digest": "adler32", "Accept-Encoding": "identity"}, stream=True
+        )
+        with response:
+            length = response.headers.get("Content-Length")
+            yield ReadStream(
+                int(length) if length is not None else None,
+                _digest(response.headers.get("Digest", "")),
+                _http_date(response.headers.get("Last-Modified")),
+                self._chunks(response, path),
+            )
+
+    def _chunks(self, response: requests.Response, path: str) -> Iterator[bytes]:
+        with self._transport(path):
+            yield from response.iter_content(CHUNK_SIZE)
+
+    def _write(self, stream: Any, size: int, path: str) -> None:
+        # requests takes the length from the file; an empty file would go out chunked.
+        self._request("PUT", path, ok=(200, 201, 204), data=stream if size else b"").close()
+
+
+def _digest(header: str) -> dict[str, str]:
+    """The adler32 of an RFC 3230 ``Digest`` header (``adler32=0a1b2c3d, md5=...``)."""
+    for item in header.split(","):
+        algorithm, _, value = item.partition("=")
+        if algorithm.strip().lower() == "adler32" and (checksum := adler32_hex(value)):
+            return {"adler32": checksum}
+    return {}
+
+
+def _http_date(text: str | None) -> float | None:
+    try:
+        return parsedate_to_datetime(text).timestamp() if text else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """The chain urllib3 and requests build around a socket error, outermost first."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError keeps the cause here
+        exc = reason if isinstance(reason, BaseException) else exc.__cause__ or exc.__context__
+
+
+def _errno_of(exc: BaseException) -> int:
+    causes = list(_causes(exc))
+    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return errno.ECONNREFUSED
+    if any(isinstance(cause, TimeoutError) for cause in causes):  # socket timeouts, connect or read
+        return errno.ETIMEDOUT
+    return errno.EHOSTUNREACH
+
+
+def _innermost(exc: BaseException) -> str:
+    *_, last = _causes(exc)
+    return str(last)

@@ -1,0 +1,167 @@
+"""Staging and uploads: bytes, checksums and verification, on a real filesystem."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from seproxy.cache import Cache, Fetch, StagingWriter, VerificationError
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Iterator[Cache]:
+    with Cache(tmp_path / "cache", quota=1 << 30, min_free=0) as cache:
+        yield cache
+
+
+def source(data: bytes, size: int | None = None, checksums: dict[str, str] | None = None) -> Fetch:
+    """A fetch that announces ``size`` and ``checksums`` and sends ``data`` in 64 KiB chunks."""
+
+    def fetch(writer: StagingWriter) -> None:
+        writer.expect(size, checksums or {})
+        view = memoryview(data)
+        for start in range(0, len(data), 65536):
+            writer.write(view[start : start + 65536])
+
+    return fetch
+
+
+def leftovers(cache: Cache) -> list[Path]:
+    return [p for p in cache.layout.data.rglob("*") if p.is_file()] + list(cache.layout.tmp.iterdir())
+
+
+def test_round_trip_with_checksums(cache: Cache) -> None:
+    data = os.urandom(1_000_003)
+    adler = f"{zlib.adler32(data):08X}".lstrip("0")  # catalogues drop leading zeros and use any case
+    entry = cache.stage("CERN-DST", "/lhcb/file.dst", source(data, len(data), {"ADLER32": adler}), owner="alice")
+
+    assert entry.path.read_bytes() == data
+    assert entry.size == len(data)
+    assert entry.xxh3 == xxhash.xxh3_64_hexdigest(data)
+    assert entry.adler32 == f"{zlib.adler32(data):08x}"
+    assert (entry.area, entry.se, entry.source_path, entry.owner) == ("staged", "CERN-DST", "/lhcb/file.dst", "alice")
+    assert entry.path == cache.layout.data / entry.id[:2] / entry.id
+    assert list(cache.layout.tmp.iterdir()) == []
+    assert cache.get(entry.id) == entry
+    assert cache.lookup("CERN-DST", "/lhcb/file.dst") == entry
+
+
+def test_adler32_only_when_the_source_offers_one(cache: Cache) -> None:
+    entry = cache.stage("SE", "/f", source(b"abc", 3))
+    assert entry.adler32 is None
+    assert entry.xxh3 == xxhash.xxh3_64_hexdigest(b"abc")
+
+
+def test_a_cached_source_is_not_fetched_again(cache: Cache) -> None:
+    first = cache.stage("SE", "/f", source(b"one"))
+    again = cache.stage("SE", "/f", source(b"must not be fetched"))
+    assert again.id == first.id and again.last_access >= first.last_access
+    forced = cache.stage("SE", "/f", source(b"two"), force=True)
+    assert forced.id != first.id and forced.path.read_bytes() == b"two"
+    assert cache.get(first.id) is None and not first.path.exists()
+
+
+@pytest.mark.parametrize(
+    "data, size",
+    [(b"x" * 1000, 1001), (b"x" * 1000, 999)],
+    ids=["short", "long"],
+)
+def test_size_mismatch_leaves_nothing(cache: Cache, data: bytes, size: int) -> None:
+    with pytest.raises(VerificationError, match="announced"):
+        cache.stage("SE", "/f", source(data, size))
+    assert leftovers(cache) == []
+    assert cache.lookup("SE", "/f") is None
+
+
+def test_checksum_mismatch_commits_nothing(cache: Cache) -> None:
+    data = b"payload" * 1000
+    wrong = f"{zlib.adler32(data) ^ 1:08x}"
+    with pytest.raises(VerificationError, match="adler32 mismatch"):
+        cache.stage("SE", "/f", source(data, len(data), {"adler32": wrong}))
+    with pytest.raises(VerificationError, match="xxh3 mismatch"):
+        cache.stage("SE", "/f", source(data, len(data), {"xxh3": "0" * 16}))
+    assert leftovers(cache) == [] and cache.entries() == []
+
+
+def test_a_failing_fetch_leaves_nothing(cache: Cache) -> None:
+    def fetch(writer: StagingWriter) -> None:
+        writer.write(b"half a file")
+        raise ConnectionError("storage element went away")
+
+    with pytest.raises(ConnectionError):
+        cache.stage("SE", "/f", fetch)
+    assert leftovers(cache) == [] and cache.usage().staging == 0
+
+
+def test_upload_round_trip_and_release(cache: Cache) -> None:
+    data = os.urandom(300_000)
+    with cache.receive_upload("alice", "putFile/x.root", expected_size=len(data)) as writer:
+        writer.write(data)
+    entry = writer.entry
+    assert entry is not None and entry.upload_pending and entry.area == "upload"
+    assert cache.resolve_alias("alice", "putFile/x.root") == entry
+    assert cache.resolve_alias("bob", "putFile/x.root") is None
+    assert entry.path.read_bytes() == data
+
+    cache.mark_uploaded(entry.id)
+    assert cache.get(entry.id) is None and not entry.path.exists()
+    assert cache.resolve_alias("alice", "putFile/x.root") is None
+
+
+def test_short_upload_leaves_nothing(cache: Cache) -> None:
+    with pytest.raises(VerificationError):
+        with cache.receive_upload("alice", "putFile/x", expected_size=10) as writer:
+            writer.write(b"12345")
+    with pytest.raises(OSError):
+        with cache.receive_upload("alice", "putFile/x", expected_size=None) as writer:
+            writer.write(b"12345")
+            raise OSError("client hung up")
+    assert leftovers(cache) == [] and cache.resolve_alias("alice", "putFile/x") is None
+
+
+def test_sending_an_upload_again_releases_the_first(cache: Cache) -> None:
+    with cache.receive_upload("alice", "putFile/x", expected_size=None) as first:
+        first.write(b"first")
+    with cache.receive_upload("alice", "putFile/x", expected_size=None) as second:
+        second.write(b"second")
+    assert first.entry is not None and second.entry is not None
+    assert cache.get(first.entry.id) is None
+    assert cache.resolve_alias("alice", "putFile/x") == second.entry
+
+
+def test_aliases_are_per_user(cache: Cache) -> None:
+    entry = cache.stage("SE", "/dir/file.txt", source(b"data"))
+    cache.set_alias("alice", "getFile/file.txt", entry.id)
+    assert cache.resolve_alias("alice", "getFile/file.txt") == entry
+    assert cache.resolve_alias("bob", "getFile/file.txt") is None
+    with pytest.raises(FileNotFoundError):
+        cache.set_alias("alice", "getFile/other", "0" * 32)
+
+
+def test_http_file_and_read_lease(cache: Cache) -> None:
+    with cache.build_http_file("alice", "bundle.tar") as writer:
+        writer.write(b"tar bytes")
+    assert writer.entry is not None
+    with cache.open_read(writer.entry.id) as lease:
+        assert lease.entry.area == "http"
+        assert lease.path.read_bytes() == b"tar bytes"
+        assert cache.remove(writer.entry.id, force=True) is False
+    assert cache.remove(writer.entry.id) is True
+    with pytest.raises(FileNotFoundError):
+        with cache.open_read(writer.entry.id):
+            pass
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "A" * 32, "0" * 31, "0" * 32 + "/x", ""])
+def test_entry_ids_from_outside_are_checked(cache: Cache, bad: str) -> None:
+    for call in (cache.get, cache.remove, cache.mark_uploaded, cache.unpin):
+        with pytest.raises(ValueError, match="not a cache entry id"):
+            call(bad)
+    with pytest.raises(ValueError):
+        with cache.open_read(bad):
+            pass
