@@ -14,5 +14,5 @@ test:
 
 # Benchmarks: not part of the test suite; see docs/benchmarks.md.
 bench:
-	scripts/setup test
+	scripts/setup bench
 	.venv/bin/python -m bench $(ARGS)

@@ -72,6 +72,8 @@ class Cache:
         self._index = Index(self.layout.index, self.layout.entry_path)
         self._stagings: SingleFlight[Entry] = SingleFlight()
         self._evicting = threading.Lock()
+        # Entries this process evicted since it opened the cache (for metrics).
+        self.evictions = 0
         recover(self.layout, self._index)
         self._heartbeat = Heartbeat(lease_ttl / 4, self._renew_leases)
 
@@ -305,6 +307,7 @@ class Cache:
                 self._index.releasable(now), self._total(), target, lambda e: self._delete(e, force=False)
             )
         if removed:
+            self.evictions += len(removed)
             log.info("cache evicted %d entries, %d bytes", len(removed), sum(e.size for e in removed))
         return removed
 

@@ -22,12 +22,14 @@ import aiofiles
 import tornado.iostream
 import tornado.web
 
+from seproxy import metrics
 from seproxy.byte_range import RangeNotSatisfiable, parse_range
 from seproxy.cache import Entry, VerificationError
 from seproxy.file_ids import PUT_AREA, parse_file_id
 from seproxy.rpc.authorization import authorize
 from seproxy.rpc.handler import ServiceContext
 from seproxy.rpc.identity import caller_of
+from seproxy.security.tokens import TokenRefused
 from seproxy.transfer import S_ERROR, S_OK, SErrorException, codec
 from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, format_digest, parse_digest
 
@@ -43,18 +45,25 @@ def checksum_headers(entry: Entry) -> dict[str, str]:
     return headers
 
 
+class RangeRefused(SErrorException):
+    """A ``Range`` the file cannot satisfy: the caller answers ``status`` with this S_ERROR."""
+
+    status = 416
+
+
 async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, path: Any) -> None:
     """Answer with the file at ``path`` (the committed bytes of ``entry``), honouring ``Range``.
 
-    Raises ``SErrorException`` (errno EINVAL, status 416) for an unsatisfiable
-    range. Once the first byte is out an error can only cut the connection,
-    so the client sees a short body and never takes it for the whole file.
+    Raises ``RangeRefused`` (errno EINVAL, status 416, ``Content-Range`` set)
+    for an unsatisfiable range. Once the first byte is out an error can only
+    cut the connection, so the client sees a short body and never takes it
+    for the whole file.
     """
     try:
         wanted = parse_range(handler.request.headers.get("Range"), entry.size)
     except RangeNotSatisfiable as exc:
         handler.set_header("Content-Range", f"bytes */{entry.size}")
-        raise SErrorException(str(exc), errno=errno.EINVAL) from None
+        raise RangeRefused(str(exc), errno=errno.EINVAL) from None
     start, length = (wanted.start, wanted.length) if wanted else (0, entry.size)
     if wanted:
         handler.set_status(206)
@@ -64,16 +73,19 @@ async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, pa
     handler.set_header("Content-Length", str(length))
     for name, value in checksum_headers(entry).items():
         handler.set_header(name, value)
+    sent = metrics.BYTES_SENT.labels("stream")
     try:
         async with aiofiles.open(path, "rb") as stream:
             await stream.seek(start)
-            while length:
-                chunk = await stream.read(min(CHUNK, length))
-                if not chunk:
-                    raise OSError(errno.EIO, f"cache file {entry.id} is shorter than its index says")
-                length -= len(chunk)
-                handler.write(chunk)
-                await handler.flush()
+            with metrics.ACTIVE_TRANSFERS.labels("stream").track_inprogress():
+                while length:
+                    chunk = await stream.read(min(CHUNK, length))
+                    if not chunk:
+                        raise OSError(errno.EIO, f"cache file {entry.id} is shorter than its index says")
+                    length -= len(chunk)
+                    handler.write(chunk)
+                    await handler.flush()
+                    sent.inc(len(chunk))
     except tornado.iostream.StreamClosedError:
         return  # the client went away; the caller releases the file
     except Exception:
@@ -124,7 +136,10 @@ class StreamUploadHandler(tornado.web.RequestHandler):
         raise tornado.web.Finish()
 
     async def prepare(self) -> None:
-        caller = caller_of(self.request, self.service.registry)
+        try:
+            caller = caller_of(self.request, self.service.registry, self.service.tokens)
+        except TokenRefused as exc:
+            return self._refuse(401, S_ERROR(errno.EACCES, f"bearer token refused: {exc}"))
         rule = self.service.settings.authorization.get("sendFile", ["authenticated"])
         decision = authorize(rule, caller, "sendFile")
         if not decision.allowed:
@@ -157,6 +172,7 @@ class StreamUploadHandler(tornado.web.RequestHandler):
         if self._upload is None:
             return  # already failed and answered
         self._buffer += chunk
+        metrics.BYTES_RECEIVED.labels("upload").inc(len(chunk))
         if len(self._buffer) >= self.BUFFER:
             await self._flush_to_cache()
 

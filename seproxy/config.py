@@ -20,6 +20,10 @@ from typing import Any, Literal
 
 ROUTE_PART = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 SE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+LFN_FIELD = "{lfn}"
+# Shorter inline secrets are refused: an HMAC is only as strong as its key.
+MIN_SECRET_LENGTH = 32
 
 
 class ConfigError(ValueError):
@@ -139,11 +143,21 @@ class GroupSettings:
 
 
 @dataclass
+class TokenSubjectSettings:
+    """A bearer-token identity: the issuer's ``iss`` and the token's ``sub``."""
+
+    issuer: str
+    subject: str
+
+
+@dataclass
 class UserSettings:
     """A user: the DNs that identify them and the groups they may act in (first: default)."""
 
     dn: list[str]
     groups: list[str]
+    # Bearer-token identities of this user (issuer and subject).
+    token_subjects: list[TokenSubjectSettings] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +188,77 @@ class StorageElementSettings:
     # CA directory used to check the storage's certificate; empty: tls.ca_dir.
     ca_dir: Path | None = None
     timeout: Duration = field(default=Duration(60), metadata=_check(_positive))
+    # Where a logical file name (LFN) lives on this element (prepareFileForHTTP):
+    # "{lfn}" is replaced by the LFN, e.g. "/data{lfn}".
+    lfn_path: str = LFN_FIELD
+
+
+@dataclass
+class MetricsSettings:
+    """Prometheus metrics at http://<host>:<port>/metrics."""
+
+    enabled: bool = True
+    # Loopback by default: metrics tell who uses the service and how much.
+    host: str = "127.0.0.1"
+    port: int = field(default=9100, metadata=_check(_port))
+
+
+@dataclass
+class HTTPSettings:
+    """The HTTP side server: downloads by signed URL of files prepared with prepareFileForHTTP."""
+
+    enabled: bool = False
+    # Address to listen on; empty: service.host.
+    host: str = ""
+    port: int = field(default=9180, metadata=_check(_port))
+    # The host name written into HttpURL; empty: the service's public name.
+    public_name: str = ""
+    tls: bool = False
+    # With tls: the certificate and key; empty: the service's (tls.host_cert / host_key or development ones).
+    host_cert: Path | None = None
+    host_key: Path | None = None
+    # The HMAC secret URLs are signed with, shared by instances that must accept each other's URLs.
+    # Empty secret_file and secret: <service.state_dir>/http-secret, generated (mode 0600) if missing.
+    secret_file: Path | None = None
+    secret: str = ""
+    # Names the secret inside every URL (letters, digits, '_', '-'): change it with the secret.
+    key_id: str = "k1"
+    url_lifetime: Duration = field(default=Duration(1800), metadata=_check(_positive))
+    # A URL serves one GET only (HEAD does not count): no second download, no resume.
+    single_use: bool = False
+    # Storage elements where LFNs are looked for, in order; empty: every element in config order.
+    lfn_storage_elements: list[str] = field(default_factory=list)
+    # Most LFNs in one prepareFileForHTTP call (they become one tar archive).
+    max_files: int = field(default=1000, metadata=_check(_positive))
+    # Threads of the side server, each serving many connections (sendfile does the copying);
+    # more than 2 mostly contend for Python's GIL.
+    threads: int = field(default=2, metadata=_check(_positive))
+    max_connections: int = field(default=1024, metadata=_check(_positive))
+    # A connection that makes no progress this long (idle keep-alive, stalled client) is closed;
+    # a request's headers must also arrive within it.
+    idle_timeout: Duration = field(default=Duration(60), metadata=_check(_positive))
+
+
+@dataclass
+class TokenIssuerSettings:
+    """An issuer of bearer tokens (JWT) this service trusts."""
+
+    # The "iss" claim, exactly as the issuer writes it.
+    issuer: str
+    # Its public keys: PEM files or JWKS files, read at start-up and on SIGHUP
+    # (never fetched from the network while answering).
+    keys: list[Path]
+    algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
+
+
+@dataclass
+class TokenSettings:
+    """Bearer-token authentication, beside X.509."""
+
+    # A token's "aud" must name one of these (or the WLCG "any" audience);
+    # empty: the service's own https://<public name>:<port> URL.
+    audiences: list[str] = field(default_factory=list)
+    issuers: dict[str, TokenIssuerSettings] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,6 +270,9 @@ class Settings:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     storage_elements: dict[str, StorageElementSettings] = field(default_factory=dict)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Method name -> who may call it ("all", "authenticated" or properties);
     # overrides the handler's own auth_<method>.
     authorization: dict[str, list[str]] = field(default_factory=dict)
@@ -311,15 +399,41 @@ def _validate(settings: Settings, reader: _Reader) -> None:
         for group in spec.groups:
             if group not in groups:
                 reader.fail(f"registry.users.{user}.groups", f"group {group!r} is not defined in [registry.groups]")
+    issuers = {spec.issuer for spec in settings.tokens.issuers.values()}
+    for user, spec in settings.registry.users.items():
+        for identity in spec.token_subjects:
+            if identity.issuer not in issuers:
+                reader.fail(f"registry.users.{user}.token_subjects", f"issuer {identity.issuer!r} is not in [tokens.issuers]")
     seen: dict[str, str] = {}
     for user, spec in settings.registry.users.items():
         for dn in spec.dn:
             if dn in seen:
                 reader.fail(f"registry.users.{user}.dn", f"DN {dn!r} is already given to user {seen[dn]!r}")
             seen[dn] = user
-    for name in settings.storage_elements:
+    for name, element in settings.storage_elements.items():
         if not SE_NAME.match(name):
             reader.fail(f"storage_elements.{name}", "a storage element name is letters, digits, '.', '_' and '-'")
+        template = element.lfn_path
+        rest = template.replace(LFN_FIELD, "", 1)
+        if LFN_FIELD not in template or "{" in rest or "}" in rest:
+            reader.fail(f"storage_elements.{name}.lfn_path", f"must contain {LFN_FIELD} once and no other braces, got {template!r}")
+    _validate_http(settings, reader)
+
+
+def _validate_http(settings: Settings, reader: _Reader) -> None:
+    http = settings.http
+    if not KEY_ID.match(http.key_id):
+        reader.fail("http.key_id", f"must be 1 to 32 letters, digits, '_' or '-', got {http.key_id!r}")
+    if http.secret and http.secret_file is not None:
+        reader.fail("http.secret", "set secret or secret_file, not both")
+    if http.secret and len(http.secret) < MIN_SECRET_LENGTH:
+        reader.fail("http.secret", f"must be at least {MIN_SECRET_LENGTH} characters (try: openssl rand -hex 32)")
+    if (http.host_cert is None) != (http.host_key is None):
+        reader.fail("http.host_cert", "host_cert and host_key must be set together (or both left out)")
+    for name in http.lfn_storage_elements:
+        if name not in settings.storage_elements:
+            known = ", ".join(settings.storage_elements) or "none"
+            reader.fail("http.lfn_storage_elements", f"{name!r} is not in [storage_elements] (configured: {known})")
 
 
 def load_settings(path: str | Path) -> Settings:

@@ -2,8 +2,10 @@
 
 A working service on loopback with nothing to set up: development
 credentials (CA, host, user, proxy) generated under the state folder, a
-registry that knows the development user, and one storage element,
-``LocalSE``, a directory in the state folder.
+registry that knows the development user, one storage element,
+``LocalSE``, a directory in the state folder, and the HTTP side server, so
+that ``prepareFileForHTTP("/vo/a.dat")`` serves the file uploaded to
+``LocalSE`` at ``/vo/a.dat``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def embedded_settings() -> Settings:
             "storage_elements": {
                 "LocalSE": {"plugin": "file", "base": str(state_dir / "storage" / "LocalSE"), "vos": [DEV_VO]},
             },
+            # prepareFileForHTTP: LFNs resolve on LocalSE (the default: LFN = path), served on port 9180.
+            "http": {"enabled": True},
         },
         source="<embedded default>",
     )

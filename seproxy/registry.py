@@ -8,10 +8,11 @@ DIRAC installation and still make the same decisions DIRAC would.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from seproxy.config import RegistrySettings
+from seproxy.security.tokens import TokenIdentity
 from seproxy.security.x509 import PeerIdentity
 
 ANONYMOUS = "anonymous"
@@ -33,11 +34,12 @@ class Caller:
     valid_dn: bool = False
     valid_group: bool = False
     not_after: datetime.datetime | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # How the caller proved who they are: "x509", "token", or "" (anonymous).
+    authenticated_by: str = ""
 
     @property
     def anonymous(self) -> bool:
-        return not self.dn
+        return not self.authenticated_by
 
     def seconds_left(self) -> int:
         if self.not_after is None:
@@ -60,6 +62,7 @@ class Caller:
             "secondsLeft": self.seconds_left(),
             "validDN": self.valid_dn,
             "validGroup": self.valid_group,
+            "authenticatedBy": self.authenticated_by or "none",
         }
 
 
@@ -69,6 +72,9 @@ class Registry:
     def __init__(self, settings: RegistrySettings) -> None:
         self._settings = settings
         self._user_by_dn = {dn: name for name, user in settings.users.items() for dn in user.dn}
+        self._user_by_token = {
+            (token.issuer, token.subject): name for name, user in settings.users.items() for token in user.token_subjects
+        }
 
     def username_for_dn(self, dn: str) -> str | None:
         return self._user_by_dn.get(dn)
@@ -94,12 +100,27 @@ class Registry:
             "is_proxy": identity.is_proxy,
             "is_limited_proxy": identity.is_limited_proxy,
             "not_after": identity.not_after,
+            "authenticated_by": "x509",
         }
-        username = self.username_for_dn(identity.dn)
+        return self._resolve(base, self.username_for_dn(identity.dn), identity.dirac_group)
+
+    def caller_for_token(self, token: TokenIdentity) -> Caller:
+        """The caller of a verified bearer token: its user's first DN and default group, as DIRAC does."""
+        username = self._user_by_token.get((token.issuer, token.subject))
+        base = {
+            "dn": self._settings.users[username].dn[0] if username else "",
+            "subject": token.subject,
+            "issuer": token.issuer,
+            "not_after": datetime.datetime.fromtimestamp(token.expires, datetime.timezone.utc),
+            "authenticated_by": "token",
+        }
+        return self._resolve(base, username, None)
+
+    def _resolve(self, base: dict[str, Any], username: str | None, requested_group: str | None) -> Caller:
         if username is None:
-            return Caller(**base, username=ANONYMOUS, group=identity.dirac_group or "")
+            return Caller(**base, username=ANONYMOUS, group=requested_group or "")
         groups = self._settings.users[username].groups
-        group = identity.dirac_group or groups[0]
+        group = requested_group or groups[0]
         if group not in groups:
             return Caller(**base, username=username, group=group, valid_dn=True)
         spec = self._settings.groups[group]

@@ -11,9 +11,8 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import tornado.httpserver
@@ -21,35 +20,20 @@ import tornado.netutil
 import tornado.web
 
 from seproxy import __version__
-from seproxy.config import Settings
+from seproxy.config import ConfigError, Settings, load_settings
+from seproxy.metrics import MetricsEndpoint
 from seproxy.registry import Registry
 from seproxy.rpc.executor import CallExecutor
 from seproxy.rpc.handler import NotFoundHandler, RPCHandler, ServiceContext
-from seproxy.security.devcreds import DevCredentials, ensure_dev_credentials
+from seproxy.security.host_credentials import ServerCredentials, server_credentials
 from seproxy.security.tls import server_context
+from seproxy.security.tokens import TokenVerifier, TrustedIssuer
 from seproxy.storage_element_proxy import StorageElementProxyHandler
 
 log = logging.getLogger("seproxy.service")
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
-
-
-@dataclass(frozen=True)
-class ServerCredentials:
-    host_cert: Path
-    host_key: Path
-    ca_dir: Path
-    development: DevCredentials | None
-
-
-def server_credentials(settings: Settings) -> ServerCredentials:
-    """The host credentials from the config, or development ones made on demand."""
-    tls = settings.tls
-    if tls.host_cert is not None and tls.host_key is not None and tls.ca_dir is not None:
-        return ServerCredentials(tls.host_cert, tls.host_key, tls.ca_dir, None)
-    dev = ensure_dev_credentials(settings.service.state_dir / "dev-credentials")
-    return ServerCredentials(dev.host_cert, dev.host_key, tls.ca_dir or dev.ca_dir, dev)
 
 
 def public_host(settings: Settings) -> str:
@@ -86,6 +70,17 @@ class BoundedHTTPServer(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
 
+def token_verifier(settings: Settings, audience: str) -> TokenVerifier | None:
+    """The bearer-token checker the config asks for; None when it trusts no issuer."""
+    issuers = []
+    for name, spec in settings.tokens.issuers.items():
+        try:
+            issuers.append(TrustedIssuer.from_files(spec.issuer, spec.keys, spec.algorithms))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{settings.source}: tokens.issuers.{name}.keys: {exc}") from None
+    return TokenVerifier(issuers, settings.tokens.audiences or [audience]) if issuers else None
+
+
 class Service:
     """One instance of the HTTPS RPC service."""
 
@@ -96,16 +91,23 @@ class Service:
         self.credentials: ServerCredentials | None = None
         self._server: BoundedHTTPServer | None = None
         self._context: ServiceContext | None = None
+        self._tls: ssl.SSLContext | None = None
+        self.metrics: MetricsEndpoint | None = None
 
     @property
     def url(self) -> str:
         return service_url(self.settings, self.port)
 
+    @property
+    def origin(self) -> str:
+        """``https://host:port``: what bearer tokens name as their audience by default."""
+        return self.url[: -len(self.settings.route)]
+
     def start(self) -> None:
         """Bind and listen; call from within the running event loop."""
         service = self.settings.service
         self.credentials = server_credentials(self.settings)
-        tls = server_context(
+        self._tls = tls = server_context(
             self.credentials.host_cert,
             self.credentials.host_key,
             self.credentials.ca_dir,
@@ -120,6 +122,7 @@ class Service:
             executor=CallExecutor(service.worker_threads, service.call_timeout),
             url=self.url,
             ca_dir=self.credentials.ca_dir,
+            tokens=token_verifier(self.settings, self.origin),
         )
         self._context.shared = self.handler.initializeHandler(self._context)
         routes = [(self.settings.route, self.handler, {"service": self._context})]
@@ -139,7 +142,37 @@ class Service:
             max_connections=service.max_connections,
         )
         self._server.add_sockets(sockets)
+        if self.settings.metrics.enabled:
+            cache = getattr(self._context.shared, "cache", None)
+            self.metrics = MetricsEndpoint(self.settings.metrics.host, self.settings.metrics.port, cache)
         log.info("seproxy %s serving %s", __version__, self.url)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the registry, authorization and token keys, and the host certificate.
+
+        Other settings (ports, storage elements, cache) need a restart. A
+        config that no longer loads is reported and the running one is kept.
+        New connections get the new certificate; open ones keep theirs.
+        """
+        if self._context is None or self._tls is None:
+            return
+        try:
+            if self.settings.source.startswith("<"):
+                fresh = self.settings  # the embedded default has no file to re-read
+            else:
+                fresh = load_settings(self.settings.source)
+            tokens = token_verifier(fresh, self.origin)
+            credentials = server_credentials(fresh)
+            self._tls.load_cert_chain(str(credentials.host_cert), str(credentials.host_key))
+        except (ConfigError, OSError, ValueError, ssl.SSLError) as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        self.settings.registry = fresh.registry
+        self.settings.authorization = fresh.authorization
+        self.settings.tokens = fresh.tokens
+        self._context.registry = Registry(fresh.registry)
+        self._context.tokens = tokens
+        log.info("reloaded the registry, authorization, token keys and host certificate %s", credentials.host_cert)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, give open connections ``grace`` seconds, then close them."""
@@ -151,6 +184,9 @@ class Service:
         except asyncio.TimeoutError:
             log.warning("stopping with requests still running after %.0f s", grace)
         await self._server.close_all_connections()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self._context is not None:
             self._context.executor.shutdown(wait=False)
             self.handler.finalizeHandler(self._context)
@@ -171,6 +207,7 @@ async def serve(settings: Settings, on_ready: Callable[[Service], None] | None =
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, service.reload)
     await stopping.wait()
     log.info("stopping")
     await service.stop()

@@ -23,13 +23,19 @@ import inspect
 import posixpath
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import tornado.web
 
+from seproxy import metrics
 from seproxy.cache import Cache, Entry, VerificationError
-from seproxy.cache_streams import StreamUploadHandler, send_cached_file
+from seproxy.cache_access import open_cache
+from seproxy.cache_streams import RangeRefused, StreamUploadHandler, send_cached_file
 from seproxy.config import Settings
+from seproxy.file_description import describe
 from seproxy.file_ids import GET_AREA, PUT_AREA, file_id, parse_file_id
+from seproxy.http_side import HTTPSide
+from seproxy.http_side.prepare import prepare_for_http
 from seproxy.proxy_operations import OPERATIONS, OperationError, options_of, paths_of, run_bulk
 from seproxy.rpc.executor import CallCancelled, check_cancelled
 from seproxy.rpc.handler import RPCHandler, ServiceContext
@@ -42,10 +48,11 @@ READ = ("authenticated",)
 
 @dataclass
 class ProxyResources:
-    """What every request of the service shares: the cache and the storage elements."""
+    """What every request of the service shares: the cache, the storage elements, the HTTP side server."""
 
     cache: Cache
     elements: dict[str, StorageElement]
+    http: HTTPSide | None = None
 
 
 def _as_error(exc: BaseException) -> dict[str, Any]:
@@ -101,11 +108,6 @@ class _CancellableSink:
         self._sink.write(data)
 
 
-def describe(entry: Entry) -> dict[str, Any]:
-    """What clients learn about a cached file: enough to check what they receive."""
-    return {"Size": entry.size, "Checksum": entry.adler32 or "", "ChecksumType": "ADLER32", "xxh3": entry.xxh3}
-
-
 def _stale(cached: Entry, source: FileInfo) -> bool:
     """Whether the storage's copy changed since it was cached."""
     if cached.size != source.size:
@@ -117,13 +119,7 @@ def _stale(cached: Entry, source: FileInfo) -> bool:
 
 
 def open_resources(settings: Settings, ca_dir: Any) -> ProxyResources:
-    cache = Cache(
-        settings.cache_root,
-        quota=settings.cache.quota,
-        high_watermark=settings.cache.high_watermark,
-        low_watermark=settings.cache.low_watermark,
-        min_free=settings.cache.min_free,
-    )
+    cache = open_cache(settings)
     elements = {
         name: make_storage_element(name, spec, default_ca_dir=ca_dir)
         for name, spec in settings.storage_elements.items()
@@ -146,10 +142,16 @@ class StorageElementProxyHandler(RPCHandler):
     types_uploadFile: ClassVar = (str, str)
     auth_callProxyMethod: ClassVar = READ
     types_callProxyMethod: ClassVar = (str, str, list, dict)
+    auth_prepareFileForHTTP: ClassVar = READ
+    types_prepareFileForHTTP: ClassVar = ((str, list),)
 
     @classmethod
     def initializeHandler(cls, service: ServiceContext) -> ProxyResources:
-        return open_resources(service.settings, service.ca_dir)
+        resources = open_resources(service.settings, service.ca_dir)
+        if service.settings.http.enabled:
+            resources.http = HTTPSide(service.settings, resources.cache, urlsplit(service.url).hostname or "localhost")
+            resources.http.start()
+        return resources
 
     @classmethod
     def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
@@ -158,6 +160,8 @@ class StorageElementProxyHandler(RPCHandler):
     @classmethod
     def finalizeHandler(cls, service: ServiceContext) -> None:
         if service.shared is not None:
+            if service.shared.http is not None:
+                service.shared.http.stop()
             service.shared.cache.close()
 
     # -- helpers -------------------------------------------------------------
@@ -195,14 +199,24 @@ class StorageElementProxyHandler(RPCHandler):
         if source.is_dir:
             raise IsADirectoryError(errno.EISDIR, f"{se}: {path}: is a directory, not a file")
         cached = self.shared.cache.lookup(se, path)
-        return self.shared.cache.stage(
-            se,
-            path,
-            lambda writer: element.download(path, _CancellableSink(writer)),
-            owner=self.owner,
-            name=name,
-            force=cached is not None and _stale(cached, source),
-        )
+        downloaded = []
+
+        def fetch(writer: DownloadSink) -> None:
+            downloaded.append(True)
+            with metrics.ACTIVE_TRANSFERS.labels("staging").track_inprogress():
+                element.download(path, _CancellableSink(writer))
+
+        try:
+            entry = self.shared.cache.stage(
+                se, path, fetch, owner=self.owner, name=name, force=cached is not None and _stale(cached, source)
+            )
+        except BaseException:
+            if downloaded:
+                metrics.STAGINGS.labels(se, "failed").inc()
+            raise
+        if downloaded:
+            metrics.STAGINGS.labels(se, "ok").inc()
+        return entry
 
     # -- the exported methods ------------------------------------------------
 
@@ -225,7 +239,10 @@ class StorageElementProxyHandler(RPCHandler):
         if entry is None:
             return S_ERROR(errno.ENOENT, f"no file {fileId[:120]!r} prepared for you: call prepareFile first")
         with self.shared.cache.open_read(entry.id) as lease:
-            await send_cached_file(self, lease.entry, lease.path)
+            try:
+                await send_cached_file(self, lease.entry, lease.path)
+            except RangeRefused as exc:  # 416, not the 400 an EINVAL would get
+                self._write_json(exc.status, exc.result)
         return None
 
     @answers_errors
@@ -268,3 +285,8 @@ class StorageElementProxyHandler(RPCHandler):
         paths = paths_of(args[0])
         options = options_of(operation, name, args[1:], kwargs)
         return S_OK(run_bulk(element, operation, paths, options))
+
+    @answers_errors
+    def export_prepareFileForHTTP(self, lfns: str | list[Any]) -> dict[str, Any]:
+        """Stage files by LFN; answer with one signed ``HttpURL`` for them (a tar archive for several)."""
+        return prepare_for_http(self, self.shared.http, lfns)

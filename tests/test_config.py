@@ -26,9 +26,14 @@ def test_example_config_loads_and_shows_every_option():
         ("service", config.ServiceSettings),
         ("tls", config.TLSSettings),
         ("cache", config.CacheSettings),
+        ("tokens", config.TokenSettings),
+        ("metrics", config.MetricsSettings),
+        ("tokens.issuers", config.TokenIssuerSettings),
+        ("http", config.HTTPSettings),
     ]:
         for spec in dataclasses.fields(cls):
-            assert f"\n{spec.name} =" in text or f"\n# {spec.name} =" in text, f"[{section}] {spec.name} undocumented"
+            documented = (f"\n{spec.name} =", f"\n# {spec.name} =", f"[{section}.{spec.name}.")
+            assert any(form in text for form in documented), f"[{section}] {spec.name} undocumented"
     for spec in dataclasses.fields(config.StorageElementSettings):
         assert f"\n{spec.name} =" in text or f"\n# {spec.name} =" in text, f"storage element {spec.name} undocumented"
 
@@ -36,6 +41,7 @@ def test_example_config_loads_and_shows_every_option():
 def test_defaults():
     settings = settings_from_dict({})
     assert settings.service.port == 8443
+    assert settings.http.enabled is False and settings.http.port == 9180 and settings.http.url_lifetime == 1800
     assert settings.route == "/DataManagement/StorageElementProxy"
     assert settings.tls.min_version == "TLSv1.2"
 
@@ -62,6 +68,14 @@ def test_defaults():
         ("[storage_elements.X]\nplugin = 'ftp'\nbase = '/'", "storage_elements.X.plugin: must be one of"),
         ("[storage_elements.X]\nplugin = 'file'", "storage_elements.X.base: required key is missing"),
         ("[storage_elements.'a/b']\nplugin = 'file'\nbase = '/'", "storage_elements.a/b: a storage element name"),
+        ("[http]\nkey_id = 'a.b'", "http.key_id: must be 1 to 32 letters"),
+        ("[http]\nsecret = 'short'", "http.secret: must be at least 32 characters"),
+        ("[http]\nsecret = '" + "s" * 32 + "'\nsecret_file = '/s'", "http.secret: set secret or secret_file, not both"),
+        ("[http]\nhost_cert = '/a'", "http.host_cert: host_cert and host_key must be set together"),
+        ("[http]\nurl_lifetime = 0", "http.url_lifetime: must be greater than 0"),
+        ("[http]\nlfn_storage_elements = ['X']", "http.lfn_storage_elements: 'X' is not in [storage_elements]"),
+        ("[storage_elements.X]\nplugin = 'file'\nbase = '/'\nlfn_path = '/data'", "storage_elements.X.lfn_path: must contain {lfn}"),
+        ("[storage_elements.X]\nplugin = 'file'\nbase = '/'\nlfn_path = '{lfn}{x}'", "storage_elements.X.lfn_path: must contain {lfn} once"),
         ("service = 3", "service: expected a table"),
         ("[service\n", "not valid TOML"),
     ],

@@ -78,7 +78,7 @@ def test_argument_alternatives_and_numbers():
 
 LATER = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
 EARLIER = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
-USER = Caller(dn="/CN=u", username="u", group="g", properties=("NormalUser",), valid_dn=True, valid_group=True, not_after=LATER)
+USER = Caller(authenticated_by="x509", dn="/CN=u", username="u", group="g", properties=("NormalUser",), valid_dn=True, valid_group=True, not_after=LATER)
 
 
 @pytest.mark.parametrize(
@@ -91,9 +91,9 @@ USER = Caller(dn="/CN=u", username="u", group="g", properties=("NormalUser",), v
         (["Admin"], USER, 403),
         (["Admin", "NormalUser"], USER, 200),
         ([], USER, 403),
-        (["authenticated"], Caller(dn="/CN=x", not_after=LATER), 403),
-        (["authenticated"], Caller(dn="/CN=u", username="u", group="other", valid_dn=True, not_after=LATER), 403),
-        (["authenticated"], Caller(dn="/CN=u", username="u", valid_dn=True, valid_group=True, not_after=EARLIER), 401),
+        (["authenticated"], Caller(authenticated_by="x509", dn="/CN=x", not_after=LATER), 403),
+        (["authenticated"], Caller(authenticated_by="x509", dn="/CN=u", username="u", group="other", valid_dn=True, not_after=LATER), 403),
+        (["authenticated"], Caller(authenticated_by="token", dn="/CN=u", username="u", valid_dn=True, valid_group=True, not_after=EARLIER), 401),
         (["ALL"], Caller(), 200),
     ],
 )

@@ -7,6 +7,7 @@ of the auth matrix has something to be refused:
 
 import datetime
 import errno
+import time
 
 import pytest
 import requests
@@ -183,7 +184,12 @@ def test_get_and_unknown_routes(service, pki):
     assert response.status_code == 404 and codec.decode(response.content)["Errno"] == errno.ENOENT
 
 
-def test_requests_are_logged_with_identity(service, pki):
-    call(service, pki, "whoami", cert=str(pki.proxy))
-    log = service.log()
-    assert "method=whoami" in log and "user=tester" in log and pki.user_dn in log
+def test_requests_are_logged_with_identity_and_request_id(service, pki):
+    response = post_form(service.url, rpc_fields("whoami"), pki, cert=str(pki.proxy))
+    request_id = response.headers["X-Request-ID"]
+    deadline = time.monotonic() + 10  # the line is written just after the answer is sent
+    while not (lines := [line for line in service.log().splitlines() if f"[{request_id}]" in line]):
+        assert time.monotonic() < deadline, "no log line for the request"
+        time.sleep(0.05)
+    (line,) = lines
+    assert "method=whoami" in line and "user=tester" in line and pki.user_dn in line and "status=200" in line

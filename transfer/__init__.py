@@ -1,4 +1,4 @@
-"""What a client of seproxy needs: return values, the JSON codec, the RPC client."""
+"""What a client of seproxy needs: return values, the JSON codec, the RPC and transfer clients."""
 
 from seproxy.transfer.returnvalues import (
     S_ERROR,
@@ -8,8 +8,10 @@ from seproxy.transfer.returnvalues import (
     isReturnStructure,
     returnValueOrRaise,
 )
-from seproxy.transfer.credentials import ClientCredentials, find_credentials
+from seproxy.transfer.credentials import BearerToken, ClientCredentials, find_bearer_token, find_credentials
 from seproxy.transfer.rpc_client import RPCClient
+from seproxy.transfer.se_proxy_client import StorageElementProxyClient
+from seproxy.transfer.transfer_client import TransferClient
 
 __all__ = [
     "S_OK",
@@ -21,4 +23,8 @@ __all__ = [
     "ClientCredentials",
     "find_credentials",
     "RPCClient",
+    "TransferClient",
+    "StorageElementProxyClient",
+    "BearerToken",
+    "find_bearer_token",
 ]

@@ -38,10 +38,13 @@ class _Encoder(json.JSONEncoder):
         raise TypeError(f"cannot encode a {type(obj).__name__} as DIRAC JSON")
 
 
+_ENCODER = _Encoder(allow_nan=False, separators=(",", ":"))
+
+
 def encode(data: Any) -> str:
     """Serialise ``data``; raises ``CodecError`` for a type JSON cannot carry."""
     try:
-        return json.dumps(data, cls=_Encoder, allow_nan=False, separators=(",", ":"))
+        return _ENCODER.encode(data)
     except (TypeError, ValueError) as exc:
         raise CodecError(str(exc)) from None
 
@@ -69,10 +72,15 @@ def _refuse_constant(name: str) -> None:
     raise CodecError(f"{name} is not a valid JSON number")
 
 
+_DECODER = json.JSONDecoder(object_hook=_decode_tagged, parse_constant=_refuse_constant)
+
+
 def decode(text: str | bytes) -> Any:
     """Parse DIRAC JSON; any malformation raises ``CodecError``."""
     try:
-        return json.loads(text, object_hook=_decode_tagged, parse_constant=_refuse_constant)
+        if isinstance(text, (bytes, bytearray)):
+            text = text.decode("utf-8")
+        return _DECODER.decode(text)
     except CodecError:
         raise
     except UnicodeDecodeError:

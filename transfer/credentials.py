@@ -8,8 +8,10 @@ usable: silently falling through to another identity would make the server
 see someone other than the user meant. Default locations are only tried.
 
 The identity and the CA directory are independent searches, each a list of
-steps tried in order; a bearer token (BEARER_TOKEN, BEARER_TOKEN_FILE, ...)
-fits in as a third search of the same shape.
+steps tried in order; the bearer token is a third search of the same shape,
+in the WLCG discovery order (``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``,
+``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``). It runs before every
+request rather than once, because token files are renewed every few minutes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Literal
 
 # Module constants rather than literals so that tests can point them at a tmp dir.
 PROXY_DIR = "/tmp"
+TOKEN_DIR = "/tmp"
 GRID_CA_DIR = "/etc/grid-security/certificates"
 
 CredentialKind = Literal["proxy", "certificate", "none"]
@@ -145,3 +148,55 @@ def _find_ca_dir(explicit: str | None) -> str | None:
                 raise ValueError(f"CA directory {path} (from {source}) is not a directory")
             return path
     return GRID_CA_DIR if os.path.isdir(GRID_CA_DIR) else None
+
+
+@dataclass(frozen=True)
+class BearerToken:
+    """A token found by discovery, and where (for messages; never print ``value``)."""
+
+    value: str
+    source: str
+
+
+def find_bearer_token() -> BearerToken | None:
+    """The current bearer token in the WLCG discovery order, or None.
+
+    The value is stripped of surrounding white space, as the WLCG
+    specification asks. Raises ``ValueError`` when ``BEARER_TOKEN_FILE``
+    names a file that cannot be read or is empty: the user asked for it.
+    """
+    value = os.environ.get("BEARER_TOKEN", "").strip()
+    if value:
+        return BearerToken(value, "BEARER_TOKEN")
+    named = os.environ.get("BEARER_TOKEN_FILE")
+    if named:
+        return _read_token(named, "BEARER_TOKEN_FILE", named=True)
+    name = f"bt_u{os.getuid()}"
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    defaults = [os.path.join(runtime_dir, name)] if runtime_dir else []
+    for path in [*defaults, os.path.join(TOKEN_DIR, name)]:
+        token = _read_token(path, path, named=False)
+        if token is not None:
+            return token
+    return None
+
+
+def _read_token(path: str, source: str, *, named: bool) -> BearerToken | None:
+    """The token in ``path``; a missing or empty default file is "not this step", not an error."""
+    where = f"bearer token file {path}" + (f" (from {source})" if named else "")
+    try:
+        with open(path, encoding="utf-8") as stream:
+            value = stream.read().strip()
+    except FileNotFoundError:
+        if not named:
+            return None
+        raise ValueError(f"{where} does not exist") from None
+    except OSError as exc:
+        raise ValueError(f"{where} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} is not text") from None
+    if value:
+        return BearerToken(value, source)
+    if named:
+        raise ValueError(f"{where} is empty")
+    return None

@@ -11,14 +11,14 @@ from __future__ import annotations
 import errno
 import functools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
 from seproxy.transfer import codec
-from seproxy.transfer.credentials import find_credentials
+from seproxy.transfer.credentials import ClientCredentials, find_credentials
 from seproxy.transfer.network_errors import NetworkFailure, classify
 from seproxy.transfer.returnvalues import S_ERROR, ReturnValue, SErrorException, isReturnStructure
 from seproxy.transfer.session import GridSession
@@ -76,9 +76,14 @@ class RPCClient:
     def executeRPC(self, method: str, *args: Any) -> ReturnValue:
         """Call ``method`` on the service; always a result, never an exception."""
         try:
-            return _dirac_result(self._post(method, args))
+            return dirac_result(self._post(method, args))
         except SErrorException as exc:
             return exc.result
+
+    @property
+    def credentials(self) -> ClientCredentials:
+        """The identity and CAs this client presents and trusts, found once when it was made."""
+        return self._session.credentials
 
     def close(self) -> None:
         """Close the kept-alive connections."""
@@ -90,22 +95,42 @@ class RPCClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _post(self, method: str, args: Sequence[Any], *, raw: bool = False, stream: bool = False) -> requests.Response:
+    def _post(
+        self,
+        method: str,
+        args: Sequence[Any],
+        *,
+        raw: bool = False,
+        stream: bool = False,
+        headers: Mapping[str, str] | None = None,
+    ) -> requests.Response:
         """Send one call, failing over between URLs; raise ``SErrorException`` on failure.
 
         Returns only a 2xx response. Its body has been read unless ``stream``
         is set, in which case the caller reads it (a raw download); ``raw``
-        asks the service for the bytes rather than JSON.
+        asks the service for the bytes rather than JSON. ``headers`` go with
+        the call (``Range`` when a download resumes).
         """
         form = self._form(method, args, raw)
         accept = "application/octet-stream, application/json" if raw else "application/json"
+        return self._request("POST", "", data=form, headers={"Accept": accept, **(headers or {})}, stream=stream)
+
+    def _request(
+        self, http_method: str, route: str, *, data: Any, headers: Mapping[str, str], stream: bool = False
+    ) -> requests.Response:
+        """One request to ``<service URL><route>``, failing over as ``_post`` does.
+
+        ``data`` may be an iterable body (a streamed upload): it is iterated
+        again if a connection fails before the request could be processed.
+        """
         failures: list[tuple[str, NetworkFailure]] = []
         for url in list(self._urls):
             try:
-                response = self._session.post(
-                    url,
-                    data=form,
-                    headers={"Accept": accept},
+                response = self._session.request(
+                    http_method,
+                    url + route,
+                    data=data,
+                    headers=headers,
                     timeout=self._timeout,
                     stream=True,
                     allow_redirects=False,
@@ -174,7 +199,8 @@ def _checked(response: requests.Response, stream: bool) -> requests.Response:
     return response
 
 
-def _dirac_result(response: requests.Response) -> ReturnValue:
+def dirac_result(response: requests.Response) -> ReturnValue:
+    """The S_OK/S_ERROR in a JSON answer; EPROTO when the body is not one."""
     try:
         result = codec.decode(response.content)
     except codec.CodecError as exc:

@@ -7,6 +7,7 @@ kept-alive TLS connections.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from typing import Any
@@ -18,8 +19,9 @@ from urllib3.connection import HTTPSConnection
 from urllib3.util.retry import Retry
 
 from seproxy import __version__
-from seproxy.transfer.credentials import ClientCredentials
+from seproxy.transfer.credentials import ClientCredentials, find_bearer_token
 from seproxy.transfer.network_errors import TLSHandshakeTimeout
+from seproxy.transfer.returnvalues import SErrorException
 
 USER_AGENT = f"seproxy-client/{__version__} {requests.utils.default_user_agent()}"
 
@@ -74,6 +76,24 @@ class ClientCertMixin:
         paths = dict.fromkeys(p for p in (self.credentials.cert_file, self.credentials.key_file) if p)
         stats = (os.stat(path) for path in paths)
         return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
+
+
+class BearerTokenMixin:
+    """Send the WLCG bearer token, when one is found, besides the certificate.
+
+    Discovery runs before every request, not once: token files are renewed
+    every few minutes behind the client's back. With both a certificate and
+    a token the client sends both, and the server decides which counts.
+    """
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        try:
+            token = find_bearer_token()
+        except ValueError as exc:  # a token file the user named: no call without it
+            raise SErrorException(str(exc), errno.EACCES) from None
+        if token is not None:
+            request.headers["Authorization"] = f"Bearer {token.value}"
+        return super().send(request, **kwargs)  # type: ignore[misc]
 
 
 class UserAgentMixin:
@@ -141,8 +161,8 @@ class ConnectRetryAdapter(HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {**pools, "https": _HandshakeAwarePool}
 
 
-class GridSession(ClientCertMixin, GridCAMixin, UserAgentMixin, ConnectRetryMixin, requests.Session):
-    """A session that authenticates with grid credentials and trusts grid CAs."""
+class GridSession(ClientCertMixin, BearerTokenMixin, GridCAMixin, UserAgentMixin, ConnectRetryMixin, requests.Session):
+    """A session that authenticates with grid credentials (certificate, token) and trusts grid CAs."""
 
     def __init__(self, credentials: ClientCredentials) -> None:
         self.credentials = credentials

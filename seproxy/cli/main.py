@@ -11,11 +11,12 @@ import sys
 from collections.abc import Sequence
 
 from seproxy import __version__
-from seproxy.cli import env, serve
+from seproxy.cli import cache_admin, env, info, namespace, serve, transfers
+from seproxy.cli.client_options import UsageError
 from seproxy.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-COMMANDS = (serve, env)
+COMMANDS = (serve, env, cache_admin, transfers, namespace, info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except ConfigError as exc:
         print(f"seproxy: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"seproxy {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILED

@@ -8,6 +8,7 @@ message instead of a ``TypeError`` deep inside the handler.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,10 +38,20 @@ def _matches(value: Any, spec: TypeSpec) -> bool:
     return isinstance(value, types)
 
 
+@functools.lru_cache(maxsize=1024)
+def _signature(function: Callable[..., Any]) -> inspect.Signature:
+    # Keyed on the plain function: a bound method is a new object per request.
+    return inspect.signature(function)
+
+
 def check_arguments(method: str, function: Callable[..., Any], types: Sequence[TypeSpec], args: list[Any]) -> None:
     """Raise ``BadRequest`` naming the argument when ``args`` does not fit."""
+    unbound = getattr(function, "__func__", None)
     try:
-        inspect.signature(function).bind(*args)
+        if unbound is not None:
+            _signature(unbound).bind(None, *args)  # None stands for self
+        else:
+            _signature(function).bind(*args)
     except TypeError as exc:
         raise BadRequest(f"{method}: wrong number of arguments ({len(args)} given): {exc}") from None
     for position, (value, spec) in enumerate(zip(args, types), start=1):

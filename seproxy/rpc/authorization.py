@@ -31,8 +31,10 @@ def authorize(rule: Sequence[str], caller: Caller, method: str) -> Decision:
     if caller.anonymous:
         return Decision(False, 401, f"{method} needs a client certificate")
     if caller.seconds_left() == 0:
-        return Decision(False, 401, f"the client certificate expired ({caller.dn})")
+        return Decision(False, 401, f"the caller's credential expired ({caller.dn or caller.subject})")
     if not caller.valid_dn:
+        if caller.authenticated_by == "token":
+            return Decision(False, 403, f"token subject {caller.subject!r} of {caller.issuer} is not registered with this service")
         return Decision(False, 403, f"DN {caller.dn!r} is not registered with this service")
     if not caller.valid_group:
         return Decision(False, 403, f"user {caller.username!r} is not a member of group {caller.group!r}")

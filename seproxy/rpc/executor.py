@@ -34,7 +34,7 @@ class CallTimeout(Exception):
         self.limit = limit
 
 
-@dataclass
+@dataclass(eq=False)
 class CallContext:
     """What code deep inside a call may ask: how long is left, should I stop."""
 
@@ -78,6 +78,7 @@ class CallExecutor:
     def __init__(self, workers: int, default_limit: float) -> None:
         self.default_limit = default_limit
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rpc")
+        self._running: set[CallContext] = set()
 
     async def run(self, function: Callable[..., T], *args: Any, limit: float | None = None) -> T:
         """Run ``function(*args)`` in the pool; raise ``CallTimeout`` past the limit.
@@ -94,6 +95,8 @@ class CallExecutor:
             _current.reset(token)
         future = asyncio.get_running_loop().run_in_executor(self._pool, snapshot.run, function, *args)
         future.add_done_callback(_retrieve_outcome)
+        self._running.add(context)
+        future.add_done_callback(lambda _: self._running.discard(context))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=limit)
         except asyncio.TimeoutError:
@@ -103,5 +106,11 @@ class CallExecutor:
             context.cancelled.set()
             raise
 
+    def cancel_all(self) -> None:
+        """Ask every running call to stop (service shutdown after the grace period)."""
+        for context in list(self._running):
+            context.cancelled.set()
+
     def shutdown(self, wait: bool = True) -> None:
+        self.cancel_all()
         self._pool.shutdown(wait=wait, cancel_futures=True)

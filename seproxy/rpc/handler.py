@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 
 import tornado.web
 
-from seproxy import __version__
+from seproxy import __version__, logs, metrics
 from seproxy.config import Settings
 from seproxy.registry import Caller, Registry
 from seproxy.rpc.arguments import TypeSpec, check_arguments
@@ -41,6 +41,7 @@ from seproxy.rpc.authorization import authorize
 from seproxy.rpc.call import BadRequest, RPCCall, parse_call
 from seproxy.rpc.executor import CallExecutor, CallTimeout, current_call
 from seproxy.rpc.identity import caller_of
+from seproxy.security.tokens import TokenRefused, TokenVerifier
 from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
 
 log = logging.getLogger("seproxy.rpc")
@@ -65,6 +66,8 @@ class ServiceContext:
     started: float = field(default_factory=time.time)
     # Requests between prepare and finish; a graceful stop waits for zero.
     in_flight: int = 0
+    # Checks bearer tokens; None when the config trusts no token issuer.
+    tokens: TokenVerifier | None = None
     # What the handler's initializeHandler built for all its requests (a cache, connections).
     shared: Any = None
 
@@ -131,6 +134,7 @@ class RPCHandler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         self.service.in_flight += 1
         self._counted = True
+        logs.request_id.set(self.request_id)
         self.set_header("X-Request-ID", self.request_id)
         declared = self.request.headers.get("Content-Length")
         if declared is not None and (not declared.isdigit() or int(declared) > self._limit):
@@ -172,8 +176,6 @@ class RPCHandler(tornado.web.RequestHandler):
             return
         if not self._finished:
             self._answer(result)
-        elif self._outcome == "-":
-            self._outcome = "streamed"
 
     async def _dispatch(self) -> Any:
         self.call = parse_call(self.request.headers.get("Content-Type", ""), bytes(self._body))
@@ -191,7 +193,10 @@ class RPCHandler(tornado.web.RequestHandler):
         return await self._invoke(function)
 
     def _identify(self) -> Caller:
-        caller = caller_of(self.request, self.service.registry)
+        try:
+            caller = caller_of(self.request, self.service.registry, self.service.tokens)
+        except TokenRefused as exc:
+            raise RequestError(401, S_ERROR(errno.EACCES, f"bearer token refused: {exc}")) from None
         extra = self.call.extra_credentials if self.call else None
         if isinstance(extra, (list, tuple)):
             raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))
@@ -210,7 +215,7 @@ class RPCHandler(tornado.web.RequestHandler):
         except CallTimeout as exc:
             return S_ERROR(errno.ETIMEDOUT, f"{self.call.method}: {exc}")
         except Exception:
-            log.exception("[%s] %s raised an unexpected error", self.request_id, self.call.method)
+            log.exception("%s raised an unexpected error", self.call.method)
             return S_ERROR(errno.EIO, f"internal error in {self.call.method}; the service log has details (request id {self.request_id})")
 
     def _in_thread(self, function: Any, *args: Any) -> Any:
@@ -223,7 +228,7 @@ class RPCHandler(tornado.web.RequestHandler):
     def _answer(self, result: Any) -> None:
         assert self.call is not None
         if not isReturnStructure(result):
-            log.error("[%s] %s returned %r, not S_OK/S_ERROR", self.request_id, self.call.method, type(result))
+            log.error("%s returned %r, not S_OK/S_ERROR", self.call.method, type(result))
             result = S_ERROR(errno.EIO, f"internal error in {self.call.method} (request id {self.request_id})")
         if self.call.raw_content:
             if not result["OK"]:
@@ -251,9 +256,15 @@ class RPCHandler(tornado.web.RequestHandler):
 
     def on_finish(self) -> None:
         self._uncount()
+        if self._outcome == "-" and self._status_code < 400:
+            self._outcome = "streamed"  # a method that wrote its own answer (streamToClient)
+        known = self.call is not None and callable(getattr(self, f"export_{self.call.method}", None))
+        method = self.call.method if known and self.call else "unknown"
+        ok = self._outcome in ("OK", "streamed")
+        metrics.RPC_CALLS.labels(method, metrics.outcome_of(self._status_code, ok)).inc()
+        metrics.RPC_DURATION.labels(method).observe(time.monotonic() - self._started)
         log.info(
-            "[%s] %s user=%s dn=%r method=%s status=%d outcome=%s %.1fms",
-            self.request_id,
+            "%s user=%s dn=%r method=%s status=%d outcome=%s %.1fms",
             self.request.remote_ip,
             self.caller.username,
             self.caller.dn,
@@ -273,7 +284,9 @@ class RPCHandler(tornado.web.RequestHandler):
         """DIRAC's name for the caller's credential dict."""
         return self.caller.as_dirac_dict()
 
-    def export_ping(self) -> dict[str, Any]:
+    # ping, echo and whoami never block: they run on the event loop, because a
+    # hop to the thread pool would cost more than the call itself.
+    async def export_ping(self) -> dict[str, Any]:
         """Liveness and load, in the shape of DIRAC's ``ping``."""
         now = time.time()
         times = os.times()
@@ -297,11 +310,11 @@ class RPCHandler(tornado.web.RequestHandler):
             }
         )
 
-    def export_echo(self, value: Any) -> dict[str, Any]:
+    async def export_echo(self, value: Any) -> dict[str, Any]:
         """Returns its argument: checks the codec end to end."""
         return S_OK(value)
 
-    def export_whoami(self) -> dict[str, Any]:
+    async def export_whoami(self) -> dict[str, Any]:
         """How this service sees the caller (anonymous callers too)."""
         return S_OK(self.caller.as_dirac_dict())
 
@@ -324,8 +337,5 @@ def _utc(timestamp: float) -> datetime.datetime:
 
 
 def _host_uptime() -> int:
-    try:
-        with open("/proc/uptime") as stream:
-            return int(float(stream.read().split()[0]))
-    except (OSError, ValueError, IndexError):
-        return 0
+    # CLOCK_BOOTTIME is what /proc/uptime shows, without the file I/O.
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME))

@@ -7,6 +7,7 @@ import functools
 from tornado.httputil import HTTPServerRequest
 
 from seproxy.registry import Caller, Registry
+from seproxy.security.tokens import TokenRefused, TokenVerifier
 from seproxy.security.x509 import PeerIdentity, identity_from_chain, peer_chain_der
 
 
@@ -16,7 +17,26 @@ def _identity(chain: tuple[bytes, ...]) -> PeerIdentity:
     return identity_from_chain(chain)
 
 
-def caller_of(request: HTTPServerRequest, registry: Registry) -> Caller:
-    """The caller of ``request``; anonymous when no client certificate was sent."""
-    chain = peer_chain_der(request.connection.stream.socket)  # type: ignore[union-attr]
-    return registry.caller(_identity(tuple(chain)) if chain else None)
+def caller_of(request: HTTPServerRequest, registry: Registry, tokens: TokenVerifier | None = None) -> Caller:
+    """The caller of ``request``: its bearer token if it sent one, else its certificate, else anonymous.
+
+    A token that does not verify raises ``TokenRefused`` rather than falling
+    back to the certificate: the client asked to be that token's subject.
+    A certificate caller is resolved once per TLS connection (renegotiation
+    is disabled, so the certificate cannot change under it) and per
+    registry: a reloaded registry is a new object, so connections resolve
+    their caller again.
+    """
+    authorization = request.headers.get("Authorization", "")
+    if authorization[:7].lower() == "bearer ":
+        if tokens is None:
+            raise TokenRefused("this service is not configured to accept bearer tokens")
+        return registry.caller_for_token(tokens.verify(authorization[7:].strip()))
+    stream = request.connection.stream  # type: ignore[union-attr]
+    cached = getattr(stream, "_seproxy_caller", None)
+    if cached is not None and cached[0] is registry:
+        return cached[1]
+    chain = peer_chain_der(stream.socket)
+    caller = registry.caller(_identity(tuple(chain)) if chain else None)
+    stream._seproxy_caller = (registry, caller)
+    return caller

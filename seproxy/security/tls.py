@@ -36,6 +36,8 @@ def server_context(
     if crl_check:
         context.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # The identity is resolved once per connection: it must not change under it.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     return context
 
 

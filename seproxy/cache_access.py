@@ -1,0 +1,17 @@
+"""Opening the staging cache as the config describes it (service and operator CLI alike)."""
+
+from __future__ import annotations
+
+from seproxy.cache import Cache
+from seproxy.config import Settings
+
+
+def open_cache(settings: Settings) -> Cache:
+    """The cache at ``settings.cache_root``; safe while another process (the service) has it open."""
+    return Cache(
+        settings.cache_root,
+        quota=settings.cache.quota,
+        high_watermark=settings.cache.high_watermark,
+        low_watermark=settings.cache.low_watermark,
+        min_free=settings.cache.min_free,
+    )

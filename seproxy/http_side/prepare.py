@@ -1,0 +1,154 @@
+"""``prepareFileForHTTP``: logical file names in, one signed download URL out.
+
+There is no file catalogue here: a logical file name (LFN) is looked for on
+the storage elements of ``http.lfn_storage_elements`` in that order, at the
+path its element's ``lfn_path`` template gives (the embedded default: the
+LFN itself, on LocalSE). The first element that delivers the file wins; the
+ones that failed before it are named in the answer with their reasons, and
+when none delivers, the error names them all. A caller may only reach
+elements its VO may use, as for ``prepareFile``.
+
+Each file is pinned as soon as it is staged, so that the first files of a
+large bundle are not evicted while the last ones arrive. One LFN is served
+as itself; several are served as one tar archive whose members are the LFNs
+without their leading ``/`` (as ``tar`` itself stores absolute paths).
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from seproxy.cache import Entry, VerificationError
+from seproxy.config import LFN_FIELD
+from seproxy.file_description import describe
+from seproxy.http_side.side import HTTPSide
+from seproxy.rpc.executor import check_cancelled
+from seproxy.transfer import S_ERROR, S_OK, SErrorException
+
+MAX_LFN_LENGTH = 4096
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Stager(Protocol):
+    """What ``prepare_for_http`` needs of the RPC handler (the StorageElementProxy)."""
+
+    @property
+    def owner(self) -> str: ...
+
+    def stage(self, se: str, pfn: str, *, name: str | None = None) -> Entry: ...
+
+
+@dataclass(frozen=True)
+class Staged:
+    se: str
+    entry: Entry
+    # Elements tried before, with why they could not deliver.
+    replica_errors: dict[str, str]
+
+
+class NoReplica(Exception):
+    """No storage element delivered the file."""
+
+    def __init__(self, errors: dict[str, str], code: int) -> None:
+        # Storage errors usually name their element already.
+        reasons = [why if why.startswith(f"{se}: ") else f"{se}: {why}" for se, why in errors.items()]
+        super().__init__("; ".join(reasons) or "no storage element is configured")
+        self.code = code
+
+
+def prepare_for_http(stager: Stager, http: HTTPSide | None, lfns: str | list[Any]) -> dict[str, Any]:
+    """Stage the files named by ``lfns`` (one LFN or a list) and answer with their download URL."""
+    if http is None:
+        return S_ERROR(errno.ENOSYS, "prepareFileForHTTP: the HTTP side server is not enabled here ([http] enabled)")
+    wanted = _checked_lfns(lfns, http.settings.max_files)
+    staged: dict[str, Staged] = {}
+    failed: dict[str, NoReplica] = {}
+    for lfn in wanted:
+        check_cancelled()
+        try:
+            staged[lfn] = _stage_replica(stager, http, lfn)
+        except NoReplica as exc:
+            failed[lfn] = exc
+    if failed:
+        first = next(iter(failed.values()))
+        details = " | ".join(f"{lfn}: {exc}" for lfn, exc in failed.items())
+        return S_ERROR(first.code, f"prepareFileForHTTP: {len(failed)} of {len(wanted)} file(s) could not be staged: {details}")
+    archive = len(wanted) > 1
+    members = [(lfn.lstrip("/") if archive else posixpath.basename(lfn), staged[lfn].entry) for lfn in wanted]
+    published = http.publish(stager.owner, members, archive=archive)
+    files = {}
+    for lfn, done in staged.items():
+        files[lfn] = {"SE": done.se, **describe(done.entry)}
+        if done.replica_errors:
+            files[lfn]["ReplicaErrors"] = done.replica_errors
+    return S_OK(
+        {
+            "HttpURL": published.url,
+            "HttpKey": published.key,
+            "Expires": datetime.datetime.fromtimestamp(published.expires, datetime.timezone.utc),
+            "SingleUse": http.settings.single_use,
+            "Archive": archive,
+            "Size": published.size,
+            "Files": files,
+        }
+    )
+
+
+def _checked_lfns(lfns: str | list[Any], limit: int) -> list[str]:
+    """The distinct LFNs asked for, in order; ``SErrorException(EINVAL)`` for anything that is not one."""
+    given = [lfns] if isinstance(lfns, str) else lfns
+    if not given:
+        raise SErrorException("prepareFileForHTTP: no LFN given", errno=errno.EINVAL)
+    if len(given) > limit:
+        raise SErrorException(f"prepareFileForHTTP: {len(given)} LFNs, at most {limit} per call", errno=errno.EINVAL)
+    for lfn in given:
+        problem = _lfn_problem(lfn)
+        if problem:
+            shown = repr(lfn)[:200] if isinstance(lfn, str) else type(lfn).__name__
+            raise SErrorException(f"prepareFileForHTTP: {shown} is not an LFN: {problem}", errno=errno.EINVAL)
+    return list(dict.fromkeys(given))
+
+
+def _lfn_problem(lfn: Any) -> str | None:
+    if not isinstance(lfn, str):
+        return "an LFN is a string"
+    if not lfn.startswith("/") or lfn.endswith("/"):
+        return "an LFN is an absolute path to a file, such as /vo/data/file.dat"
+    if len(lfn) > MAX_LFN_LENGTH:
+        return f"longer than {MAX_LFN_LENGTH} characters"
+    if _CONTROL_CHARS.search(lfn):
+        return "contains a NUL or control character"
+    if any(part in (".", "..") for part in lfn.split("/")):
+        return "'.' and '..' are not allowed"
+    return None
+
+
+def _stage_replica(stager: Stager, http: HTTPSide, lfn: str) -> Staged:
+    """The first replica of ``lfn`` that stages, pinned; ``NoReplica`` naming every failure otherwise."""
+    errors: dict[str, str] = {}
+    codes: set[int] = set()
+    for se, template in http.replica_places:
+        try:
+            entry = stager.stage(se, template.replace(LFN_FIELD, lfn), name=lfn)
+            http.pin(entry)
+        except (SErrorException, OSError, VerificationError) as exc:
+            code, errors[se] = _reason(exc)
+            codes.add(code)
+            continue
+        return Staged(se, entry, errors)
+    raise NoReplica(errors, codes.pop() if len(codes) == 1 else errno.EIO)
+
+
+def _reason(exc: Exception) -> tuple[int, str]:
+    """The errno and message of a failed staging, as the caller should read them."""
+    if isinstance(exc, SErrorException):
+        return exc.errno or errno.EIO, exc.result["Message"]
+    if isinstance(exc, VerificationError):
+        return errno.EIO, f"the file did not arrive intact: {exc}"
+    assert isinstance(exc, OSError)
+    return exc.errno or errno.EIO, str(exc.strerror or exc)

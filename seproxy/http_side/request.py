@@ -1,0 +1,107 @@
+"""Reading one HTTP/1.x request head, strictly and within fixed limits.
+
+The side server only serves ``GET`` and ``HEAD`` of short paths, so a head is
+small: anything larger, oddly shaped or ambiguous is refused with the status
+RFC 9110/9112 give for it (400 malformed, 414 request line too long, 431
+headers too large, 405 another method, 505 another HTTP version) rather than
+guessed at. Bodies are never read: a request that announces one is refused,
+and the connection is closed after every refusal, since what follows on it
+cannot be trusted to start a request.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from seproxy.http_side.response import Refused
+
+MAX_REQUEST_LINE = 8192
+MAX_HEAD = 16384
+MAX_HEADERS = 64
+METHODS = ("GET", "HEAD")
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(r"\r?\n")
+_REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)")
+# A field value is visible characters, spaces and tabs: no control character.
+_HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+_ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
+# Headers that must not appear twice: two values would make the request ambiguous.
+_SINGLE = ("host", "content-length")
+
+
+@dataclass(frozen=True)
+class RequestHead:
+    method: str
+    # The path of the target, still percent-encoded, without a query.
+    path: str
+    version: tuple[int, int]
+    headers: dict[str, str]  # lowercased names; repeated headers joined with ", "
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether the client wants the connection kept open after the answer."""
+        tokens = {token.strip().lower() for token in self.headers.get("connection", "").split(",")}
+        if self.version >= (1, 1):
+            return "close" not in tokens
+        return "keep-alive" in tokens
+
+
+def head_end(buffer: bytes | bytearray) -> int | None:
+    """The length of the request head at the start of ``buffer`` (blank line included), or None if
+    it has not all arrived; raises ``Refused`` once the head is over the limits without an end."""
+    found = _HEAD_END.search(buffer, 0, MAX_HEAD + 4)
+    if found is not None:
+        return found.end()
+    line_end = buffer.find(b"\n", 0, MAX_REQUEST_LINE + 2)
+    if line_end < 0 and len(buffer) > MAX_REQUEST_LINE:
+        raise Refused(414, "request line too long")
+    if len(buffer) > MAX_HEAD:
+        raise Refused(431, "request headers too large")
+    return None
+
+
+def parse_head(raw: bytes) -> RequestHead:
+    """Parse a complete request head (as delimited by ``head_end``)."""
+    lines = _LINE_END.split(raw.decode("latin-1").rstrip("\r\n"))
+    request_line = lines[0]
+    if len(request_line) > MAX_REQUEST_LINE:
+        raise Refused(414, "request line too long")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        raise Refused(400, "malformed request line")
+    method, target, major, minor = match.groups()
+    version = (int(major), int(minor))
+    if version[0] != 1:
+        raise Refused(505, "only HTTP/1.0 and HTTP/1.1 are served")
+    if len(lines) - 1 > MAX_HEADERS:
+        raise Refused(431, f"more than {MAX_HEADERS} header fields")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        header = _HEADER.fullmatch(line)
+        if header is None:
+            raise Refused(400, "malformed header field")
+        name, value = header[1].lower(), header[2]
+        if name in headers:
+            if name in _SINGLE:
+                raise Refused(400, f"repeated {name} header")
+            value = f"{headers[name]}, {value}"
+        headers[name] = value
+    if version >= (1, 1) and "host" not in headers:
+        raise Refused(400, "an HTTP/1.1 request needs a Host header")
+    if method not in METHODS:
+        raise Refused(405, f"method {method[:20]} is not served here: GET or HEAD")
+    if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
+        raise Refused(400, f"a {method} request has no body")
+    return RequestHead(method, _origin_path(target), version, headers)
+
+
+def _origin_path(target: str) -> str:
+    """The path of an origin-form (``/a/b?q``) or absolute-form (``http://host/a/b``) target."""
+    absolute = _ABSOLUTE_FORM.match(target)
+    path = target[absolute.end() :] if absolute else target
+    path = path.partition("?")[0].partition("#")[0]
+    if not path.startswith("/"):
+        raise Refused(400, "the request target must be a path")
+    return path

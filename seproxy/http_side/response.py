@@ -1,0 +1,66 @@
+"""An answer of the side server: status, headers, body pieces, and what to release when it is sent."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from seproxy import __version__
+from seproxy.http_side.body import Piece
+
+SERVER = f"seproxy/{__version__}"
+
+
+class Refused(Exception):
+    """A request to answer with ``status`` and a short text (``plain``) instead of a file."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[str, str]]
+    # Empty for HEAD; Content-Length is always among the headers.
+    body: list[Piece] = field(default_factory=list)
+    # Close the connection after this answer (refusals of malformed requests).
+    close: bool = False
+    # Called once the body is sent or abandoned: drops the cache read leases.
+    release: Callable[[], None] = lambda: None
+    # For the access log: "<key id>:<link id>", never the signature.
+    key: str = "-"
+
+    def head(self, keep_alive: bool) -> bytes:
+        """The status line and headers, ``Date``, ``Server`` and ``Connection`` included."""
+        lines = [f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}", f"Date: {_http_date()}", f"Server: {SERVER}"]
+        lines += [f"{name}: {value}" for name, value in self.headers]
+        lines.append("Connection: keep-alive" if keep_alive and not self.close else "Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def plain(status: int, message: str, *, close: bool = False, extra: list[tuple[str, str]] | None = None) -> Response:
+    """A short text answer (a refusal): never a file."""
+    text = f"{status} {HTTPStatus(status).phrase}: {message}\n".encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text))), *(extra or [])]
+    return Response(status, headers, [text], close=close)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The current time as an HTTP date; formatted once a second, not once a request."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, http_date(now))
+    return _date_cache[1]
+
+
+def http_date(timestamp: float) -> str:
+    return email.utils.formatdate(timestamp, usegmt=True)

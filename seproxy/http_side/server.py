@@ -1,0 +1,472 @@
+"""The HTTP side server: a few threads, many non-blocking connections, file bodies by ``sendfile``.
+
+Threading model: ``threads`` workers, each an epoll loop that owns the
+connections it accepted. They share the listening sockets, registered with
+``EPOLLEXCLUSIVE`` so that a new connection wakes one worker, not all. A
+connection is a small state machine (TLS handshake, reading a request head,
+writing an answer) that never blocks: an idle keep-alive connection costs a
+socket and a few objects, and a slow or stalled client holds only its own
+connection, never a thread. Python parses request heads and makes system
+calls; file bytes go from the page cache to the socket inside the kernel
+(``os.sendfile``), and every system call releases the GIL, so the workers'
+copying overlaps on all cores.
+
+Limits: at most ``max_connections`` connections over all workers (one
+more is answered 503 and closed); a connection that makes no progress for
+``idle_timeout`` seconds is closed, and a request head must be complete
+within ``idle_timeout`` of the connection becoming idle, however slowly it
+trickles in. A connection sends at most ``TURN`` bytes before the others of
+its worker get their turn.
+
+TLS: Python's ``ssl`` module cannot hand a file to kernel TLS, so over HTTPS
+file bodies are read in ``TLS_CHUNK`` pieces and written through OpenSSL:
+one copy through Python per chunk, and throughput bound by encryption.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import tornado.netutil
+
+from seproxy.http_side.body import FileSlice, Piece, piece_length
+from seproxy.http_side.request import RequestHead, head_end, parse_head
+from seproxy.http_side.response import Refused, Response, plain
+
+log = logging.getLogger("seproxy.http")
+
+RECV_SIZE = 65536
+TLS_CHUNK = 256 * 1024
+TURN = 8 * 1024 * 1024
+# Linux sends at most this much per sendfile call anyway.
+SENDFILE_MAX = 0x7FFFF000
+ACCEPT_BATCH = 64
+# After refusing a request, how long to read (and drop) what the client still sends before closing.
+LINGER = 2.0
+SWEEP_INTERVAL = 1.0
+
+Answer = Callable[[RequestHead], Response]
+
+
+class _ShortFile(Exception):
+    """A cache file ended before the length its index gives: the answer can only be cut short."""
+
+
+class SideServer:
+    """Serves ``answer(request)`` over HTTP/1.1 (or HTTPS with ``tls``) from worker threads."""
+
+    def __init__(
+        self,
+        answer: Answer,
+        *,
+        host: str,
+        port: int,
+        threads: int,
+        max_connections: int,
+        idle_timeout: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self.answer = answer
+        self.host = host
+        self.port = port
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.tls = tls
+        self.stopping = False
+        self.forced = False
+        self._open = 0
+        self._lock = threading.Lock()
+        self._listeners: list[socket.socket] = []
+        self._workers = [_Worker(self, number) for number in range(threads)]
+
+    def start(self) -> None:
+        """Bind, listen and start the workers (port 0: any free port, then ``self.port`` tells which)."""
+        self._listeners = tornado.netutil.bind_sockets(self.port, self.host or None, backlog=1024)
+        self.port = self._listeners[0].getsockname()[1]
+        for worker in self._workers:
+            worker.start(self._listeners)
+        scheme = "https" if self.tls else "http"
+        log.info("HTTP side server on %s://%s:%d, %d threads", scheme, self.host or "*", self.port, len(self._workers))
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting, let answers in progress finish for ``grace`` seconds, then cut the rest."""
+        self.stopping = True
+        for worker in self._workers:
+            worker.wake()
+        deadline = time.monotonic() + grace
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        self.forced = True
+        for worker in self._workers:
+            worker.wake()
+            worker.join(None)
+            worker.close()
+        for listener in self._listeners:
+            listener.close()
+
+    def take_slot(self) -> bool:
+        with self._lock:
+            if self._open >= self.max_connections:
+                return False
+            self._open += 1
+            return True
+
+    def free_slot(self) -> None:
+        with self._lock:
+            self._open -= 1
+
+
+class _Worker:
+    """One thread's epoll loop and the connections it owns."""
+
+    def __init__(self, server: SideServer, number: int) -> None:
+        self.server = server
+        self.connections: dict[int, _Connection] = {}
+        self._listeners: dict[int, socket.socket] = {}
+        self._epoll = select.epoll()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name=f"http-side-{number}", daemon=True)
+
+    def start(self, listeners: list[socket.socket]) -> None:
+        self._listeners = {listener.fileno(): listener for listener in listeners}
+        for fd in self._listeners:
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        self._epoll.register(self._wake_read, select.EPOLLIN)
+        self._thread.start()
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"x")
+        except BlockingIOError:
+            pass  # already woken
+
+    def join(self, timeout: float | None) -> None:
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Release the wake-up pipe, once the thread has ended."""
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+
+    def _run(self) -> None:
+        next_sweep = time.monotonic() + SWEEP_INTERVAL
+        try:
+            while True:
+                events = self._epoll.poll(SWEEP_INTERVAL)
+                now = time.monotonic()
+                for fd, _ in events:
+                    if fd in self._listeners:
+                        self._accept(self._listeners[fd], now)
+                    elif fd == self._wake_read:
+                        os.read(self._wake_read, 4096)
+                    elif (connection := self.connections.get(fd)) is not None:
+                        self._advance(connection, now)
+                if self.server.stopping and self._wind_down():
+                    return
+                if now >= next_sweep:
+                    next_sweep = now + SWEEP_INTERVAL
+                    for connection in [c for c in self.connections.values() if c.deadline < now]:
+                        connection.log_timeout()
+                        self._close(connection)
+        finally:
+            for connection in list(self.connections.values()):
+                self._close(connection)
+            self._epoll.close()
+
+    def _wind_down(self) -> bool:
+        """Stop accepting, close idle connections (all when forced); True once none is left."""
+        for fd in list(self._listeners):
+            self._epoll.unregister(fd)
+            del self._listeners[fd]
+        for connection in list(self.connections.values()):
+            if self.server.forced or not connection.busy:
+                self._close(connection)
+        return not self.connections
+
+    def _accept(self, listener: socket.socket, now: float) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, address = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # out of file descriptors, or the client gave up already
+                log.warning("accepting a connection failed: %s", exc)
+                return
+            if not self.server.take_slot():
+                log.warning("connection from %s refused: %d connections open", address[0], self.server.max_connections)
+                _refuse_busy(sock)
+                continue
+            try:
+                connection = _Connection(sock, address, self.server, now)
+            except OSError:
+                self.server.free_slot()
+                sock.close()
+                continue
+            self.connections[connection.fd] = connection
+            self._epoll.register(connection.fd, select.EPOLLIN)
+            self._advance(connection, now)
+
+    def _advance(self, connection: _Connection, now: float) -> None:
+        try:
+            wanted = connection.step(now)
+        except Exception:
+            log.exception("%s: connection failed", connection.client)
+            wanted = None
+        if wanted is None:
+            self._close(connection)
+        elif wanted != connection.events:
+            connection.events = wanted
+            self._epoll.modify(connection.fd, wanted)
+
+    def _close(self, connection: _Connection) -> None:
+        if self.connections.pop(connection.fd, None) is None:
+            return
+        self._epoll.unregister(connection.fd)
+        connection.close()
+        self.server.free_slot()
+
+
+def _refuse_busy(sock: socket.socket) -> None:
+    """Tell a client over the connection limit to come back later, if its socket takes it at once."""
+    try:
+        sock.setblocking(False)
+        refusal = plain(503, "too many connections, try again later", close=True)
+        sock.send(refusal.head(False) + b"".join(refusal.body))
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class _Connection:
+    """One client connection: the TLS handshake, then requests and answers, one at a time."""
+
+    def __init__(self, sock: socket.socket, address: tuple[str, int], server: SideServer, now: float) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if server.tls is not None:
+            sock = server.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.client = address[0]
+        self.server = server
+        self.events = select.EPOLLIN
+        self.handshaking = server.tls is not None
+        self.lingering = False
+        self.buffer = bytearray()
+        self.deadline = now + server.idle_timeout
+        self.pending: deque[Piece | memoryview] = deque()
+        self.response: Response | None = None
+        self.request: RequestHead | None = None
+        self.keep_alive = False
+        self.started = 0.0
+        self.head_length = 0
+        self.sent = 0
+        self.file: tuple[int, Path] | None = None  # (descriptor, path) of the file being sent
+
+    @property
+    def busy(self) -> bool:
+        """Whether a request is being read or answered (a graceful stop waits for these)."""
+        return self.response is not None or bool(self.buffer)
+
+    def step(self, now: float) -> int | None:
+        """Go as far as the socket allows; return the epoll events to wait for, or None to close."""
+        try:
+            if self.lingering:
+                return self._drain()
+            if self.handshaking:
+                self.sock.do_handshake()  # type: ignore[attr-defined]
+                self.handshaking = False
+            while True:
+                if self.response is None:
+                    if not self._read_request(now):
+                        return select.EPOLLIN
+                if not self._send(now):
+                    return select.EPOLLOUT
+                refused = self.response is not None and self.response.close
+                if not self._finish(now):
+                    return self._linger(now) if refused else None
+        except ssl.SSLWantReadError:
+            return select.EPOLLIN
+        except ssl.SSLWantWriteError:
+            return select.EPOLLOUT
+        except _ShortFile as exc:
+            log.error("%s: cutting the connection: %s", self.client, exc)
+            return None
+        except OSError as exc:  # reset, broken pipe, TLS failure: the client is gone
+            log.debug("%s: connection ended: %s", self.client, exc)
+            return None
+
+    def _linger(self, now: float) -> int | None:
+        """Close for writing, then drop what the client still sends for a moment.
+
+        Closing at once with unread bytes would make the kernel reset the
+        connection, and a reset can destroy the refusal before the client
+        has read it (a client still sending a body reads only afterwards).
+        """
+        self.sock.shutdown(socket.SHUT_WR)
+        self.lingering = True
+        self.deadline = now + LINGER
+        return self._drain()
+
+    def _drain(self) -> int | None:
+        try:
+            for _ in range(16):  # then the other connections get their turn
+                if not self.sock.recv(RECV_SIZE):
+                    return None
+        except BlockingIOError:
+            pass
+        return select.EPOLLIN
+
+    def _read_request(self, now: float) -> bool:
+        """Read until a whole request head is there and its answer is ready to send; False to wait."""
+        while True:
+            try:
+                length = head_end(self.buffer)
+                if length is not None:
+                    head = bytes(self.buffer[:length])
+                    del self.buffer[:length]
+                    self._respond(parse_head(head), now)
+                    return True
+            except Refused as refused:
+                self._respond_refusal(refused, now)
+                return True
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                return False
+            if not data:
+                raise ConnectionResetError(errno.ECONNRESET, "closed by the client")
+            self.buffer += data
+
+    def _respond(self, request: RequestHead, now: float) -> None:
+        self.request = request
+        try:
+            response = self.server.answer(request)
+        except Exception:
+            log.exception("%s: answering %s %s failed", self.client, request.method, request.path[:200])
+            response = plain(500, "internal error; the service log has details", close=True)
+        self._start(response, request.keep_alive, now, with_body=request.method != "HEAD")
+
+    def _respond_refusal(self, refused: Refused, now: float) -> None:
+        self.request = None
+        extra = [("Allow", "GET, HEAD")] if refused.status == 405 else None
+        self._start(plain(refused.status, str(refused), close=True, extra=extra), False, now, with_body=True)
+
+    def _start(self, response: Response, keep_alive: bool, now: float, *, with_body: bool) -> None:
+        self.response = response
+        self.keep_alive = keep_alive and not response.close and not self.server.stopping
+        head = response.head(self.keep_alive)
+        self.head_length = len(head)
+        self.sent = 0
+        self.started = now
+        self.deadline = now + self.server.idle_timeout
+        # Empty pieces would leave the head waiting behind MSG_MORE for a write that never comes.
+        body = [piece for piece in response.body if piece_length(piece)] if with_body else []
+        self.pending = deque([head, *body])
+
+    def _send(self, now: float) -> bool:
+        """Write what is pending; True when all is out, False when the socket is full or the turn is over."""
+        budget = TURN
+        while self.pending:
+            try:
+                sent = self._send_piece(self.pending[0])
+            except BlockingIOError:
+                return False
+            self.sent += sent
+            self.deadline = now + self.server.idle_timeout
+            budget -= sent
+            if budget <= 0 and self.pending:
+                return False
+        return True
+
+    def _send_piece(self, piece: Piece | memoryview) -> int:
+        """Send (part of) the first pending piece and drop what went out; return the bytes sent."""
+        while True:
+            if not isinstance(piece, FileSlice):
+                more = len(self.pending) > 1 and self.server.tls is None
+                sent = self.sock.send(piece, socket.MSG_MORE if more else 0)
+                if sent < len(piece):
+                    self.pending[0] = memoryview(piece)[sent:]
+                else:
+                    self.pending.popleft()
+                return sent
+            if self.server.tls is not None:
+                # No sendfile through TLS: the chunk read here goes out as a bytes piece.
+                piece = self._read_chunk(piece)
+                self.pending.appendleft(piece)
+                continue
+            sent = os.sendfile(self.fd, self._open_file(piece), piece.offset, min(piece.length, SENDFILE_MAX))
+            if sent == 0:
+                raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
+            self._advance_slice(piece, sent)
+            return sent
+
+    def _advance_slice(self, piece: FileSlice, count: int) -> None:
+        if count < piece.length:
+            self.pending[0] = replace(piece, offset=piece.offset + count, length=piece.length - count)
+        else:
+            self.pending.popleft()
+
+    def _read_chunk(self, piece: FileSlice) -> bytes:
+        """The next chunk of a file slice, read for a TLS socket (which cannot sendfile)."""
+        chunk = os.pread(self._open_file(piece), min(piece.length, TLS_CHUNK), piece.offset)
+        if not chunk:
+            raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
+        self._advance_slice(piece, len(chunk))
+        return chunk
+
+    def _open_file(self, piece: FileSlice) -> int:
+        if self.file is None or self.file[1] != piece.path:
+            self._close_file()
+            self.file = (os.open(piece.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), piece.path)
+        return self.file[0]
+
+    def _close_file(self) -> None:
+        if self.file is not None:
+            os.close(self.file[0])
+            self.file = None
+
+    def _finish(self, now: float) -> bool:
+        """The answer is out: log it, release its files; True if the connection stays open."""
+        self._end_response("")
+        self.deadline = now + self.server.idle_timeout
+        return self.keep_alive
+
+    def _end_response(self, note: str) -> None:
+        response, self.response = self.response, None
+        if response is None:
+            return
+        self._close_file()
+        try:
+            response.release()
+        except Exception:
+            log.exception("%s: releasing the files of an answer failed", self.client)
+        method = self.request.method if self.request else "-"
+        body = max(0, self.sent - self.head_length)
+        log.info(
+            "%s key=%s %s status=%d bytes=%d %.1fms%s",
+            self.client, response.key, method, response.status, body, (time.monotonic() - self.started) * 1000, note,
+        )  # fmt: skip
+
+    def log_timeout(self) -> None:
+        if self.response is not None:
+            log.info("%s: no progress for %.0f s, closing", self.client, self.server.idle_timeout)
+
+    def close(self) -> None:
+        self._end_response(" (cut)")
+        try:
+            self.sock.close()
+        except OSError:
+            pass

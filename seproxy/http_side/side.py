@@ -1,0 +1,136 @@
+"""The HTTP side of one service: signer, link store and server, opened and closed together.
+
+``publish`` turns staged cache entries into a signed URL: it pins the files
+until the URL expires, records the link and signs the key. The server then
+answers that URL from its own threads, sharing the service's cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from seproxy.cache import Cache, Entry
+from seproxy.config import ConfigError, Settings
+from seproxy.http_side.body import body_length
+from seproxy.http_side.downloads import Downloads
+from seproxy.http_side.links import Link, LinkStore, Member
+from seproxy.http_side.server import SideServer
+from seproxy.http_side.signing import CLOCK_SKEW, Signer, load_secret, new_link_id
+from seproxy.http_side.tar_stream import tar_body
+from seproxy.security.host_credentials import server_credentials
+from seproxy.security.tls import server_context
+
+log = logging.getLogger("seproxy.http")
+
+# Seconds that downloads in progress get to finish when the service stops.
+STOP_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class Published:
+    """What ``prepareFileForHTTP`` hands out for one link."""
+
+    url: str
+    key: str
+    expires: int
+    size: int  # of what the URL serves: the file, or the whole archive
+
+
+class HTTPSide:
+    """The side server and what it needs, for one service and its cache."""
+
+    def __init__(self, settings: Settings, cache: Cache, service_host: str) -> None:
+        http = settings.http
+        self.settings = http
+        self.cache = cache
+        self.signer = Signer(http.key_id, _secret(settings))
+        self.links = LinkStore(settings.cache_root)
+        tls = None
+        if http.tls:
+            credentials = server_credentials(settings)
+            tls = server_context(
+                http.host_cert or credentials.host_cert,
+                http.host_key or credentials.host_key,
+                credentials.ca_dir,
+                min_version=settings.tls.min_version,
+            )
+            tls.verify_mode = ssl.CERT_NONE  # downloads are authorized by the signed URL, not a certificate
+        self.server = SideServer(
+            Downloads(self.signer, self.links, cache).answer,
+            host=http.host or settings.service.host,
+            port=http.port,
+            threads=http.threads,
+            max_connections=http.max_connections,
+            idle_timeout=http.idle_timeout,
+            tls=tls,
+        )
+        self.public_host = http.public_name or service_host
+        names = http.lfn_storage_elements or list(settings.storage_elements)
+        # Where LFNs are looked for, in order: (storage element, LFN-to-path template).
+        self.replica_places = [(name, settings.storage_elements[name].lfn_path) for name in names]
+
+    def start(self) -> None:
+        try:
+            self.server.start()
+        except OSError as exc:
+            where = f"{self.server.host or '*'}:{self.server.port}"
+            raise ConfigError(f"http.port: the side server cannot listen on {where}: {exc.strerror or exc}") from None
+
+    def stop(self) -> None:
+        self.server.stop(STOP_GRACE)
+        self.links.close()
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
+        return f"{'https' if self.settings.tls else 'http'}://{host}:{self.server.port}"
+
+    def pin(self, entry: Entry) -> None:
+        """Keep ``entry`` in the cache for as long as a URL made now is accepted
+        (``FileNotFoundError`` if it is gone already)."""
+        self._pin(entry, self._expiry())
+
+    def _pin(self, entry: Entry, expires: int) -> None:
+        self.cache.pin(entry.id, expires + CLOCK_SKEW)
+
+    def _expiry(self) -> int:
+        return int(time.time() + self.settings.url_lifetime)
+
+    def publish(self, owner: str, members: Sequence[tuple[str, Entry]], *, archive: bool) -> Published:
+        """A signed URL serving the one member as itself or, with ``archive``, all as one tar archive.
+
+        ``members`` are (name in the URL or the archive, cache entry).
+        """
+        now = time.time()
+        expires = self._expiry()
+        for _, entry in members:
+            self._pin(entry, expires)
+        link_id = new_link_id()
+        name = f"seproxy-{link_id[:12]}.tar" if archive else members[0][0]
+        self.links.forget_expired(now - CLOCK_SKEW)
+        self.links.add(
+            Link(
+                link_id, name, archive, owner, now, expires, self.settings.single_use,
+                tuple(Member(entry.id, member) for member, entry in members),
+            )
+        )  # fmt: skip
+        key = self.signer.sign(link_id, expires, name)
+        size = body_length(tar_body(members)) if archive else members[0][1].size
+        log.info("link %s:%s for %s: %d file(s), %d bytes, until %d", self.signer.key_id, link_id, owner, len(members), size, expires)
+        return Published(f"{self.base_url}/{key}/{quote(name, safe='')}", key, expires, size)
+
+
+def _secret(settings: Settings) -> bytes:
+    """The URL signing secret: ``http.secret``, or the secret file (made at the first start)."""
+    http = settings.http
+    if http.secret:
+        return http.secret.encode()
+    try:
+        return load_secret(http.secret_file or settings.service.state_dir / "http-secret")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"http.secret_file: {exc}") from None

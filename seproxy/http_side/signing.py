@@ -1,0 +1,117 @@
+"""Download keys: an HMAC signature over what a URL designates and until when.
+
+A key (``HttpKey``, the first path segment of ``HttpURL``) reads
+``<key id>.<link id>.<expires>.<signature>``:
+
+- key id: names the secret (``http.key_id``), so that an instance can tell
+  a URL signed with another secret from a forged one, and a rotated secret
+  gets a new id;
+- link id: 32 random hex digits naming the link (what to serve) in the link
+  store; it cannot be guessed, and without the secret it cannot be signed;
+- expires: Unix time in whole seconds;
+- signature: base64url (no padding) of HMAC-SHA256 over a version tag, the
+  three fields above and the file name of the URL's last segment, so no
+  part of the URL can be changed.
+
+Any instance holding the secret checks a key without asking anyone. Clocks
+of instances differ a little: a key is still accepted ``CLOCK_SKEW`` seconds
+after its stamp, and the files behind it are pinned that much longer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from seproxy.config import MIN_SECRET_LENGTH
+from seproxy.http_side.response import Refused
+
+# Seconds a key stays valid past its expiry, for clocks of instances that differ.
+CLOCK_SKEW = 30
+_VERSION = b"seproxy-http-v1"
+_KEY = re.compile(r"([A-Za-z0-9_-]{1,32})\.([0-9a-f]{32})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
+
+
+@dataclass(frozen=True)
+class SignedKey:
+    """What a checked key says."""
+
+    key_id: str
+    link_id: str
+    expires: int
+
+
+class Signer:
+    """Signs and checks keys with one secret."""
+
+    def __init__(self, key_id: str, secret: bytes) -> None:
+        self.key_id = key_id
+        self._secret = secret
+
+    def sign(self, link_id: str, expires: int, name: str) -> str:
+        """The key for ``link_id`` until ``expires``, for a URL whose last segment is ``name``."""
+        fields = f"{self.key_id}.{link_id}.{expires}"
+        return f"{fields}.{self._signature(fields, name)}"
+
+    def check(self, key: str, name: str, now: float) -> SignedKey:
+        """The fields of a genuine, unexpired key; ``Refused`` otherwise.
+
+        A key not even shaped like ours is a 404 (a path we do not serve);
+        a wrong signature, another key id or an expired key is a 403.
+        """
+        match = _KEY.fullmatch(key)
+        if match is None:
+            raise Refused(404, "no such download")
+        key_id, link_id, expires, signature = match.groups()
+        if key_id != self.key_id:
+            raise Refused(403, "this link was signed with another key")
+        expected = self._signature(f"{key_id}.{link_id}.{expires}", name)
+        if not hmac.compare_digest(expected, signature):
+            raise Refused(403, "invalid link")
+        if now > int(expires) + CLOCK_SKEW:
+            raise Refused(403, "this link has expired")
+        return SignedKey(key_id, link_id, int(expires))
+
+    def _signature(self, fields: str, name: str) -> str:
+        message = b"\n".join((_VERSION, fields.encode(), name.encode("utf-8", "surrogateescape")))
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def load_secret(path: Path) -> bytes:
+    """The secret in ``path``, generated there (mode 0600) if the file does not exist.
+
+    Several processes may start at once: the secret is written to a private
+    temporary file and linked into place, so a reader never sees it half
+    written and two starters never end up with two secrets.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        try:
+            with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as stream:
+                stream.write(secrets.token_hex(32) + "\n")
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process was first: use its secret
+        finally:
+            temporary.unlink(missing_ok=True)
+    mode = path.stat().st_mode
+    if mode & stat.S_IRWXO:
+        raise PermissionError(f"{path}: the URL signing secret must not be accessible to other users (chmod o-rwx)")
+    secret = path.read_text().strip()
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(f"{path}: the URL signing secret must be at least {MIN_SECRET_LENGTH} characters")
+    return secret.encode()
+
+
+def new_link_id() -> str:
+    return secrets.token_hex(16)
+

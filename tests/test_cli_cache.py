@@ -1,0 +1,147 @@
+"""``seproxy cache``: the operator CLI on a real cache, run as a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import tomli_w
+
+from seproxy.cache_access import open_cache
+from seproxy.config import load_settings
+
+
+@pytest.fixture()
+def config(tmp_path):
+    path = tmp_path / "seproxy.toml"
+    path.write_text(tomli_w.dumps({"service": {"state_dir": str(tmp_path / "state")}, "cache": {"quota": "1G"}}))
+    return path
+
+
+@pytest.fixture()
+def cache(config):
+    with open_cache(load_settings(config)) as opened:
+        yield opened
+
+
+def put(cache, se, path, data, *, age=0.0):
+    def fetch(writer):
+        writer.expect(len(data), {})
+        writer.write(data)
+
+    entry = cache.stage(se, path, fetch, owner="tester")
+    if age:
+        cache._index.touch(entry.id, time.time() - age)  # backdate the last access for the test
+    return entry
+
+
+def seproxy(config, *args, check_code=0):
+    result = subprocess.run(
+        [sys.executable, "-m", "seproxy", "cache", *args, "--config", str(config)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == check_code, result.stdout + result.stderr
+    return result
+
+
+def test_ls_and_du(config, cache):
+    put(cache, "SE1", "/a", b"a" * 1000)
+    put(cache, "SE2", "/b", b"b" * 3000)
+    listed = json.loads(seproxy(config, "ls", "--json").stdout)
+    assert sorted((e["se"], e["source_path"], e["size"]) for e in listed) == [("SE1", "/a", 1000), ("SE2", "/b", 3000)]
+    only = json.loads(seproxy(config, "ls", "--json", "--se", "SE2").stdout)
+    assert [e["source_path"] for e in only] == ["/b"]
+    table = seproxy(config, "ls").stdout
+    assert "SE1" in table and "2.9 KiB" in table and "2 entries" in table
+    usage = json.loads(seproxy(config, "du", "--json").stdout)
+    assert usage["total"] == 4000 and usage["by_se"] == {"SE1": 1000, "SE2": 3000}
+    assert usage["quota"] == 1024**3
+    assert "quota 1.0 GiB" in seproxy(config, "du").stdout
+
+
+def test_purge_rules_and_dry_run(config, cache):
+    old = put(cache, "SE1", "/old", b"o" * 100, age=3 * 86400)
+    recent = put(cache, "SE1", "/recent", b"r" * 100)
+    other = put(cache, "SE2", "/other", b"x" * 100, age=3 * 86400)
+    dry = json.loads(seproxy(config, "purge", "--unused-for", "1d", "--dry-run", "--json").stdout)
+    assert sorted(e["id"] for e in dry["removed"]) == sorted([old.id, other.id]) and dry["dry_run"]
+    assert cache.get(old.id) is not None
+    seproxy(config, "purge", "--unused-for", "1d", "--se", "SE1")
+    assert cache.get(old.id) is None and cache.get(other.id) is not None and cache.get(recent.id) is not None
+    seproxy(config, "purge", "--to-size", "100")
+    assert len(cache.entries()) == 1 and cache.get(recent.id) is not None
+    seproxy(config, "purge", "--all")
+    assert cache.entries() == []
+
+
+def test_purge_spares_pins_and_pending_uploads_unless_forced(config, cache):
+    pinned = put(cache, "SE1", "/pinned", b"p")
+    cache.pin(pinned.id, time.time() + 3600)
+    with cache.receive_upload("tester", "putFile/u", expected_size=1) as writer:
+        writer.write(b"u")
+    kept = json.loads(seproxy(config, "purge", "--all", "--json", check_code=1).stdout)["kept"]
+    assert len(kept) == 2
+    seproxy(config, "purge", "--all", "--force")
+    assert cache.entries() == []
+
+
+def test_purge_never_removes_a_file_another_process_reads(config, cache, tmp_path):
+    entry = put(cache, "SE1", "/busy", b"busy")
+    ready = tmp_path / "ready"
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, time
+        from seproxy.config import load_settings
+        from seproxy.cache_access import open_cache
+        with open_cache(load_settings({str(config)!r})) as cache, cache.open_read({entry.id!r}):
+            pathlib.Path({str(ready)!r}).touch()
+            time.sleep(30)
+    """)])
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "reader did not start"
+        seproxy(config, "purge", "--all", "--force", check_code=1)
+        assert cache.get(entry.id) is not None
+    finally:
+        reader.kill()
+        reader.wait()
+
+
+def test_verify_finds_and_removes_damage(config, cache):
+    good = put(cache, "SE1", "/good", os.urandom(10000))
+    bad = put(cache, "SE1", "/bad", os.urandom(10000))
+    with open(bad.path, "r+b") as stream:
+        stream.seek(5000)
+        stream.write(b"\x00\xff")
+    report = json.loads(seproxy(config, "verify", "--json", check_code=1).stdout)
+    assert report["checked"] == 2
+    assert [d["id"] for d in report["damaged"]] == [bad.id] and "xxh3" in report["damaged"][0]["problem"]
+    seproxy(config, "verify", "--remove", check_code=1)
+    assert cache.get(bad.id) is None and cache.get(good.id) is not None
+    assert "0 damaged" in seproxy(config, "verify").stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["purge"], "a purge needs a condition"),
+        (["purge", "--older-than", "5 fortnights"], "is not a duration"),
+        (["purge", "--to-size", "lots"], "is not a size"),
+        (["ls", "--area", "attic"], "invalid choice"),
+    ],
+)
+def test_bad_flags(config, args, message):
+    result = seproxy(config, *args, check_code=2)
+    assert message in result.stderr
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cache]\nquota = 'huge'\n")
+    result = subprocess.run([sys.executable, "-m", "seproxy", "cache", "du", "--config", str(bad)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "cache.quota" in result.stderr
