@@ -77,3 +77,16 @@ def test_lfns_fail_over_to_the_next_storage_element(start_http_service, tmp_path
     assert not missing["OK"]
     for element in (SE, "OtherVO", "Second"):
         assert f"{element}: " in missing["Message"]
+
+
+def test_only_files_inside_the_cache_are_served(http_service, tmp_path):
+    url = http_service.url("/lab/planted.dat", b"the real file")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"not for download")
+    with cache_of(http_service) as cache:
+        (entry,) = [e for e in cache.entries(area="staged") if e.name == "/lab/planted.dat"]
+    entry.path.unlink()
+    entry.path.symlink_to(outside)  # what a local attacker with write access to the cache could plant
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 404 and b"not for download" not in response.content
+    assert "resolves outside" in http_service.wait_for_log("resolves outside")

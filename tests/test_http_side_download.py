@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import requests
 import xxhash
-from fixtures.http_side import SE, curl, raw_request, sha256, status_of, wget
+from fixtures.http_side import SE, curl, raw_request, sha256, wget
 
 from seproxy.cache import Cache
 from seproxy.http_side.signing import CLOCK_SKEW

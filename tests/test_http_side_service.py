@@ -34,7 +34,7 @@ def test_embedded_default_serves_localse_by_lfn(tmp_path, monkeypatch):
     monkeypatch.setenv("SEPROXY_STATE_DIR", str(tmp_path / "state"))
     settings = embedded_settings()
     assert settings.http.enabled and settings.http.port == 9180
-    settings.service.port = settings.http.port = 0  # any free ports: tests run beside other services
+    settings.service.port = settings.http.port = settings.metrics.port = 0  # any free ports: tests run beside other services
     local_se = tmp_path / "state" / "storage" / "LocalSE"
     data = os.urandom(10_000)
     (local_se / "vo").mkdir()

@@ -377,41 +377,46 @@ class _Connection:
         self.pending = deque([head, *body])
 
     def _send(self, now: float) -> bool:
-        """Write what is pending; True when all is out, False when the socket is full or the turn is over."""
+        """Write what is pending; True when all is out, False when the socket is full or the turn is over.
+
+        A short write means the socket buffer is full: trying again at once
+        would only fail (EAGAIN), so the connection waits for epoll instead.
+        """
         budget = TURN
         while self.pending:
             try:
-                sent = self._send_piece(self.pending[0])
+                sent, whole = self._send_piece(self.pending[0])
             except BlockingIOError:
                 return False
             self.sent += sent
             self.deadline = now + self.server.idle_timeout
             budget -= sent
-            if budget <= 0 and self.pending:
+            if not whole or (budget <= 0 and self.pending):
                 return False
         return True
 
-    def _send_piece(self, piece: Piece | memoryview) -> int:
-        """Send (part of) the first pending piece and drop what went out; return the bytes sent."""
+    def _send_piece(self, piece: Piece | memoryview) -> tuple[int, bool]:
+        """Send (part of) the first pending piece and drop what went out: (bytes sent, all that was offered)."""
         while True:
             if not isinstance(piece, FileSlice):
                 more = len(self.pending) > 1 and self.server.tls is None
                 sent = self.sock.send(piece, socket.MSG_MORE if more else 0)
                 if sent < len(piece):
                     self.pending[0] = memoryview(piece)[sent:]
-                else:
-                    self.pending.popleft()
-                return sent
+                    return sent, False
+                self.pending.popleft()
+                return sent, True
             if self.server.tls is not None:
                 # No sendfile through TLS: the chunk read here goes out as a bytes piece.
                 piece = self._read_chunk(piece)
                 self.pending.appendleft(piece)
                 continue
-            sent = os.sendfile(self.fd, self._open_file(piece), piece.offset, min(piece.length, SENDFILE_MAX))
+            offered = min(piece.length, SENDFILE_MAX)
+            sent = os.sendfile(self.fd, self._open_file(piece), piece.offset, offered)
             if sent == 0:
                 raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
             self._advance_slice(piece, sent)
-            return sent
+            return sent, sent == offered
 
     def _advance_slice(self, piece: FileSlice, count: int) -> None:
         if count < piece.length:

@@ -1,0 +1,209 @@
+"""HTTP side server against nginx: the same 16 MiB files, the same machine, loaded by wrk.
+
+nginx (the Debian package, ``sendfile on``, ``tcp_nopush on``, access log
+on, as a site would run it) serves the files straight from a directory;
+seproxy serves the same files through ``prepareFileForHTTP``: they are staged
+into the cache first, then fetched from the signed URLs the RPC call
+returns, as a grid job would. wrk opens 64, then 512 keep-alive
+connections and cycles over the files. The two servers are measured in
+turns (which goes first alternates), several rounds; the ratio is taken
+within each round and the median ratio counts. Target (issue 4, "Measured, not timed"): seproxy at
+least 0.9 of nginx's throughput at both levels, with no error (connect,
+read, write, timeout or non-2xx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.common import NGINX, Nginx, ServerProcess, median, nginx_version, print_table
+from bench.rpc_ping import Plan, seproxy_config, start_seproxy
+from seproxy.security.devcreds import ensure_dev_credentials
+from seproxy.transfer import RPCClient, returnValueOrRaise
+
+TARGET_RATIO = 0.9
+CONNECTIONS = (64, 512)
+FILE_SIZE = 16 * 1024 * 1024
+FILE_COUNT = 4
+WRK_THREADS = 2
+WRK_TIMEOUT = "30s"
+WRK = "/usr/bin/wrk"
+RESULT = re.compile(r"^RESULT (.*)$", re.MULTILINE)
+
+
+FULL = Plan(rounds=5, warmup=2, duration=10)
+QUICK = Plan(rounds=1, warmup=1, duration=3)
+
+# Cycles over the paths; prints what wrk measured in one parseable line.
+WRK_SCRIPT = """
+local paths = {%s}
+local next_path = 0
+request = function()
+  next_path = next_path %% #paths + 1
+  return wrk.format("GET", paths[next_path])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %%d %%d %%d %%d %%d %%d %%d %%d %%d\\n", summary.duration, summary.requests,
+    summary.bytes, e.connect, e.read, e.write, e.status, e.timeout, latency:percentile(99)))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    server: str
+    connections: int
+    bytes_per_second: float
+    requests: int
+    errors: int
+    p99_ms: float
+    server_cpu: float  # cores busy in the server's processes over the run
+
+
+# -- the servers -----------------------------------------------------------
+
+
+def prepare_seproxy(directory: Path, storage: Path) -> tuple[ServerProcess, str, list[str]]:
+    """The service with its side server, the files staged; (process, base URL, paths of the signed URLs)."""
+    credentials = ensure_dev_credentials(directory / "credentials")
+    config = seproxy_config(credentials, directory / "state")
+    config["storage_elements"] = {"BenchSE": {"plugin": "file", "base": str(storage)}}
+    config["http"] = {"enabled": True, "port": 0, "url_lifetime": "1d"}
+    config["metrics"] = {"enabled": False}  # its fixed port could be taken by another run
+    server = ServerProcess(start_seproxy, [config], directory / "seproxy.log")
+    url = f"https://localhost:{server.port}/DataManagement/StorageElementProxy"
+    client = RPCClient(url, proxy=str(credentials.proxy), ca_dir=str(credentials.ca_dir))
+    paths = []
+    for name in sorted(path.name for path in storage.iterdir()):
+        parts = urlsplit(returnValueOrRaise(client.prepareFileForHTTP(f"/{name}"))["HttpURL"])
+        paths.append(parts.path)
+    client.close()
+    return server, f"{parts.scheme}://{parts.netloc}", paths
+
+
+# -- the load ----------------------------------------------------------------
+
+
+def load(name: str, server: Any, base: str, script: Path, connections: int, seconds: float) -> Measurement:
+    """One wrk run; the server's CPU is read around it."""
+    cpu = server.cpu_seconds()
+    started = time.perf_counter()
+    command = [WRK, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={WRK_TIMEOUT}", "-s", str(script), base + "/"]
+    output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 120).stdout
+    elapsed = time.perf_counter() - started
+    found = RESULT.search(output)
+    if found is None:
+        raise RuntimeError(f"wrk printed no result:\n{output}")
+    duration_us, requests, total, *errors, p99_us = (int(value) for value in found[1].split())
+    return Measurement(
+        name, connections, total / (duration_us / 1e6), requests, sum(errors), p99_us / 1000,
+        (server.cpu_seconds() - cpu) / elapsed,
+    )  # fmt: skip
+
+
+def write_script(path: Path, paths: list[str]) -> Path:
+    path.write_text(WRK_SCRIPT % ", ".join(f'"{p}"' for p in paths))
+    return path
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Create the files, start both servers, load them in turns, print the table and the verdict."""
+    for tool in (NGINX, WRK):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"{tool} is missing: install the Debian packages of scripts/bench-packages.txt")
+    plan = QUICK if args.quick else FULL
+    with tempfile.TemporaryDirectory(prefix="seproxy-bench-http-") as temp:
+        directory = Path(temp)
+        directory.chmod(0o755)  # nginx's workers run as nobody
+        storage = directory / "files"
+        storage.mkdir(mode=0o755)
+        for number in range(FILE_COUNT):
+            (storage / f"f{number}.dat").write_bytes(os.urandom(FILE_SIZE))
+        with ExitStack() as servers:
+            nginx = Nginx(directory / "nginx", storage)
+            servers.callback(nginx.stop)
+            seproxy, seproxy_base, seproxy_paths = prepare_seproxy(directory, storage)
+            servers.callback(seproxy.stop)
+            nginx_paths = [f"/{path.name}" for path in sorted(storage.iterdir())]
+            targets = {
+                "nginx": (nginx, f"http://127.0.0.1:{nginx.port}", write_script(directory / "nginx.lua", nginx_paths)),
+                "seproxy": (seproxy, seproxy_base, write_script(directory / "seproxy.lua", seproxy_paths)),
+            }
+            print(
+                f"http_side: {plan.rounds} round(s) of {plan.warmup:g} s warm-up + {plan.duration:g} s per point, "
+                f"{FILE_COUNT} files of {FILE_SIZE >> 20} MiB, wrk -t{WRK_THREADS} --timeout {WRK_TIMEOUT}, "
+                f"{os.cpu_count()} cores, {nginx_version()}, load average {os.getloadavg()[0]:.2f}\n"
+                f"server processes: nginx {nginx.process.pid}, seproxy {seproxy.pid} (py-spy record --pid PID)",
+                flush=True,
+            )
+            measurements = []
+            for round_number in range(plan.rounds):
+                for connections in CONNECTIONS:
+                    # Each server goes first in every other round, so that a drift in the machine's speed evens out.
+                    order = list(targets) if round_number % 2 == 0 else list(reversed(targets))
+                    for name in order:
+                        server, base, script = targets[name]
+                        load(name, server, base, script, connections, plan.warmup)
+                        done = load(name, server, base, script, connections, plan.duration)
+                        measurements.append(done)
+                        print(
+                            f"  round {round_number + 1}: {name:8} {connections:3} connections "
+                            f"{done.bytes_per_second / 1e9:6.2f} GB/s  {done.errors} errors",
+                            flush=True,
+                        )
+    return report(measurements)
+
+
+def report(measurements: list[Measurement]) -> dict[str, Any]:
+    """Print throughput, errors, p99 and CPU per server and level, then the ratios and the verdict.
+
+    The machine's speed drifts between rounds (a shared VM) far more than
+    the two servers differ, so the ratio is taken within each round, where
+    the servers ran back to back, and the median of those ratios is judged.
+    """
+    rows, rates, rounds, errors = [], {}, {}, 0
+    for connections in CONNECTIONS:
+        for name in ("nginx", "seproxy"):
+            mine = [m for m in measurements if m.server == name and m.connections == connections]
+            rounds[name, connections] = [m.bytes_per_second for m in mine]
+            rates.setdefault(name, {})[connections] = median(rounds[name, connections])
+            failed = sum(m.errors for m in mine)
+            if name == "seproxy":
+                errors += failed
+            rows.append(
+                [
+                    name,
+                    connections,
+                    rates[name][connections] / 1e9,
+                    " ".join(f"{rate / 1e9:.2f}" for rate in rounds[name, connections]),
+                    sum(m.requests for m in mine),
+                    failed,
+                    max(m.p99_ms for m in mine),
+                    f"{median([m.server_cpu for m in mine]):.0%}",
+                ]
+            )
+    print()
+    print_table(["server", "connections", "GB/s", "rounds GB/s", "requests", "errors", "p99 ms (worst round)", "server CPU"], rows)
+    per_round = {c: [s / n for n, s in zip(rounds["nginx", c], rounds["seproxy", c])] for c in CONNECTIONS}
+    ratios = {c: median(values) for c, values in per_round.items()}
+    print()
+    print_table(
+        ["connections", "seproxy/nginx", "rounds", "target", "verdict"],
+        [
+            [c, ratio, " ".join(f"{r:.2f}" for r in per_round[c]), TARGET_RATIO, "PASS" if ratio >= TARGET_RATIO and not errors else "FAIL"]
+            for c, ratio in ratios.items()
+        ],
+    )
+    passed = not errors and all(ratio >= TARGET_RATIO for ratio in ratios.values())
+    return {"bytes_per_second": rates, "ratios": ratios, "errors": errors, "passed": passed}
