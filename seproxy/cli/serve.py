@@ -33,8 +33,8 @@ def _announce(service: Service) -> None:
             f"  state:  {settings.service.state_dir} (development credentials, storage LocalSE)",
             "Call it from another terminal:",
             '  eval "$(seproxy env)"',
-            "  python -c 'import os; from seproxy.transfer.rpc_client import RPCClient; "
-            'print(RPCClient(os.environ["SEPROXY_URL"]).whoami())\'',
+            "  seproxy whoami",
+            "  seproxy put FILE LocalSE /dev/FILE && seproxy url /dev/FILE",
         ]
     print("\n".join(lines), file=sys.stderr, flush=True)
 
