@@ -119,6 +119,7 @@ class StreamUploadHandler(tornado.web.RequestHandler):
         self._buffer = bytearray()
         self._lock = asyncio.Lock()
         self._refusal: tuple[int, dict[str, Any]] | None = None
+        self._writing: asyncio.Future[None] | None = None
 
     def _answer(self, status: int, result: dict[str, Any]) -> None:
         self.set_status(status)
@@ -174,9 +175,19 @@ class StreamUploadHandler(tornado.web.RequestHandler):
         self._buffer += chunk
         metrics.BYTES_RECEIVED.labels("upload").inc(len(chunk))
         if len(self._buffer) >= self.BUFFER:
-            await self._flush_to_cache()
+            # One write in flight while the next buffer fills: disk and network
+            # overlap, and memory stays at two buffers (awaiting is the back-pressure).
+            await self._written()
+            self._writing = asyncio.ensure_future(self._flush_to_cache())
+
+    async def _written(self) -> None:
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     async def _flush_to_cache(self) -> None:
+        if self._upload is None:
+            return  # a write before this one failed, was answered and dropped the upload
         data, self._buffer = bytes(self._buffer), bytearray()
         try:
             await self._in_thread(self._writer.write, data)
@@ -193,6 +204,7 @@ class StreamUploadHandler(tornado.web.RequestHandler):
         if self._upload is None:
             return
         try:
+            await self._written()
             await self._flush_to_cache()
             if self._upload is None:
                 return
