@@ -10,7 +10,8 @@ from pathlib import Path
 import certifi
 import pytest
 
-from fixtures.storage_servers import LOOPBACK, MemorySink, StorageTarget, LoopbackCA, free_port
+from fixtures.service import free_port
+from fixtures.storage_servers import LOOPBACK, MemorySink, StorageTarget, LoopbackCA
 from seproxy.config import ConfigError, StorageElementSettings
 from seproxy.storage import ChecksumMismatch, StorageUnavailable, make_storage_element
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.storage_servers import LOOPBACK, MemorySink, StorageTarget, free_port
+from fixtures.service import free_port
+from fixtures.storage_servers import LOOPBACK, MemorySink, StorageTarget
 from seproxy.config import ConfigError, StorageElementSettings
 from seproxy.storage import StorageUnavailable, make_storage_element
 
