@@ -213,6 +213,11 @@ class HTTPSettings:
     port: int = field(default=9180, metadata=_check(_port))
     # The host name written into HttpURL; empty: the service's public name.
     public_name: str = ""
+    # The port written into HttpURL (a load balancer's); 0: the port listened on.
+    public_port: int = field(default=0, metadata=_check(_port))
+    # This instance's name behind a load balancer, written as the first segment of its URLs so
+    # that the balancer sends each download to the instance whose cache holds the file.
+    route: str = ""
     tls: bool = False
     # With tls: the certificate and key; empty: the service's (tls.host_cert / host_key or development ones).
     host_cert: Path | None = None
@@ -424,6 +429,8 @@ def _validate_http(settings: Settings, reader: _Reader) -> None:
     http = settings.http
     if not KEY_ID.match(http.key_id):
         reader.fail("http.key_id", f"must be 1 to 32 letters, digits, '_' or '-', got {http.key_id!r}")
+    if http.route and not KEY_ID.match(http.route):
+        reader.fail("http.route", f"must be 1 to 32 letters, digits, '_' or '-' (or empty), got {http.route!r}")
     if http.secret and http.secret_file is not None:
         reader.fail("http.secret", "set secret or secret_file, not both")
     if http.secret and len(http.secret) < MIN_SECRET_LENGTH:

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import requests
+from fixtures.proxy import wait_until
 from fixtures.service import base_config, free_port, start_service
 
 from seproxy.transfer import RPCClient, returnValueOrRaise
@@ -13,6 +14,7 @@ from seproxy.transfer import RPCClient, returnValueOrRaise
 def metered(pki, tmp_path):
     config = base_config(pki, tmp_path / "state")
     config["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}
+    config["http"] = {"enabled": True, "host": "127.0.0.1", "port": 0}
     (tmp_path / "se").mkdir()
     config["storage_elements"] = {"LocalSE": {"plugin": "file", "base": str(tmp_path / "se"), "vos": ["lab"]}}
     config["registry"]["groups"]["lab_user"]["properties"] = ["NormalUser", "FileWrite"]
@@ -41,7 +43,14 @@ def test_metrics_follow_the_traffic(metered, pki):
     assert client._post("streamToClient", ["getFile/m.dat", ""], raw=True).content == data
     assert client.noSuchMethod()["OK"] is False
     assert client.prepareFile("LocalSE", "/missing.dat")["OK"] is False
-    values = scrape(port)
+    url = returnValueOrRaise(client.prepareFileForHTTP("/m.dat"))["HttpURL"]
+    assert requests.get(url, timeout=30).content == data
+    assert requests.get(url, headers={"Range": "bytes=10-19"}, timeout=30).content == data[10:20]
+    assert requests.get(url + "x", timeout=30).status_code == 403  # refusals are not file bytes
+    # The side server counts a download once its last byte is out, just after the client has it.
+    http_bytes = 'seproxy_bytes_sent_total{route="http"}'
+    values = wait_until(lambda: (v := scrape(port)).get(http_bytes) == len(data) + 10 and v, "HTTP bytes counted")
+    assert values['seproxy_active_transfers{kind="http"}'] == 0
     assert values['seproxy_rpc_calls_total{method="uploadFile",outcome="ok"}'] == 1
     assert values['seproxy_rpc_calls_total{method="streamToClient",outcome="ok"}'] == 1
     assert values['seproxy_rpc_calls_total{method="prepareFile",outcome="error"}'] == 1

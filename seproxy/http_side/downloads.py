@@ -38,30 +38,34 @@ NOT_FOUND = "no such download"
 class Downloads:
     """Turns a request head into a response; called from the server's threads."""
 
-    def __init__(self, signer: Signer, links: LinkStore, cache: Cache) -> None:
+    def __init__(self, signer: Signer, links: LinkStore, cache: Cache, route: str = "") -> None:
         self._signer = signer
         self._links = links
         self._leases = SharedLeases(cache)
+        self._route = route
 
     def answer(self, request: RequestHead) -> Response:
+        # /<key>/<name>, or /<route>/<key>/<name> from an instance behind a load balancer.
         parts = request.path.split("/")
-        if len(parts) != 3:
+        if len(parts) not in (3, 4) or not all(parts[1:]):
             return plain(404, NOT_FOUND)
-        key, name = parts[1], unquote(parts[2], errors="surrogateescape")
+        route = parts[1] if len(parts) == 4 else ""
+        key, name = parts[-2], unquote(parts[-1], errors="surrogateescape")
         try:
-            signed = self._signer.check(key, name, time.time())
+            signed = self._signer.check(key, name, time.time(), route)
         except Refused as refused:
             return plain(refused.status, str(refused))
-        label = f"{signed.key_id}:{signed.link_id}"
-        link = self._links.get(signed.link_id)
-        if link is None or link.name != name:
-            response = plain(404, NOT_FOUND)
-        elif link.single_use and link.used is not None:
-            response = plain(403, "this single-use link was already used")
-        else:
-            response = self._serve(request, link)
-        response.key = label
+        response = self._serve_link(request, signed.link_id, name) if route == self._route else _elsewhere(route)
+        response.key = f"{signed.key_id}:{signed.link_id}"
         return response
+
+    def _serve_link(self, request: RequestHead, link_id: str, name: str) -> Response:
+        link = self._links.get(link_id)
+        if link is None or link.name != name:
+            return plain(404, NOT_FOUND)
+        if link.single_use and link.used is not None:
+            return plain(403, "this single-use link was already used")
+        return self._serve(request, link)
 
     def _serve(self, request: RequestHead, link: Link) -> Response:
         with ExitStack() as leases:
@@ -111,6 +115,16 @@ class Downloads:
             body = select(body, wanted.start, wanted.length)
         headers["Content-Length"] = str(length)
         return Response(status, list(headers.items()), body)
+
+
+def _elsewhere(route: str) -> Response:
+    """A genuine URL of another instance: a balancer sends it here only when that instance is down."""
+    return plain(
+        503,
+        f"this download is held by the instance {route!r}, which is not available now;"
+        " call prepareFileForHTTP again for a new URL",
+        extra=[("Retry-After", "10")],
+    )
 
 
 def _archive_etag(link: Link, entries: list[Entry]) -> str:

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import tornado.netutil
 
+from seproxy import metrics
 from seproxy.http_side.body import FileSlice, Piece, piece_length
 from seproxy.http_side.request import RequestHead, head_end, parse_head
 from seproxy.http_side.response import Refused, Response, plain
@@ -57,6 +58,9 @@ LINGER = 2.0
 SWEEP_INTERVAL = 1.0
 
 Answer = Callable[[RequestHead], Response]
+
+_BYTES_SENT = metrics.BYTES_SENT.labels("http")
+_DOWNLOADS = metrics.ACTIVE_TRANSFERS.labels("http")
 
 
 class _ShortFile(Exception):
@@ -366,6 +370,8 @@ class _Connection:
 
     def _start(self, response: Response, keep_alive: bool, now: float, *, with_body: bool) -> None:
         self.response = response
+        if response.status < 400:
+            _DOWNLOADS.inc()
         self.keep_alive = keep_alive and not response.close and not self.server.stopping
         head = response.head(self.keep_alive)
         self.head_length = len(head)
@@ -460,6 +466,9 @@ class _Connection:
             log.exception("%s: releasing the files of an answer failed", self.client)
         method = self.request.method if self.request else "-"
         body = max(0, self.sent - self.head_length)
+        if response.status < 400:
+            _DOWNLOADS.dec()
+            _BYTES_SENT.inc(body)
         log.info(
             "%s key=%s %s status=%d bytes=%d %.1fms%s",
             self.client, response.key, method, response.status, body, (time.monotonic() - self.started) * 1000, note,

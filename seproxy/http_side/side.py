@@ -61,7 +61,7 @@ class HTTPSide:
             )
             tls.verify_mode = ssl.CERT_NONE  # downloads are authorized by the signed URL, not a certificate
         self.server = SideServer(
-            Downloads(self.signer, self.links, cache).answer,
+            Downloads(self.signer, self.links, cache, http.route).answer,
             host=http.host or settings.service.host,
             port=http.port,
             threads=http.threads,
@@ -88,7 +88,9 @@ class HTTPSide:
     @property
     def base_url(self) -> str:
         host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        return f"{'https' if self.settings.tls else 'http'}://{host}:{self.server.port}"
+        port = self.settings.public_port or self.server.port
+        route = f"/{self.settings.route}" if self.settings.route else ""
+        return f"{'https' if self.settings.tls else 'http'}://{host}:{port}{route}"
 
     def pin(self, entry: Entry) -> None:
         """Keep ``entry`` in the cache for as long as a URL made now is accepted
@@ -119,7 +121,7 @@ class HTTPSide:
                 tuple(Member(entry.id, member) for member, entry in members),
             )
         )  # fmt: skip
-        key = self.signer.sign(link_id, expires, name)
+        key = self.signer.sign(link_id, expires, name, self.settings.route)
         size = body_length(tar_body(members)) if archive else members[0][1].size
         log.info("link %s:%s for %s: %d file(s), %d bytes, until %d", self.signer.key_id, link_id, owner, len(members), size, expires)
         return Published(f"{self.base_url}/{key}/{quote(name, safe='')}", key, expires, size)

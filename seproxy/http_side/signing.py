@@ -10,8 +10,9 @@ A key (``HttpKey``, the first path segment of ``HttpURL``) reads
   store; it cannot be guessed, and without the secret it cannot be signed;
 - expires: Unix time in whole seconds;
 - signature: base64url (no padding) of HMAC-SHA256 over a version tag, the
-  three fields above and the file name of the URL's last segment, so no
-  part of the URL can be changed.
+  three fields above, the route (the instance named by the URL's first
+  segment behind a load balancer, or empty) and the file name of the URL's
+  last segment, so no part of the URL can be changed.
 
 Any instance holding the secret checks a key without asking anyone. Clocks
 of instances differ a little: a key is still accepted ``CLOCK_SKEW`` seconds
@@ -55,12 +56,12 @@ class Signer:
         self.key_id = key_id
         self._secret = secret
 
-    def sign(self, link_id: str, expires: int, name: str) -> str:
+    def sign(self, link_id: str, expires: int, name: str, route: str = "") -> str:
         """The key for ``link_id`` until ``expires``, for a URL whose last segment is ``name``."""
         fields = f"{self.key_id}.{link_id}.{expires}"
-        return f"{fields}.{self._signature(fields, name)}"
+        return f"{fields}.{self._signature(fields, name, route)}"
 
-    def check(self, key: str, name: str, now: float) -> SignedKey:
+    def check(self, key: str, name: str, now: float, route: str = "") -> SignedKey:
         """The fields of a genuine, unexpired key; ``Refused`` otherwise.
 
         A key not even shaped like ours is a 404 (a path we do not serve);
@@ -72,15 +73,15 @@ class Signer:
         key_id, link_id, expires, signature = match.groups()
         if key_id != self.key_id:
             raise Refused(403, "this link was signed with another key")
-        expected = self._signature(f"{key_id}.{link_id}.{expires}", name)
+        expected = self._signature(f"{key_id}.{link_id}.{expires}", name, route)
         if not hmac.compare_digest(expected, signature):
             raise Refused(403, "invalid link")
         if now > int(expires) + CLOCK_SKEW:
             raise Refused(403, "this link has expired")
         return SignedKey(key_id, link_id, int(expires))
 
-    def _signature(self, fields: str, name: str) -> str:
-        message = b"\n".join((_VERSION, fields.encode(), name.encode("utf-8", "surrogateescape")))
+    def _signature(self, fields: str, name: str, route: str) -> str:
+        message = b"\n".join((_VERSION, fields.encode(), route.encode(), name.encode("utf-8", "surrogateescape")))
         digest = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
