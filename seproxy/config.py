@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -225,7 +226,9 @@ class HTTPSettings:
     # The HMAC secret URLs are signed with, shared by instances that must accept each other's URLs.
     # Empty secret_file and secret: <service.state_dir>/http-secret, generated (mode 0600) if missing.
     secret_file: Path | None = None
-    secret: str = ""
+    secret: str = field(default="", repr=False)
+    # Secrets being retired, by key id: URLs they signed stay valid until they expire.
+    retired_keys: dict[str, Path] = field(default_factory=dict)
     # Names the secret inside every URL (letters, digits, '_', '-'): change it with the secret.
     key_id: str = "k1"
     url_lifetime: Duration = field(default=Duration(1800), metadata=_check(_positive))
@@ -429,6 +432,9 @@ def _validate_http(settings: Settings, reader: _Reader) -> None:
     http = settings.http
     if not KEY_ID.match(http.key_id):
         reader.fail("http.key_id", f"must be 1 to 32 letters, digits, '_' or '-', got {http.key_id!r}")
+    for key_id in http.retired_keys:
+        if not KEY_ID.match(key_id) or key_id == http.key_id:
+            reader.fail(f"http.retired_keys.{key_id}", f"must be 1 to 32 letters, digits, '_' or '-', other than key_id {http.key_id!r}")
     if http.route and not KEY_ID.match(http.route):
         reader.fail("http.route", f"must be 1 to 32 letters, digits, '_' or '-' (or empty), got {http.route!r}")
     if http.secret and http.secret_file is not None:
@@ -455,7 +461,10 @@ def load_settings(path: str | Path) -> Settings:
         raise ConfigError(f"{source}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    return settings_from_dict(data, source)
+    settings = settings_from_dict(data, source)
+    if settings.http.secret and os.stat(path).st_mode & stat.S_IRWXO:
+        raise ConfigError(f"{source}: http.secret: a file holding the URL signing secret must not be accessible to other users (chmod o-rwx)")
+    return settings
 
 
 def settings_from_dict(data: dict[str, Any], source: str = "<dict>") -> Settings:

@@ -359,7 +359,8 @@ class _Connection:
         try:
             response = self.server.answer(request)
         except Exception:
-            log.exception("%s: answering %s %s failed", self.client, request.method, request.path[:200])
+            # Not the path: it holds the URL's signature, which must not land in logs.
+            log.exception("%s: answering %s failed", self.client, request.method)
             response = plain(500, "internal error; the service log has details", close=True)
         self._start(response, request.keep_alive, now, with_body=request.method != "HEAD")
 

@@ -48,7 +48,7 @@ class HTTPSide:
         http = settings.http
         self.settings = http
         self.cache = cache
-        self.signer = Signer(http.key_id, _secret(settings))
+        self.signer = Signer(http.key_id, _secret(settings), _retired_secrets(settings))
         self.links = LinkStore(settings.cache_root)
         tls = None
         if http.tls:
@@ -136,3 +136,14 @@ def _secret(settings: Settings) -> bytes:
         return load_secret(http.secret_file or settings.service.state_dir / "http-secret")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"http.secret_file: {exc}") from None
+
+
+def _retired_secrets(settings: Settings) -> dict[str, bytes]:
+    """The secrets of ``http.retired_keys``, by key id: they must exist (nothing is generated)."""
+    secrets = {}
+    for key_id, path in settings.http.retired_keys.items():
+        try:
+            secrets[key_id] = load_secret(path, create=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"http.retired_keys.{key_id}: {exc}") from None
+    return secrets

@@ -14,7 +14,9 @@ A key (``HttpKey``, the first path segment of ``HttpURL``) reads
   segment behind a load balancer, or empty) and the file name of the URL's
   last segment, so no part of the URL can be changed.
 
-Any instance holding the secret checks a key without asking anyone. Clocks
+Any instance holding the secret checks a key without asking anyone. While a
+secret is replaced, the old one stays as a retired key: the URLs it signed
+are accepted until they expire, and new ones get the new key id. Clocks
 of instances differ a little: a key is still accepted ``CLOCK_SKEW`` seconds
 after its stamp, and the files behind it are pinned that much longer.
 """
@@ -28,6 +30,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,14 +55,16 @@ class SignedKey:
 class Signer:
     """Signs and checks keys with one secret."""
 
-    def __init__(self, key_id: str, secret: bytes) -> None:
+    def __init__(self, key_id: str, secret: bytes, retired: Mapping[str, bytes] | None = None) -> None:
         self.key_id = key_id
         self._secret = secret
+        # key id -> secret of every secret a key may carry: the current one signs, all check.
+        self._secrets = {**(retired or {}), key_id: secret}
 
     def sign(self, link_id: str, expires: int, name: str, route: str = "") -> str:
         """The key for ``link_id`` until ``expires``, for a URL whose last segment is ``name``."""
         fields = f"{self.key_id}.{link_id}.{expires}"
-        return f"{fields}.{self._signature(fields, name, route)}"
+        return f"{fields}.{self._signature(fields, name, route, self._secret)}"
 
     def check(self, key: str, name: str, now: float, route: str = "") -> SignedKey:
         """The fields of a genuine, unexpired key; ``Refused`` otherwise.
@@ -71,29 +76,31 @@ class Signer:
         if match is None:
             raise Refused(404, "no such download")
         key_id, link_id, expires, signature = match.groups()
-        if key_id != self.key_id:
+        secret = self._secrets.get(key_id)
+        if secret is None:
             raise Refused(403, "this link was signed with another key")
-        expected = self._signature(f"{key_id}.{link_id}.{expires}", name, route)
+        expected = self._signature(f"{key_id}.{link_id}.{expires}", name, route, secret)
         if not hmac.compare_digest(expected, signature):
             raise Refused(403, "invalid link")
         if now > int(expires) + CLOCK_SKEW:
             raise Refused(403, "this link has expired")
         return SignedKey(key_id, link_id, int(expires))
 
-    def _signature(self, fields: str, name: str, route: str) -> str:
+    @staticmethod
+    def _signature(fields: str, name: str, route: str, secret: bytes) -> str:
         message = b"\n".join((_VERSION, fields.encode(), route.encode(), name.encode("utf-8", "surrogateescape")))
-        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        digest = hmac.new(secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def load_secret(path: Path) -> bytes:
-    """The secret in ``path``, generated there (mode 0600) if the file does not exist.
+def load_secret(path: Path, *, create: bool = True) -> bytes:
+    """The secret in ``path``, generated there (mode 0600) if the file does not exist and ``create``.
 
     Several processes may start at once: the secret is written to a private
     temporary file and linked into place, so a reader never sees it half
     written and two starters never end up with two secrets.
     """
-    if not path.exists():
+    if create and not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
         try:
