@@ -13,7 +13,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
+# ASCII digits only (Python's \d also takes other scripts' digits); blanks are SP and HTAB (RFC 9110 OWS).
+_SPEC = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+_BLANKS = " \t"
 # More digits than any file size; longer numbers are answered, not parsed.
 _MAX_DIGITS = 19
 
@@ -36,7 +38,8 @@ class ByteRange:
 
 
 def _number(text: str) -> int:
-    return int(text) if len(text) <= _MAX_DIGITS else 10**_MAX_DIGITS
+    digits = text.lstrip("0")  # 1*DIGIT: leading zeros are allowed and say nothing
+    return int(digits or "0") if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def parse_range(header: str | None, size: int) -> ByteRange | None:
@@ -47,9 +50,9 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if not header:
         return None
     unit, _, specs = header.partition("=")
-    if unit.strip().lower() != "bytes" or not specs or "," in specs:
+    if unit.strip(_BLANKS).lower() != "bytes" or not specs or "," in specs:
         return None
-    match = _SPEC.match(specs)
+    match = _SPEC.fullmatch(specs)
     if not match or match.groups() == ("", ""):
         return None
     first, last = match.groups()
@@ -60,7 +63,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         return ByteRange(max(0, size - count), size - 1)
     start = _number(first)
     end = _number(last) if last else size - 1
-    if end < start:
+    if last and end < start:  # an open range ("a-") past the end is told as such, below
         raise RangeNotSatisfiable(f"range {first[:20]}-{last[:20]} ends before it starts")
     if start >= size:
         raise RangeNotSatisfiable(f"range starts at byte {first[:20]}, the file has {size} bytes")

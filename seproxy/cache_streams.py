@@ -28,9 +28,9 @@ from seproxy.cache import Entry, VerificationError
 from seproxy.file_ids import PUT_AREA, parse_file_id
 from seproxy.rpc.authorization import authorize
 from seproxy.rpc.handler import ServiceContext
-from seproxy.rpc.identity import caller_of
-from seproxy.security.tokens import TokenRefused
-from seproxy.transfer import S_ERROR, S_OK, SErrorException, codec
+from seproxy.rpc.identity import CredentialsRefused, caller_of
+from seproxy.rpc.request_body import StreamedBodyHandler
+from seproxy.transfer import S_ERROR, S_OK, SErrorException
 from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, format_digest, parse_digest
 
 log = logging.getLogger("seproxy.streams")
@@ -87,30 +87,32 @@ async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, pa
                     await handler.flush()
                     sent.inc(len(chunk))
     except tornado.iostream.StreamClosedError:
-        return  # the client went away; the caller releases the file
+        # The client went away: end the request quietly (nothing can reach it), and the caller releases the file.
+        log.info("the client left the stream of cache entry %s with %d bytes unsent", entry.id, length)
+        handler.finish()
+        return
     except Exception:
+        # The head said 200 and a length: cutting the connection is the only way to tell the client.
         log.exception("stream of cache entry %s failed mid-way; cutting the connection", entry.id)
         handler.request.connection.close()  # type: ignore[union-attr]
-        raise tornado.web.Finish() from None
     handler.finish()
 
 
 @tornado.web.stream_request_body
-class StreamUploadHandler(tornado.web.RequestHandler):
+class StreamUploadHandler(StreamedBodyHandler):
     """``PUT <route>/stream/putFile/<name>``: a streamed upload into the caller's putFile area.
 
     Headers: ``Content-Length`` (required: free space is checked before the
     first byte), optional ``X-Checksum-XXH3`` and ``Digest: adler32=...`` to be
     verified. Answer: JSON S_OK with the size and checksums, or S_ERROR. The
     writes run in threads one after the other (a lock orders them), so an
-    abort never races a write.
+    abort never races a write. A refused upload's body is read and dropped,
+    so that the client gets the answer; a body that trickles in is cut with a
+    408 and what had arrived is dropped (``StreamedBodyHandler``).
     """
 
     SUPPORTED_METHODS = ("PUT",)
     BUFFER = 4 * CHUNK
-    # A refused upload still has its body on the wire; read (and drop) up to
-    # this much so the client, which is still sending, gets to read the answer.
-    DRAIN_LIMIT = 64 * CHUNK
 
     def initialize(self, service: ServiceContext) -> None:  # type: ignore[override]
         self.service = service
@@ -118,41 +120,26 @@ class StreamUploadHandler(tornado.web.RequestHandler):
         self._writer: Any = None
         self._buffer = bytearray()
         self._lock = asyncio.Lock()
-        self._refusal: tuple[int, dict[str, Any]] | None = None
         self._writing: asyncio.Future[None] | None = None
-
-    def _answer(self, status: int, result: dict[str, Any]) -> None:
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(codec.encode(result))
-
-    def _refuse(self, status: int, result: dict[str, Any]) -> None:
-        """Answer after the body (when small enough to drain) or now, closing the connection."""
-        declared = self.request.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) <= self.DRAIN_LIMIT:
-            self._refusal = (status, result)
-            return
-        self._answer(status, result)
-        self.request.connection.close()  # type: ignore[union-attr]
-        raise tornado.web.Finish()
+        self.guard_body(service.settings.service.idle_connection_timeout)
 
     async def prepare(self) -> None:
         try:
             caller = caller_of(self.request, self.service.registry, self.service.tokens)
-        except TokenRefused as exc:
-            return self._refuse(401, S_ERROR(errno.EACCES, f"bearer token refused: {exc}"))
+        except CredentialsRefused as exc:
+            return self.refuse(401, S_ERROR(errno.EACCES, str(exc)))
         rule = self.service.settings.authorization.get("sendFile", ["authenticated"])
         decision = authorize(rule, caller, "sendFile")
         if not decision.allowed:
-            return self._refuse(decision.status, S_ERROR(errno.EACCES, decision.reason))
+            return self.refuse(decision.status, S_ERROR(errno.EACCES, decision.reason))
         file_id = self.path_args[0]
         try:
             parse_file_id(file_id, PUT_AREA)
         except SErrorException as exc:
-            return self._refuse(400, exc.result)
+            return self.refuse(400, exc.result)
         declared = self.request.headers.get("Content-Length", "")
         if not declared.isdigit():
-            return self._refuse(411, S_ERROR(errno.EINVAL, "a streamed upload needs a Content-Length header"))
+            return self.refuse(411, S_ERROR(errno.EINVAL, "a streamed upload needs a Content-Length header"))
         expected = parse_digest(self.request.headers.get(DIGEST_HEADER))
         if self.request.headers.get(XXH3_HEADER):
             expected["xxh3"] = self.request.headers[XXH3_HEADER]
@@ -162,7 +149,7 @@ class StreamUploadHandler(tornado.web.RequestHandler):
         try:
             self._writer = await self._in_thread(upload.__enter__)
         except (OSError, ValueError) as exc:
-            return self._refuse(*_result(exc))
+            return self.refuse(*_result(exc))
         self._upload = upload
 
     async def _in_thread(self, function: Any, *args: Any) -> Any:
@@ -170,8 +157,8 @@ class StreamUploadHandler(tornado.web.RequestHandler):
             return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
     async def data_received(self, chunk: bytes) -> None:
-        if self._upload is None:
-            return  # already failed and answered
+        if not self.keep_chunk(chunk) or self._upload is None:
+            return  # refused (the body is dropped), or failed and answered
         self._buffer += chunk
         metrics.BYTES_RECEIVED.labels("upload").inc(len(chunk))
         if len(self._buffer) >= self.BUFFER:
@@ -194,12 +181,11 @@ class StreamUploadHandler(tornado.web.RequestHandler):
         except (OSError, ValueError) as exc:
             # Answer now rather than take the rest of a body that cannot be kept.
             await self._abort(exc)
-            self._answer(*_result(exc))
+            self.send_json(*_result(exc))
             self.request.connection.close()  # type: ignore[union-attr]
 
     async def put(self, file_id: str) -> None:
-        if self._refusal is not None:
-            self._answer(*self._refusal)
+        if self.body_done():
             return
         if self._upload is None:
             return
@@ -211,10 +197,11 @@ class StreamUploadHandler(tornado.web.RequestHandler):
             upload, self._upload = self._upload, None
             await self._in_thread(upload.__exit__, None, None, None)
         except (OSError, ValueError) as exc:
-            self._answer(*_result(exc))
+            self.send_json(*_result(exc))
             return
         entry = self._writer.entry
-        self._answer(200, S_OK({"FileId": file_id, "Size": entry.size, "xxh3": entry.xxh3, "Checksum": entry.adler32}))
+        described = {"FileId": file_id, "Size": entry.size, "xxh3": entry.xxh3, "Checksum": entry.adler32}
+        self.send_json(200, S_OK(described))
 
     async def _abort(self, failure: BaseException) -> None:
         upload, self._upload = self._upload, None
@@ -223,6 +210,7 @@ class StreamUploadHandler(tornado.web.RequestHandler):
 
     def on_connection_close(self) -> None:
         """A client gone mid-body: drop the partial upload."""
+        super().on_connection_close()
         if self._upload is not None:
             gone = ConnectionAbortedError("the client closed the connection before the upload ended")
             asyncio.ensure_future(self._abort(gone))

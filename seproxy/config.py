@@ -99,6 +99,7 @@ class ServiceSettings:
     worker_threads: int = field(default=16, metadata=_check(_positive))
     call_timeout: Duration = field(default=Duration(600), metadata=_check(_positive))
     max_form_size: ByteSize = field(default=ByteSize(64 * 1024**2), metadata=_check(_positive))
+    # Keep-alive idle limit; also the time for a request head, and a body's grace before 1 KiB/s is due.
     idle_connection_timeout: Duration = field(default=Duration(120), metadata=_check(_positive))
     max_connections: int = field(default=1024, metadata=_check(_positive))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -14,13 +14,14 @@ from seproxy.transfer import SErrorException
 
 GET_AREA = "getFile"
 PUT_AREA = "putFile"
-_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,255}$")
+# No separator, no C0/C1 control character, no lone surrogate (JSON can carry one; UTF-8 cannot).
+_NAME = re.compile(r"[^/\\\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,255}")
 
 
 def parse_file_id(file_id: str, area: str) -> str:
     """The name inside ``area`` that ``file_id`` designates; ``SErrorException(EINVAL)`` if malformed."""
     prefix, slash, name = file_id.partition("/")
-    if prefix != area or not slash or not _NAME.match(name) or name in (".", ".."):
+    if prefix != area or not slash or not _NAME.fullmatch(name) or name in (".", ".."):
         raise SErrorException(
             f"file id {file_id[:120]!r} is not {area}/<name> (a file name: no '/', no control characters, "
             "at most 255 characters)",

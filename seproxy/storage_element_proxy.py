@@ -199,6 +199,18 @@ class StorageElementProxyHandler(RPCHandler):
         if source.is_dir:
             raise IsADirectoryError(errno.EISDIR, f"{se}: {path}: is a directory, not a file")
         cached = self.shared.cache.lookup(se, path)
+        force = cached is not None and _stale(cached, source)
+        while True:
+            try:
+                return self._staged(element, path, name, force)
+            except CallCancelled:
+                # Concurrent callers share one staging: when the one joined was cancelled for its own
+                # caller (gone, or out of time), this caller runs one of its own, unless cancelled too.
+                check_cancelled()
+
+    def _staged(self, element: StorageElement, path: str, name: str | None, force: bool) -> Entry:
+        """One staging through the cache (shared with concurrent callers of the same file), counted."""
+        se = element.name
         downloaded = []
 
         def fetch(writer: DownloadSink) -> None:
@@ -207,9 +219,7 @@ class StorageElementProxyHandler(RPCHandler):
                 element.download(path, _CancellableSink(writer))
 
         try:
-            entry = self.shared.cache.stage(
-                se, path, fetch, owner=self.owner, name=name, force=cached is not None and _stale(cached, source)
-            )
+            entry = self.shared.cache.stage(se, path, fetch, owner=self.owner, name=name, force=force)
         except BaseException:
             if downloaded:
                 metrics.STAGINGS.labels(se, "failed").inc()
@@ -242,7 +252,7 @@ class StorageElementProxyHandler(RPCHandler):
             try:
                 await send_cached_file(self, lease.entry, lease.path)
             except RangeRefused as exc:  # 416, not the 400 an EINVAL would get
-                self._write_json(exc.status, exc.result)
+                self.send_json(exc.status, exc.result)
         return None
 
     @answers_errors

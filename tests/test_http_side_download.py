@@ -203,7 +203,7 @@ def test_lfn_errors(http_service):
         result = http_service.client.prepareFileForHTTP(bad)
         assert not result["OK"] and result["Errno"] == 22 and why in result["Message"], (bad, result)
     wrong_type = http_service.client.prepareFileForHTTP(3)
-    assert not wrong_type["OK"] and "string or list" in wrong_type["Message"]
+    assert not wrong_type["OK"] and "string or a list" in wrong_type["Message"]
 
 
 def test_one_failing_lfn_fails_the_bundle(http_service):

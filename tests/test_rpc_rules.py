@@ -25,31 +25,6 @@ def test_ignores_fields_it_does_not_know():
     assert parse_call(FORM, b"method=ping&args=%5B%5D&clientVersion=9").method == "ping"
 
 
-@pytest.mark.parametrize(
-    "content_type, body, fragment, status",
-    [
-        ("application/json", b"{}", "Content-Type must be", 415),
-        (FORM, b"args=%5B%5D", "'method' is missing", 400),
-        (FORM, b"method=__class__", "is not a method name", 400),
-        (FORM, b"method=_private", "is not a method name", 400),
-        (FORM, b"method=a.b", "is not a method name", 400),
-        (FORM, b"method=ping&method=echo", "given more than once", 400),
-        (FORM, b"method=ping&args=%7B%7D", "'args' must be a JSON array", 400),
-        (FORM, b"method=ping&args=%5B", "'args': invalid JSON", 400),
-        (FORM, b"method=ping&args=%5B%7B%22__dCls%22%3A%22x%22%2C%22obj%22%3A%22y%22%7D%5D", "unknown __dCls", 400),
-        (FORM, b"method=ping&rawContent=maybe", "'rawContent' must be True or False", 400),
-        (FORM, b"method=ping&extraCredentials=%7B", "'extraCredentials'", 400),
-        (FORM, b"method=p\xffing", "not valid UTF-8", 400),
-        (FORM, b"method=ping&args=%ff", "not a valid form", 400),
-    ],
-)
-def test_malformed_forms(content_type, body, fragment, status):
-    with pytest.raises(BadRequest) as info:
-        parse_call(content_type, body)
-    assert fragment in str(info.value)
-    assert info.value.status == status
-
-
 def export_prepare(se, pfn, extra=None):
     return se, pfn, extra
 
@@ -59,8 +34,8 @@ def export_prepare(se, pfn, extra=None):
     [
         (["SE"], "expected at least 2 arguments|wrong number of arguments"),
         (["SE", "/a", 1, 2], "wrong number of arguments"),
-        (["SE", 5], "argument 2 must be a string, got integer"),
-        ([True, "/a"], "argument 1 must be a string, got boolean"),
+        (["SE", 5], "argument 2 must be a string, got an integer"),
+        ([True, "/a"], "argument 1 must be a string, got a boolean"),
     ],
 )
 def test_argument_checks(args, fragment):
@@ -70,9 +45,9 @@ def test_argument_checks(args, fragment):
 
 def test_argument_alternatives_and_numbers():
     check_arguments("f", export_prepare, [(str, list), float], [["a"], 3])
-    with pytest.raises(BadRequest, match="must be a string or list"):
+    with pytest.raises(BadRequest, match="must be a string or a list"):
         check_arguments("f", export_prepare, [(str, list), float], [{}, 3])
-    with pytest.raises(BadRequest, match="must be a integer"):
+    with pytest.raises(BadRequest, match="must be an integer"):
         check_arguments("f", export_prepare, [int, int], [True, 3])
 
 

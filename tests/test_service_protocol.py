@@ -1,4 +1,6 @@
-"""The RPC protocol of a real ``seproxy serve`` over TLS: auth matrix, errors, ping.
+"""The RPC protocol of a real ``seproxy serve`` over TLS: auth matrix, whoami, ping, echo, logs.
+
+Malformed requests and their errors are in test_bad_input_rpc.py.
 
 A dedicated service whose config restricts two methods, so that every row
 of the auth matrix has something to be refused:
@@ -21,7 +23,6 @@ def strict_service(pki, tmp_path_factory):
     directory = tmp_path_factory.mktemp("strict")
     config = base_config(pki, directory / "state")
     config["authorization"] = {"echo": ["authenticated"], "ping": ["Admin"]}
-    config["service"]["max_form_size"] = 4096
     running = start_service(directory, config)
     yield running
     running.stop()
@@ -133,55 +134,6 @@ def test_echo_carries_every_wire_type(service, pki):
     status, result = call(service, pki, "echo", payload, cert=str(pki.proxy))
     assert status == 200
     assert result["Value"] == {**payload, "tuple": [1, 2]}
-
-
-def test_unknown_method_is_501(service, pki):
-    status, result = call(service, pki, "noSuchMethod", cert=str(pki.proxy))
-    assert status == 501 and result["Errno"] == errno.ENOSYS and "noSuchMethod" in result["Message"]
-
-
-@pytest.mark.parametrize(
-    "fields, fragment",
-    [
-        ({"args": "[]"}, "'method' is missing"),
-        ({"method": "__class__", "args": "[]"}, "not a method name"),
-        ({"method": "_private", "args": "[]"}, "not a method name"),
-        ({"method": "echo", "args": "{"}, "'args': invalid JSON"),
-        ({"method": "echo", "args": '[{"__dCls": "X509Chain", "obj": "x"}]'}, "unknown __dCls"),
-        ({"method": "echo", "args": "[1, 2]"}, "wrong number of arguments"),
-        ({"method": "echo", "args": "[]"}, "wrong number of arguments"),
-        ({"method": "whoami", "args": "[1]"}, "wrong number of arguments"),
-        ({"method": "echo", "args": "[1]", "rawContent": "perhaps"}, "rawContent"),
-    ],
-)
-def test_malformed_requests_are_400(service, pki, fields, fragment):
-    response = post_form(service.url, fields, pki, cert=str(pki.proxy))
-    assert response.status_code == 400, response.text
-    result = codec.decode(response.content)
-    assert result["OK"] is False and fragment in result["Message"]
-    assert "Traceback" not in response.text and "CallStack" not in result
-
-
-def test_wrong_content_type_is_415(service, pki):
-    response = post_form(service.url, '{"method": "ping"}', pki, headers={"Content-Type": "application/json"})
-    assert response.status_code == 415
-    assert "Content-Type" in codec.decode(response.content)["Message"]
-
-
-def test_body_over_limit_is_413_before_reading(strict_service, pki):
-    response = post_form(strict_service.url, rpc_fields("echo", "x" * 10000), pki, cert=str(pki.proxy))
-    assert response.status_code == 413
-    assert "max_form_size" in codec.decode(response.content)["Message"]
-    assert call(strict_service, pki, "whoami")[0] == 200
-
-
-def test_get_and_unknown_routes(service, pki):
-    response = requests.get(service.url, verify=str(pki.ca_dir), timeout=10)
-    assert response.status_code == 405
-    assert codec.decode(response.content)["OK"] is False
-    elsewhere = service.url.replace("StorageElementProxy", "Nothing")
-    response = post_form(elsewhere, rpc_fields("ping"), pki)
-    assert response.status_code == 404 and codec.decode(response.content)["Errno"] == errno.ENOENT
 
 
 def test_requests_are_logged_with_identity_and_request_id(service, pki):

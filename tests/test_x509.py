@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import datetime
-import socket
 import ssl
-import threading
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
+from fixtures.handshake import server_sees
 
-from seproxy.security import der
 from seproxy.security.cadir import install_crl
-from seproxy.security.pki import Credential, issue, issue_crl, issue_proxy, issue_user
+from seproxy.security.pki import Credential, issue_crl, issue_proxy, issue_user
 from seproxy.security.tls import client_context, server_context
-from seproxy.security.x509 import (
-    INHERIT_ALL_POLICY,
-    PROXY_CERT_INFO_DRAFT,
-    dn_string,
-    identity_from_chain,
-    parse_dn,
-    peer_chain_der,
-)
+from seproxy.security.x509 import dn_string, identity_from_chain, parse_dn, peer_chain_der
 
 HOUR = datetime.timedelta(hours=1)
 
@@ -93,26 +83,6 @@ def test_not_after_is_the_earliest_of_proxy_and_user(pki):
     assert identity.seconds_left(identity.not_after - HOUR) == 3600
 
 
-@pytest.mark.parametrize("cn, limited", [("proxy", False), ("limited proxy", True)])
-def test_legacy_globus_proxy(pki, user, cn, limited):
-    subject = x509.Name([*user.cert.subject.rdns, x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, cn)])])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    legacy = issue(user, subject, [], now, now + HOUR)
-    identity = identity_from_chain(chain_der(legacy, pki.ca))
-    assert (identity.dn, identity.is_proxy, identity.is_limited_proxy) == (pki.user_dn, True, limited)
-
-
-def test_draft_proxy_with_path_length_after_the_policy(pki, user):
-    # The pre-RFC layout: SEQUENCE { proxyPolicy, [1] EXPLICIT pCPathLenConstraint }.
-    policy = der.encode(der.SEQUENCE, der.encode_oid(INHERIT_ALL_POLICY))
-    path_length = der.encode(0xA1, der.encode(der.INTEGER, b"\x02"))
-    info = x509.UnrecognizedExtension(PROXY_CERT_INFO_DRAFT, der.encode(der.SEQUENCE, policy + path_length))
-    subject = x509.Name([*user.cert.subject.rdns, *parse_dn("/CN=12345").rdns])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    identity = identity_from_chain(chain_der(issue(user, subject, [(info, True)], now, now + HOUR), pki.ca))
-    assert (identity.dn, identity.is_proxy, identity.is_limited_proxy) == (pki.user_dn, True, False)
-
-
 def test_nonsense_chains_are_refused_clearly(pki, user):
     with pytest.raises(ValueError, match="no certificate"):
         identity_from_chain([])
@@ -144,34 +114,6 @@ def test_parse_dn_refuses(text):
 
 
 # --- real handshakes -------------------------------------------------------
-
-
-def server_sees(server: ssl.SSLContext, client: ssl.SSLContext) -> list[bytes] | ssl.SSLError:
-    """Connect over loopback; what the server got: the peer's verified chain, or its handshake error."""
-    outcome: dict[str, list[bytes] | ssl.SSLError] = {}
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        listener.settimeout(10)
-
-        def serve() -> None:
-            conn, _ = listener.accept()
-            conn.settimeout(10)
-            try:
-                with server.wrap_socket(conn, server_side=True) as tls:
-                    outcome["seen"] = peer_chain_der(tls)
-                    tls.sendall(b".")
-            except ssl.SSLError as exc:
-                outcome["seen"] = exc
-
-        thread = threading.Thread(target=serve)
-        thread.start()
-        try:
-            with socket.create_connection(listener.getsockname(), timeout=10) as raw:
-                with client.wrap_socket(raw, server_hostname="localhost") as tls:
-                    tls.recv(1)
-        except (ssl.SSLError, ConnectionError):
-            pass  # with TLS 1.3 the client hears of a refusal only after its own handshake
-        thread.join()
-    return outcome["seen"]
 
 
 @pytest.fixture(scope="module")

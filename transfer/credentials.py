@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 # Module constants rather than literals so that tests can point them at a tmp dir.
@@ -152,9 +152,13 @@ def _find_ca_dir(explicit: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class BearerToken:
-    """A token found by discovery, and where (for messages; never print ``value``)."""
+    """A token found by discovery, and where (for messages; never print ``value``).
 
-    value: str
+    ``value`` stays out of the repr, so that a traceback, a debugger or a test
+    report that shows the object does not show the token.
+    """
+
+    value: str = field(repr=False)
     source: str
 
 

@@ -23,9 +23,12 @@ METHODS = ("GET", "HEAD")
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(r"\r?\n")
-_REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)")
-# A field value is visible characters, spaces and tabs: no control character.
-_HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*")
+# The target has no blank, no control character (C0, DEL, C1) and no NBSP.
+_REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f-\xa0]+) HTTP/([0-9])\.([0-9])")
+# A field value is visible characters, spaces and tabs: no control character. The value is
+# taken whole and trimmed after: a lazy group before [ \t]* backtracks quadratically on blanks.
+_HEADER = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):(.*)", re.DOTALL)
+_FIELD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 # Headers that must not appear twice: two values would make the request ambiguous.
 _SINGLE = ("host", "content-length")
@@ -80,9 +83,9 @@ def parse_head(raw: bytes) -> RequestHead:
     headers: dict[str, str] = {}
     for line in lines[1:]:
         header = _HEADER.fullmatch(line)
-        if header is None:
+        if header is None or _FIELD_CONTROL.search(header[2]):
             raise Refused(400, "malformed header field")
-        name, value = header[1].lower(), header[2]
+        name, value = header[1].lower(), header[2].strip(" \t")
         if name in headers:
             if name in _SINGLE:
                 raise Refused(400, f"repeated {name} header")

@@ -23,10 +23,21 @@ def _names(spec: TypeSpec) -> str:
     return " or ".join(_wire_name(t) for t in types)
 
 
+# What a caller sees on the wire, rather than Python's type names.
+_WIRE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    list: "a list",
+    dict: "a dict",
+    bytes: "bytes (b64)",
+    type(None): "null",
+}
+
+
 def _wire_name(kind: type) -> str:
-    return {str: "string", int: "integer", float: "number", bool: "boolean", list: "list", dict: "dict"}.get(
-        kind, kind.__name__
-    )
+    return _WIRE_NAMES.get(kind, f"a {kind.__name__}")
 
 
 def _matches(value: Any, spec: TypeSpec) -> bool:
@@ -57,7 +68,7 @@ def check_arguments(method: str, function: Callable[..., Any], types: Sequence[T
     for position, (value, spec) in enumerate(zip(args, types), start=1):
         if not _matches(value, spec):
             raise BadRequest(
-                f"{method}: argument {position} must be a {_names(spec)}, got {_wire_name(type(value))}"
+                f"{method}: argument {position} must be {_names(spec)}, got {_wire_name(type(value))}"
             )
     if len(args) < len(types):
         raise BadRequest(f"{method}: expected at least {len(types)} arguments, got {len(args)}")

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl
 
 from seproxy.transfer import codec
 
-METHOD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")  # used with fullmatch: "$" lets "ping\n" through
 FORM_TYPE = "application/x-www-form-urlencoded"
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", "none", ""}
@@ -67,9 +67,36 @@ def _flag(fields: dict[str, str], name: str) -> bool:
 
 def _json_field(fields: dict[str, str], name: str) -> Any:
     try:
-        return codec.decode(fields[name])
+        value = codec.decode(fields[name])
     except codec.CodecError as exc:
         raise BadRequest(f"form field {name!r}: {exc}") from None
+    bad = _invalid_text(value)
+    if bad is not None:
+        raise BadRequest(f"form field {name!r}: the string {bad[:64]!r} is not valid Unicode (a lone surrogate)")
+    return value
+
+
+def _invalid_text(value: Any) -> str | None:
+    """The first string in ``value`` that UTF-8 cannot encode, if any.
+
+    JSON's ``\\ud800`` escapes can smuggle lone surrogates into a string;
+    no file system call, database or log line could encode it later, so it
+    is refused here, where the message can still name the field.
+    """
+    pending = [value]
+    while pending:  # a loop, not recursion: the JSON may be nested as deep as the decoder allows
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return item
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
 
 
 def parse_call(content_type: str, body: bytes) -> RPCCall:
@@ -84,7 +111,7 @@ def parse_call(content_type: str, body: bytes) -> RPCCall:
     method = fields.get("method")
     if not method:
         raise BadRequest("form field 'method' is missing")
-    if not METHOD_NAME.match(method):
+    if not METHOD_NAME.fullmatch(method):
         raise BadRequest(f"form field 'method': {method[:64]!r} is not a method name")
     args = _json_field(fields, "args") if "args" in fields else []
     if not isinstance(args, list):

@@ -102,6 +102,11 @@ class CallExecutor:
         except asyncio.TimeoutError:
             context.cancelled.set()
             raise CallTimeout(limit) from None
+        except CallCancelled:
+            if time.monotonic() < context.deadline:
+                raise
+            # The call's own check saw the deadline pass a moment before the timer here fired.
+            raise CallTimeout(limit) from None
         except asyncio.CancelledError:
             context.cancelled.set()
             raise

@@ -5,7 +5,8 @@ optionally with ``auth_<name>`` (who may call) and ``types_<name>``
 (expected argument types). One request goes through these steps, each of
 which can end it with a clear answer:
 
-1. ``prepare``: request id, body size limit (413 before reading the body);
+1. ``prepare``: request id, body size limit (413, and the body is not kept),
+   a deadline for the body (408 for a body that trickles in: ``request_body``);
 2. parse the form (400/415), find ``export_<method>`` (501);
 3. identify the caller from the verified certificate chain; authorize (401/403);
 4. check the arguments (400); ``initializeRequest()``;
@@ -40,8 +41,9 @@ from seproxy.rpc.arguments import TypeSpec, check_arguments
 from seproxy.rpc.authorization import authorize
 from seproxy.rpc.call import BadRequest, RPCCall, parse_call
 from seproxy.rpc.executor import CallExecutor, CallTimeout, current_call
-from seproxy.rpc.identity import caller_of
-from seproxy.security.tokens import TokenRefused, TokenVerifier
+from seproxy.rpc.identity import CredentialsRefused, caller_of
+from seproxy.rpc.request_body import StreamedBodyHandler
+from seproxy.security.tokens import TokenVerifier
 from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
 
 log = logging.getLogger("seproxy.rpc")
@@ -82,7 +84,7 @@ class RequestError(Exception):
 
 
 @tornado.web.stream_request_body
-class RPCHandler(tornado.web.RequestHandler):
+class RPCHandler(StreamedBodyHandler):
     """Base class of RPC services; see the module docstring for the lifecycle."""
 
     SUPPORTED_METHODS = ("POST",)
@@ -130,6 +132,7 @@ class RPCHandler(tornado.web.RequestHandler):
         self._limit = service.settings.service.max_form_size
         self._started = time.monotonic()
         self._outcome = "-"
+        self.guard_body(service.settings.service.idle_connection_timeout)
 
     def prepare(self) -> None:
         self.service.in_flight += 1
@@ -137,13 +140,18 @@ class RPCHandler(tornado.web.RequestHandler):
         logs.request_id.set(self.request_id)
         self.set_header("X-Request-ID", self.request_id)
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self._limit):
+        if declared is not None and not declared.isdigit():
+            self.refuse(400, S_ERROR(errno.EINVAL, f"Content-Length {declared[:32]!r} is not a number"))
+        elif declared is not None and int(declared) > self._limit:
             self._reject_size(declared)
 
     def data_received(self, chunk: bytes) -> None:
+        if not self.keep_chunk(chunk):
+            return
         self._body += chunk
         if len(self._body) > self._limit:
-            self._reject_size(str(len(self._body)) + "+")
+            self._reject_size(f"{len(self._body)}+")
+            del self._body[:]
 
     def _reject_size(self, size: str) -> None:
         message = (
@@ -151,10 +159,10 @@ class RPCHandler(tornado.web.RequestHandler):
             "(service.max_form_size); DIRAC's sendFile sends the whole file in the form: "
             "send large files with seproxy's TransferClient, which streams them"
         )
-        self._write_json(413, S_ERROR(errno.EFBIG, message))
-        raise tornado.web.Finish()
+        self.refuse(413, S_ERROR(errno.EFBIG, message))
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()
         context = getattr(self, "_call_context", None)
         if context is not None:
             context.cancelled.set()
@@ -166,13 +174,15 @@ class RPCHandler(tornado.web.RequestHandler):
             self.service.in_flight -= 1
 
     async def post(self) -> None:
+        if self.body_done():
+            return
         try:
             result = await self._dispatch()
         except RequestError as exc:
-            self._write_json(exc.status, exc.result)
+            self.send_json(exc.status, exc.result)
             return
         except BadRequest as exc:
-            self._write_json(exc.status, S_ERROR(errno.EINVAL, str(exc)))
+            self.send_json(exc.status, S_ERROR(errno.EINVAL, str(exc)))
             return
         if not self._finished:
             self._answer(result)
@@ -195,8 +205,8 @@ class RPCHandler(tornado.web.RequestHandler):
     def _identify(self) -> Caller:
         try:
             caller = caller_of(self.request, self.service.registry, self.service.tokens)
-        except TokenRefused as exc:
-            raise RequestError(401, S_ERROR(errno.EACCES, f"bearer token refused: {exc}")) from None
+        except CredentialsRefused as exc:
+            raise RequestError(401, S_ERROR(errno.EACCES, str(exc))) from None
         extra = self.call.extra_credentials if self.call else None
         if isinstance(extra, (list, tuple)):
             raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))
@@ -232,29 +242,22 @@ class RPCHandler(tornado.web.RequestHandler):
             result = S_ERROR(errno.EIO, f"internal error in {self.call.method} (request id {self.request_id})")
         if self.call.raw_content:
             if not result["OK"]:
-                self._write_json(RAW_ERROR_STATUS.get(result.get("Errno", 0), 500), result)
+                self.send_json(RAW_ERROR_STATUS.get(result.get("Errno", 0), 500), result)
                 return
             value = result["Value"]
             self._outcome = "OK"
             self.set_header("Content-Type", "application/octet-stream")
             self.finish(value if isinstance(value, bytes) else codec.encode(value).encode())
             return
-        self._write_json(200, result)
+        self.send_json(200, result)
 
-    def _write_json(self, status: int, result: dict[str, Any]) -> None:
+    def send_json(self, status: int, result: dict[str, Any]) -> None:
         clean = {k: v for k, v in result.items() if k not in PRIVATE_KEYS}
         self._outcome = "OK" if clean.get("OK") else f"error(errno={clean.get('Errno', 0)})"
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(codec.encode(clean))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Tornado's own errors (405, 400 from the HTTP layer, 500) as JSON, never a traceback."""
-        reason = self._reason or "error"
-        code = {405: errno.ENOSYS, 404: errno.ENOENT}.get(status_code, errno.EIO)
-        self._write_json(status_code, S_ERROR(code, f"HTTP {status_code}: {reason}"))
+        super().send_json(status, clean)
 
     def on_finish(self) -> None:
+        super().on_finish()
         self._uncount()
         if self._outcome == "-" and self._status_code < 400:
             self._outcome = "streamed"  # a method that wrote its own answer (streamToClient)

@@ -42,9 +42,11 @@ _NEXT_ATTRIBUTE = "(?=(?:" + "|".join(_SHORT_NAMES) + r"|\d+(?:\.\d+)+)=)"
 _RDN_SEPARATOR = re.compile("/" + _NEXT_ATTRIBUTE)
 _VALUE_SEPARATOR = re.compile(r"\+" + _NEXT_ATTRIBUTE)
 
+# Only RFC 3820 proxies count: OpenSSL refuses the older Globus forms (a "CN=proxy"
+# certificate without this extension, or the draft's OID) at the handshake, and
+# reading a CA-issued certificate named like one as a proxy would make its issuer,
+# a CA, the caller.
 PROXY_CERT_INFO = ObjectIdentifier("1.3.6.1.5.5.7.1.14")
-# Globus Toolkit 3 issued proxies under the draft's OID before RFC 3820.
-PROXY_CERT_INFO_DRAFT = ObjectIdentifier("1.3.6.1.4.1.3536.1.222")
 INHERIT_ALL_POLICY = "1.3.6.1.5.5.7.21.1"
 LIMITED_POLICY = "1.3.6.1.4.1.3536.1.1.1.9"
 DIRAC_GROUP = ObjectIdentifier("1.2.42.42")
@@ -111,6 +113,7 @@ def identity_from_chain(chain_der: Sequence[bytes]) -> PeerIdentity:
         for index, data in enumerate(chain_der):
             certs.append(x509.load_der_x509_certificate(data))
         proxies: list[tuple[x509.Certificate, bool]] = []  # (proxy, is limited), leaf first
+        group = None  # from the leaf-most proxy that names one
         for index, cert in enumerate(certs):
             limited = _proxy_limitation(cert)
             if limited is None:
@@ -118,15 +121,16 @@ def identity_from_chain(chain_der: Sequence[bytes]) -> PeerIdentity:
             if index + 1 == len(certs) or certs[index + 1].subject != cert.issuer:
                 raise ValueError("a proxy certificate, but the chain does not go on to its issuer")
             proxies.append((cert, limited))
+            if group is None:
+                group = _dirac_group(cert)
         end_entity = certs[len(proxies)]
-        groups = (_dirac_group(proxy) for proxy, _ in proxies)
         return PeerIdentity(
             dn=dn_string(end_entity.subject),
             subject=dn_string(certs[0].subject),
             issuer=dn_string(certs[0].issuer),
             is_proxy=bool(proxies),
             is_limited_proxy=any(limited for _, limited in proxies),
-            dirac_group=next((group for group in groups if group is not None), None),
+            dirac_group=group,
             not_after=min(cert.not_valid_after_utc for cert in certs[: len(proxies) + 1]),
         )
     except ValueError as exc:
@@ -151,23 +155,15 @@ def _attribute_string(attribute: x509.NameAttribute) -> str:
 
 def _proxy_limitation(cert: x509.Certificate) -> bool | None:
     """None for a certificate that is no proxy, else whether the proxy is limited."""
-    proxy_cert_info = _extension_der(cert, PROXY_CERT_INFO, PROXY_CERT_INFO_DRAFT)
-    if proxy_cert_info is not None:
-        return _policy_language(proxy_cert_info) == _LIMITED_POLICY_DER
-    # Globus proxies before the draft: the issuer's subject plus one CN.
-    rdns = cert.subject.rdns
-    if not rdns or rdns[:-1] != cert.issuer.rdns or len(rdns[-1]) != 1:
+    proxy_cert_info = _extension_der(cert, PROXY_CERT_INFO)
+    if proxy_cert_info is None:
         return None
-    (attribute,) = rdns[-1]
-    if attribute.oid != NameOID.COMMON_NAME or attribute.value not in ("proxy", "limited proxy"):
-        return None
-    return attribute.value == "limited proxy"
+    return _policy_language(proxy_cert_info) == _LIMITED_POLICY_DER
 
 
 def _policy_language(proxy_cert_info: bytes) -> bytes:
     """The DER of the proxy policy language OID in a ProxyCertInfo value."""
-    # RFC 3820 puts the optional path length first, the draft after the
-    # policy as [1]; the policy is the one SEQUENCE either way.
+    # ProxyCertInfo ::= SEQUENCE { pCPathLenConstraint INTEGER OPTIONAL, proxyPolicy SEQUENCE }
     for tag, content in der.children(der.read_one(proxy_cert_info, der.SEQUENCE)):
         if tag == der.SEQUENCE:
             language_tag, _, end = der.read(content)
@@ -187,9 +183,9 @@ def _dirac_group(cert: x509.Certificate) -> str | None:
     return content.decode("utf-8")
 
 
-def _extension_der(cert: x509.Certificate, *oids: ObjectIdentifier) -> bytes | None:
-    """The raw value of the first extension with one of ``oids`` (all unknown to ``cryptography``)."""
+def _extension_der(cert: x509.Certificate, oid: ObjectIdentifier) -> bytes | None:
+    """The raw value of the extension ``oid`` (one unknown to ``cryptography``), if present."""
     for extension in cert.extensions:
-        if extension.oid in oids:
+        if extension.oid == oid:
             return extension.value.public_bytes()
     return None

@@ -1,21 +1,24 @@
 """Plugin "webdav": HTTP(S) storage such as dCache, StoRM, EOS or XRootD's HTTP door.
 
-One ``requests`` session per element keeps connections alive. Two things are
+One ``requests`` session per element keeps connections alive. Three things are
 not what a plain ``requests`` user would expect:
 
 * the CA directory is passed with every request, because ``REQUESTS_CA_BUNDLE``
   and ``CURL_CA_BUNDLE`` in the environment beat a session's own ``verify``;
 * checksums come from RFC 3230 instance digests: we send ``Want-Digest:
-  adler32`` and read ``Digest: adler32=<hex>``, which dCache and StoRM answer.
+  adler32`` and read ``Digest: adler32=<hex>``, which dCache and StoRM answer;
+* an upload is PUT under a temporary name and MOVEd into place, because a
+  server keeps what a broken-off PUT delivered under the name it was sent to.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -117,6 +120,8 @@ class WebDavStorage(StorageElement):
             code = _errno_of(exc)
             if isinstance(exc, requests.exceptions.SSLError):
                 detail = f"TLS failed (CA directory {self._verify}): {_innermost(exc)}"
+            elif isinstance(exc, requests.exceptions.ChunkedEncodingError):  # reached, then lost mid-body
+                code, detail = errno.ECONNRESET, f"the connection broke during the transfer: {_innermost(exc)}"
             elif code == errno.ETIMEDOUT:
                 detail = f"no answer within {self.settings.timeout:g} s"
             else:
@@ -234,8 +239,25 @@ class WebDavStorage(StorageElement):
             yield from response.iter_content(CHUNK_SIZE)
 
     def _write(self, stream: Any, size: int, path: str) -> None:
-        # requests takes the length from the file; an empty file would go out chunked.
-        self._request("PUT", path, ok=(200, 201, 204), data=stream if size else b"").close()
+        # A PUT cut off half-way (a service killed mid-push) leaves what arrived under the name it
+        # was sent to: send to a temporary name beside the target, then MOVE it into place.
+        try:
+            existing: FileInfo | None = self._stat(path)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None and existing.is_dir:  # a MOVE would replace the whole tree
+            raise self._error(errno.EISDIR, path, "is a directory")
+        parent, name = path.rsplit("/", 1)
+        temporary = f"{parent}/.{name[:100]}.{secrets.token_hex(8)}.part"
+        try:
+            # requests takes the length from the file; an empty file would go out chunked.
+            self._request("PUT", temporary, ok=(200, 201, 204), data=stream if size else b"").close()
+            into_place = {"Destination": self.url(path), "Overwrite": "T"}
+            self._request("MOVE", temporary, ok=(201, 204), headers=into_place).close()
+        except BaseException:
+            with suppress(OSError):
+                self._delete(temporary)
+            raise
 
 
 def _digest(header: str) -> dict[str, str]:

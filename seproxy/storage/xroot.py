@@ -104,12 +104,17 @@ class XRootStorage(StorageElement):
         status, response = operation(*args, timeout=self._timeout)
         if status.ok:
             return response
-        message = f"{self.name}: {path}: {status.message.strip()}"
+        detail = status.message.strip()
+        message = f"{self.name}: {path}: {detail}"
         if status.code == _ERROR_RESPONSE:
             raise OSError(_SERVER_ERRNO.get(status.errno, errno.EIO), message)
         if status.code == _AUTH_FAILED:
             raise PermissionError(errno.EACCES, message)
-        raise StorageUnavailable(errno.ETIMEDOUT if status.code in _TIMEOUTS else errno.EHOSTUNREACH, message)
+        # XrdCl reports a server that refuses connections as an expired operation: say where, and how long.
+        where = f"{self.name}: {path}: storage at {self._netloc}"
+        if status.code in _TIMEOUTS:
+            raise StorageUnavailable(errno.ETIMEDOUT, f"{where}: no answer within {self._timeout} s ({detail})")
+        raise StorageUnavailable(errno.EHOSTUNREACH, f"{where}: {detail}")
 
     def _info(self, path: str, stat: Any) -> FileInfo:
         is_dir = bool(stat.flags & self._flags.StatInfoFlags.IS_DIR)

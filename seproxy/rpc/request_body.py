@@ -1,0 +1,158 @@
+"""Request bodies read as they arrive (Tornado's ``stream_request_body``): refusals that reach the
+client, and a deadline for a body that trickles.
+
+``StreamedBodyHandler`` solves two troubles of such handlers for its subclasses (the RPC handler
+and the streamed upload):
+
+- A refusal sent before the body is in (a form over the limit, a caller who may not upload) is
+  followed by Tornado closing the connection. Body bytes still arriving then make the kernel
+  reset it, and a client that is still sending (most read nothing before they have sent all)
+  loses the answer in the reset. So a refused body of up to ``DRAIN_LIMIT`` bytes is read and
+  dropped, and the refusal answered when it ends; only a larger one is answered at once.
+- Tornado limits the time a request head may take (``idle_connection_timeout``) but not a body:
+  a client that sends its headers and then one byte a second, or nothing, would keep its
+  connection and its handler for as long as it likes, and a few hundred such clients use up
+  ``max_connections``. ``BodyDeadline`` applies Apache's ``mod_reqtimeout`` rule: a body gets
+  ``grace`` seconds plus one second for every ``MIN_BODY_RATE`` bytes that arrive. A body that
+  keeps up, however large, is never cut; one that stalls or trickles gets a 408 within ``grace``
+  seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any
+
+import tornado.web
+from tornado.ioloop import IOLoop
+
+from seproxy.transfer import S_ERROR, codec
+
+# Bytes per second a body must average, past its first ``grace`` seconds.
+MIN_BODY_RATE = 1024
+# The largest refused body that is read (and dropped) so that its refusal reaches the client.
+DRAIN_LIMIT = 64 * 1024 * 1024
+
+
+class BodyDeadline:
+    """Calls ``expired(message)`` once, on the event loop, if the body falls behind; ``stop()`` when it is in."""
+
+    def __init__(self, grace: float, expired: Callable[[str], None]) -> None:
+        self._loop = IOLoop.current()
+        self._started = self._loop.time()
+        self._grace = grace
+        self._received = 0
+        self._expired = expired
+        self._timer: object | None = self._loop.call_at(self._due(), self._check)
+
+    def received(self, count: int) -> None:
+        self._received += count
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._loop.remove_timeout(self._timer)
+            self._timer = None
+
+    def _due(self) -> float:
+        return self._started + self._grace + self._received / MIN_BODY_RATE
+
+    def _check(self) -> None:
+        # Bytes that came in since the timer was set have moved the deadline on.
+        due = self._due()
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        self._timer = None
+        elapsed = self._loop.time() - self._started
+        self._expired(
+            f"the request body came too slowly: {self._received} bytes in {elapsed:.0f} s; a body must "
+            f"arrive at {MIN_BODY_RATE} bytes/s or more after its first {self._grace:g} s "
+            "(service.idle_connection_timeout)"
+        )
+
+
+def http_error(status_code: int, reason: str, exc_info: Any = None) -> dict[str, Any]:
+    """Tornado's own refusals (405, a URL that is not UTF-8, 500) as an S_ERROR.
+
+    What Tornado said about the request is passed on (the client needs it
+    to mend the request); for any other exception, only the status: never a
+    traceback.
+    """
+    error = exc_info[1] if exc_info else None
+    detail = ""
+    if isinstance(error, tornado.web.HTTPError) and error.log_message:
+        detail = ": " + (error.log_message % error.args if error.args else error.log_message)
+    code = {400: errno.EINVAL, 404: errno.ENOENT, 405: errno.ENOSYS}.get(status_code, errno.EIO)
+    return S_ERROR(code, f"HTTP {status_code}: {reason or 'error'}{detail}")
+
+
+class StreamedBodyHandler(tornado.web.RequestHandler):
+    """Base of handlers that read their body as it arrives; see the module docstring.
+
+    A subclass calls ``guard_body`` in ``initialize``, ``refuse`` to refuse,
+    ``keep_chunk`` first in ``data_received`` and ``body_done`` first in its
+    HTTP method, and answers with ``send_json``.
+    """
+
+    def guard_body(self, grace: float) -> None:
+        """Start the body's deadline: ``grace`` seconds, then ``MIN_BODY_RATE``."""
+        self._refusal: tuple[int, dict[str, Any]] | None = None
+        self._received = 0
+        self._deadline = BodyDeadline(grace, self._too_slow)
+
+    def send_json(self, status: int, result: dict[str, Any]) -> None:
+        """Finish the request with ``status`` and ``result`` as JSON."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(codec.encode(result))
+
+    def refuse(self, status: int, result: dict[str, Any]) -> None:
+        """Refuse the request: once its body is in (read and dropped), or now when it is too large for that."""
+        if self._refusal is None:
+            self._refusal = (status, result)
+        if not self._drainable():
+            self._send_refusal()
+
+    def keep_chunk(self, chunk: bytes) -> bool:
+        """Count a chunk of the body; False when the request is refused and the chunk is to be dropped."""
+        self._received += len(chunk)
+        self._deadline.received(len(chunk))
+        if self._refusal is None:
+            return True
+        if not self._drainable():
+            self._send_refusal()
+        return False
+
+    def body_done(self) -> bool:
+        """The body is all in: stop its deadline; True when the request was refused (and is now answered)."""
+        self._deadline.stop()
+        self._send_refusal()
+        return self._refusal is not None
+
+    def _drainable(self) -> bool:
+        declared = self.request.headers.get("Content-Length")
+        if declared is not None and not (declared.isdigit() and int(declared) <= DRAIN_LIMIT):
+            return False  # too large, or a length Tornado cannot read a body by
+        return self._received <= DRAIN_LIMIT
+
+    def _send_refusal(self) -> None:
+        # Before the body is all in, Tornado closes the connection once this answer is out.
+        if self._refusal is not None and not self._finished:
+            self.send_json(*self._refusal)
+
+    def _too_slow(self, why: str) -> None:
+        if self._refusal is None:
+            self._refusal = (408, S_ERROR(errno.ETIMEDOUT, why))
+        self._send_refusal()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado's own refusals as JSON too, never its HTML page or a traceback."""
+        self.send_json(status_code, http_error(status_code, self._reason, kwargs.get("exc_info")))
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()  # ends the wait for a body that will never come
+        self._deadline.stop()
+
+    def on_finish(self) -> None:
+        self._deadline.stop()
