@@ -63,13 +63,14 @@ class Cache:
         low_watermark: float = 0.8,
         min_free: int = 1 << 30,
         lease_ttl: float = 120.0,
+        upload_lifetime: float = 86400.0,
     ) -> None:
         self.layout = Layout(root)
         self.layout.create()
         self.quota = Quota(quota, high_watermark, low_watermark)
         self.space = DiskSpace(self.layout.root, min_free)
         self._lease_ttl = lease_ttl
-        self._index = Index(self.layout.index, self.layout.entry_path)
+        self._index = Index(self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime)
         self._stagings: SingleFlight[Entry] = SingleFlight()
         self._evicting = threading.Lock()
         # Entries this process evicted since it opened the cache (for metrics).

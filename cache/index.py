@@ -71,14 +71,21 @@ _ENTRY_COLUMNS = ", ".join(f"e.{field}" for field in _FIELDS)
 # An entry is in use while any lease on it has not expired (dead holders'
 # leases are removed by reap_leases before this matters).
 _IN_USE = "EXISTS (SELECT 1 FROM leases l WHERE l.entry_id = e.id AND l.expires > :now)"
-_RELEASABLE = f"NOT {_IN_USE} AND e.pinned_until <= :now AND e.upload_pending = 0"
+# An upload still owed keeps its entry until it is older than the upload lifetime:
+# then its sender has given up on it, and it may go like any other entry.
+_RELEASABLE = (
+    f"NOT {_IN_USE} AND e.pinned_until <= :now AND (e.upload_pending = 0 OR e.created <= :now - :upload_lifetime)"
+)
 
 
 class Index:
     """One connection to the index, shared by the threads of one process."""
 
-    def __init__(self, path: Path, path_of: Callable[[str], Path], *, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, path: Path, path_of: Callable[[str], Path], *, busy_timeout: float = 30.0, upload_lifetime: float = 86400.0
+    ) -> None:
         self._path_of = path_of
+        self._upload_lifetime = upload_lifetime
         # One connection behind a lock: transactions are short, and sqlite
         # connections must not be used by two threads at once.
         self._lock = threading.RLock()
@@ -148,8 +155,8 @@ class Index:
         return self._entries(" AND ".join(conditions) or "1", wanted)
 
     def releasable(self, now: float) -> list[Entry]:
-        """Entries nobody needs (no lease, pin or pending upload), least recently used first."""
-        return self._entries(_RELEASABLE, {"now": now})
+        """Entries nobody needs (no lease, pin or upload still owed), least recently used first."""
+        return self._entries(_RELEASABLE, {"now": now, "upload_lifetime": self._upload_lifetime})
 
     def ids(self) -> set[str]:
         return {row[0] for row in self._rows("SELECT id FROM entries")}
@@ -182,7 +189,7 @@ class Index:
         with self.transaction():
             rows = self._db.execute(
                 f"DELETE FROM entries AS e WHERE e.id = :id AND {rule} RETURNING {_COLUMNS}",
-                {"id": entry_id, "now": now},
+                {"id": entry_id, "now": now, "upload_lifetime": self._upload_lifetime},
             ).fetchall()
             if not rows:
                 return None

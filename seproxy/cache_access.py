@@ -14,4 +14,5 @@ def open_cache(settings: Settings) -> Cache:
         high_watermark=settings.cache.high_watermark,
         low_watermark=settings.cache.low_watermark,
         min_free=settings.cache.min_free,
+        upload_lifetime=settings.cache.upload_lifetime,
     )

@@ -16,15 +16,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import secrets
+import time
 from typing import Any
 
 import aiofiles
 import tornado.iostream
 import tornado.web
 
-from seproxy import metrics
+from seproxy import logs, metrics
 from seproxy.byte_range import RangeNotSatisfiable, parse_range
 from seproxy.cache import Entry, VerificationError
+from seproxy.element_rights import check_may_upload
+from seproxy.registry import Caller
 from seproxy.file_ids import PUT_AREA, parse_file_id
 from seproxy.rpc.authorization import authorize
 from seproxy.rpc.handler import ServiceContext
@@ -98,6 +102,12 @@ async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, pa
     handler.finish()
 
 
+# The streamed upload is streamFromClient (DIRAC's sendFile) without the form:
+# the same [authorization] rule governs both.
+UPLOAD_METHOD = "streamFromClient"
+UPLOAD_RULE = ("authenticated",)
+
+
 @tornado.web.stream_request_body
 class StreamUploadHandler(StreamedBodyHandler):
     """``PUT <route>/stream/putFile/<name>``: a streamed upload into the caller's putFile area.
@@ -122,16 +132,25 @@ class StreamUploadHandler(StreamedBodyHandler):
         self._lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
         self.guard_body(service.settings.service.idle_connection_timeout)
+        self.request_id = secrets.token_hex(6)
+        self._caller = Caller()
+        self._started = time.monotonic()
 
     async def prepare(self) -> None:
+        logs.request_id.set(self.request_id)
+        self.set_header("X-Request-ID", self.request_id)
         try:
-            caller = caller_of(self.request, self.service.registry, self.service.tokens)
+            caller = self._caller = caller_of(self.request, self.service.registry, self.service.tokens)
         except CredentialsRefused as exc:
             return self.refuse(401, S_ERROR(errno.EACCES, str(exc)))
-        rule = self.service.settings.authorization.get("sendFile", ["authenticated"])
-        decision = authorize(rule, caller, "sendFile")
+        rule = self.service.settings.authorization.get(UPLOAD_METHOD, UPLOAD_RULE)
+        decision = authorize(rule, caller, UPLOAD_METHOD)
         if not decision.allowed:
             return self.refuse(decision.status, S_ERROR(errno.EACCES, decision.reason))
+        try:
+            check_may_upload(self.service.settings.storage_elements, caller)
+        except SErrorException as exc:
+            return self.refuse(403, exc.result)
         file_id = self.path_args[0]
         try:
             parse_file_id(file_id, PUT_AREA)
@@ -207,6 +226,15 @@ class StreamUploadHandler(StreamedBodyHandler):
         upload, self._upload = self._upload, None
         if upload is not None:
             await self._in_thread(upload.__exit__, type(failure), failure, None)
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        # One line per upload, as the RPC calls have: who sent what, and how it ended.
+        log.info(
+            "%s user=%s dn=%r upload=%r status=%d bytes=%d %.1fms",
+            self.request.remote_ip, self._caller.username, self._caller.dn, self.path_args[0][:200],
+            self._status_code, self._received, (time.monotonic() - self._started) * 1000,
+        )  # fmt: skip
 
     def on_connection_close(self) -> None:
         """A client gone mid-body: drop the partial upload."""

@@ -134,6 +134,9 @@ class CacheSettings:
     low_watermark: float = field(default=0.8, metadata=_check(_fraction))
     # Free disk kept in reserve: a staging or upload that would eat into it is refused.
     min_free: ByteSize = field(default=ByteSize(1024**3))
+    # An upload not pushed with uploadFile within this time is abandoned: evicted and purged
+    # like any other entry, so that uploads nobody finishes cannot fill the cache.
+    upload_lifetime: Duration = field(default=Duration(86400), metadata=_check(_positive))
 
 
 @dataclass

@@ -30,8 +30,9 @@ import tornado.web
 from seproxy import metrics
 from seproxy.cache import Cache, Entry, VerificationError
 from seproxy.cache_access import open_cache
-from seproxy.cache_streams import RangeRefused, StreamUploadHandler, send_cached_file
+from seproxy.cache_streams import UPLOAD_RULE, RangeRefused, StreamUploadHandler, send_cached_file
 from seproxy.config import Settings
+from seproxy.element_rights import check_may_upload, check_rights
 from seproxy.file_description import describe
 from seproxy.file_ids import GET_AREA, PUT_AREA, file_id, parse_file_id
 from seproxy.http_side import HTTPSide
@@ -136,7 +137,7 @@ class StorageElementProxyHandler(RPCHandler):
     types_prepareFile: ClassVar = (str, str)
     auth_streamToClient: ClassVar = READ
     types_streamToClient: ClassVar = (str, str)
-    auth_streamFromClient: ClassVar = READ
+    auth_streamFromClient: ClassVar = UPLOAD_RULE
     types_streamFromClient: ClassVar = (str, str, int, bytes)
     auth_uploadFile: ClassVar = READ
     types_uploadFile: ClassVar = (str, str)
@@ -176,19 +177,7 @@ class StorageElementProxyHandler(RPCHandler):
         if element is None:
             known = ", ".join(sorted(self.shared.elements)) or "none"
             raise SErrorException(f"unknown storage element {se[:100]!r} (configured: {known})", errno=errno.ENOENT)
-        vos = element.settings.vos
-        if vos and self.caller.vo not in vos:
-            raise SErrorException(f"VO {self.caller.vo!r} may not use storage element {se}", errno=errno.EACCES)
-        if write:
-            if element.settings.read_only:
-                raise SErrorException(f"storage element {se} is read-only", errno=errno.EROFS)
-            needed = element.settings.write_properties
-            if not set(needed) & set(self.caller.properties):
-                raise SErrorException(
-                    f"writing to {se} needs one of the properties {', '.join(needed)}; group "
-                    f"{self.caller.group!r} has {', '.join(self.caller.properties) or 'none'}",
-                    errno=errno.EACCES,
-                )
+        check_rights(se, element.settings, self.caller, write=write)
         return element
 
     def stage(self, se: str, pfn: str, *, name: str | None = None) -> Entry:
@@ -259,6 +248,7 @@ class StorageElementProxyHandler(RPCHandler):
     def export_streamFromClient(self, fileId: str, token: str, fileSize: int, data: bytes) -> dict[str, Any]:
         """DIRAC's ``sendFile``: the whole file inside the form (bounded by ``max_form_size``)."""
         name = file_id(PUT_AREA, parse_file_id(fileId, PUT_AREA))
+        check_may_upload(self.service.settings.storage_elements, self.caller)
         if fileSize != len(data):
             return S_ERROR(errno.EINVAL, f"fileSize is {fileSize} but {len(data)} bytes were sent")
         with self.shared.cache.receive_upload(self.owner, name, expected_size=fileSize) as writer:

@@ -139,3 +139,15 @@ def test_a_long_read_keeps_its_lease_fresh(root: Path) -> None:
             assert entry.path.exists()
         evict_everything_allowed(root)
         assert not entry.path.exists()
+
+
+def test_an_upload_nobody_pushes_is_abandoned_after_its_lifetime(cache: Cache, root: Path) -> None:
+    with cache.receive_upload("alice", "putFile/late", expected_size=10) as late:
+        late.write(b"l" * 10)
+    assert late.entry is not None
+    time.sleep(0.6)
+    evict_everything_allowed(root)  # with the default lifetime (a day), an upload still owed stays
+    assert ids(cache) == {late.entry.id}
+    with Cache(root, quota=1, min_free=0, upload_lifetime=0.5) as impatient:
+        impatient.evict()
+    assert ids(cache) == set() and not late.entry.path.exists()

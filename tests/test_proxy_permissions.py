@@ -16,10 +16,12 @@ from fixtures.proxy import (
     FOREIGN_VO_SE,
     READ_ONLY_SE,
     Credential,
+    file_place,
     ProxyService,
     ok,
     refused,
     unique,
+    wait_until,
 )
 
 from seproxy.transfer import codec
@@ -33,7 +35,11 @@ def test_reader_may_read_but_not_write(proxy: ProxyService) -> None:
     assert proxy.bulk(FILE_SE, "exists", pfn, who=reader)["Successful"] == {pfn: True}
 
     name = unique("denied")
-    proxy.send(name, b"sent by a reader", "form", who=reader)  # the cache takes it; the push is what needs rights
+    # Uploads are refused before the cache takes a byte: nobody could ever push them.
+    for route, status in [("form", 200), ("stream", 403)]:
+        answer = proxy.try_send(f"putFile/{name}", b"sent by a reader", route, who=reader)
+        assert answer[0] == status and "FileWrite" in refused(answer[1], errno.EACCES), answer
+    assert [e for e in proxy.cache_entries(area="upload") if name in str(e.name)] == []
     message = refused(proxy.call("uploadFile", FILE_SE, f"/{name}", who=reader), errno.EACCES)
     assert "FileWrite" in message and "lab_user" in message
     for operation, path in [("removeFile", pfn), ("createDirectory", f"/{name}-dir"), ("removeDirectory", "/")]:
@@ -100,3 +106,30 @@ def test_file_ids_belong_to_their_user(proxy: ProxyService) -> None:
     refused(proxy.call("uploadFile", FILE_SE, f"/{name}", who=proxy.other), errno.ENOENT)
     assert not (proxy.place(FILE_SE).root / name).exists()
     assert ok(proxy.call("uploadFile", FILE_SE, f"/{name}"))["Size"] == len(b"tester's upload")
+
+
+def test_streamed_uploads_are_logged_with_who_sent_what(proxy: ProxyService) -> None:
+    name = unique("logged")
+    response = proxy.put_stream(f"putFile/{name}", b"twelve bytes")
+    assert response.status_code == 200
+    refusal = proxy.put_stream(f"putFile/{name}", b"refused", who=proxy.reader)
+    assert refusal.status_code == 403
+
+    def logged() -> list[str]:  # a line is written just after its answer has gone out
+        return [line for line in proxy.process.log().splitlines() if f"upload='putFile/{name}'" in line]
+
+    lines = wait_until(lambda: len(logged()) == 2 and logged(), "a line for each upload")
+    assert f"[{response.headers['X-Request-ID']}]" in lines[0] and "user=tester" in lines[0]
+    assert "status=200 bytes=12 " in lines[0] and "status=403" in lines[1]
+
+
+def test_the_streamed_upload_follows_the_stream_from_client_rule(start_proxy, tmp_path) -> None:
+    service = start_proxy([file_place(FILE_SE, tmp_path / "se")])
+    assert service.put_stream("putFile/before", b"allowed").status_code == 200
+    service.process.stop()
+    service.process.config["authorization"] = {"streamFromClient": ["NoSuchProperty"]}
+    service.close_clients()
+    service.process.start()
+    for route in ("form", "stream"):
+        status, result = service.try_send("putFile/after", b"refused", route)
+        assert "NoSuchProperty" in refused(result, errno.EACCES), (route, status)

@@ -1,0 +1,49 @@
+"""Who may use a storage element, and who may write to it.
+
+One rule for the RPC methods (which name the element) and for uploads into
+the cache (which do not yet: the element comes with ``uploadFile``). An
+upload is taken only from a caller who could push it somewhere, so that a
+user without write rights cannot fill the cache with files nobody may push.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+
+from seproxy.config import StorageElementSettings
+from seproxy.registry import Caller
+from seproxy.transfer import SErrorException
+
+
+def check_rights(se: str, settings: StorageElementSettings, caller: Caller, *, write: bool) -> None:
+    """``SErrorException`` (EACCES, EROFS) naming what is missing if ``caller`` may not use ``se`` so."""
+    if settings.vos and caller.vo not in settings.vos:
+        raise SErrorException(f"VO {caller.vo!r} may not use storage element {se}", errno=errno.EACCES)
+    if not write:
+        return
+    if settings.read_only:
+        raise SErrorException(f"storage element {se} is read-only", errno=errno.EROFS)
+    needed = settings.write_properties
+    if not set(needed) & set(caller.properties):
+        raise SErrorException(
+            f"writing to {se} needs one of the properties {', '.join(needed)}; group "
+            f"{caller.group!r} has {', '.join(caller.properties) or 'none'}",
+            errno=errno.EACCES,
+        )
+
+
+def check_may_upload(elements: Mapping[str, StorageElementSettings], caller: Caller) -> None:
+    """``SErrorException`` (EACCES) unless ``caller`` may write to at least one element."""
+    reasons = []
+    for se, settings in elements.items():
+        try:
+            check_rights(se, settings, caller, write=True)
+        except SErrorException as exc:
+            reasons.append(exc.result["Message"])
+        else:
+            return
+    raise SErrorException(
+        "uploads are taken only from callers who may write to a storage element: " + ("; ".join(reasons) or "none is configured"),
+        errno=errno.EACCES,
+    )
