@@ -1,5 +1,5 @@
 # The two commands of the README, and the benchmarks.
-.PHONY: serve test bench
+.PHONY: serve test bench fuzz
 
 # Set up and run the service on its embedded default (loopback, development
 # credentials, LocalSE). Pass options with ARGS="--config FILE".
@@ -16,3 +16,10 @@ test:
 bench:
 	scripts/setup bench
 	.venv/bin/python -m bench $(ARGS)
+
+# Coverage-guided fuzzing (atheris), not part of the test suite; see docs/fuzzing.md.
+# Every target for 60 s each by default; ARGS="codec --seconds 3600" for one long run.
+fuzz: ARGS ?= all --seconds 60
+fuzz:
+	scripts/setup fuzz
+	.venv/bin/python -m fuzz $(ARGS)
