@@ -18,6 +18,7 @@ BENCHMARKS = {
     "rpc_ping": "bench.rpc_ping",
     "http_side": "bench.http_side",
     "transfer_client": "bench.transfer_client",
+    "load": "bench.load",
 }
 
 

@@ -178,6 +178,17 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time all cores spent busy so far (not idle, not waiting for I/O), from /proc/stat.
+
+    Minus the benchmark's own processes, it is what neighbours took: on a
+    shared machine, the number that says whether a run can be trusted.
+    """
+    with open("/proc/stat") as stream:
+        user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in stream.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / _CLOCK_TICKS
+
+
 def process_peak_rss_mib(pid: int) -> float:
     """VmHWM of a process from /proc/PID/status, in MiB."""
     return _status_mib(pid, "VmHWM")

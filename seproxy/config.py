@@ -77,6 +77,10 @@ def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number from 0 to 65535 (0: any free port)"
 
 
+def _niceness(value: int) -> str | None:
+    return None if 0 <= value <= 19 else "must be from 0 (as the service) to 19 (lowest CPU priority)"
+
+
 def _fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be a fraction greater than 0 and at most 1"
 
@@ -245,6 +249,8 @@ class HTTPSettings:
     # Threads of the side server, each serving many connections (sendfile does the copying);
     # more than 2 mostly contend for Python's GIL.
     threads: int = field(default=2, metadata=_check(_positive))
+    # Added to the side server threads' nice value: when the cores are busy, downloads wait, not RPC calls.
+    niceness: int = field(default=10, metadata=_check(_niceness))
     max_connections: int = field(default=1024, metadata=_check(_positive))
     # A connection that makes no progress this long (idle keep-alive, stalled client) is closed;
     # a request's headers must also arrive within it.

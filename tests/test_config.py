@@ -69,6 +69,8 @@ def test_defaults():
         ("[storage_elements.X]\nplugin = 'file'", "storage_elements.X.base: required key is missing"),
         ("[storage_elements.'a/b']\nplugin = 'file'\nbase = '/'", "storage_elements.a/b: a storage element name"),
         ("[http]\nkey_id = 'a.b'", "http.key_id: must be 1 to 32 letters"),
+        ("[http]\nniceness = 20", "http.niceness: must be from 0"),
+        ("[http]\nroute = 's/1'", "http.route: must be 1 to 32 letters"),
         ("[http]\nsecret = 'short'", "http.secret: must be at least 32 characters"),
         ("[http]\nsecret = '" + "s" * 32 + "'\nsecret_file = '/s'", "http.secret: set secret or secret_file, not both"),
         ("[http]\nhost_cert = '/a'", "http.host_cert: host_cert and host_key must be set together"),

@@ -73,3 +73,20 @@ def test_a_taken_port_stops_the_start_with_a_clear_message(start_http_service):
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"http.port: the side server cannot listen on 127.0.0.1:{port}"):
             start_http_service(port=port)
+
+
+def nice_values(pid: int) -> list[int]:
+    """The nice value of each thread of process ``pid`` (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    values = []
+    for stat_file in os.scandir(f"/proc/{pid}/task"):
+        with open(f"{stat_file.path}/stat") as stream:
+            values.append(int(stream.read().rsplit(")", 1)[1].split()[16]))
+    return values
+
+
+@pytest.mark.parametrize("niceness", [10, 0])
+def test_side_server_threads_yield_the_cpu_to_rpc(start_http_service, niceness):
+    service = start_http_service(threads=3, niceness=niceness)
+    values = nice_values(service.process.process.pid)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert values.count(base + niceness) == (3 if niceness else len(values)), values

@@ -80,8 +80,10 @@ class SideServer:
         max_connections: int,
         idle_timeout: float,
         tls: ssl.SSLContext | None = None,
+        niceness: int = 0,
     ) -> None:
         self.answer = answer
+        self.niceness = niceness
         self.host = host
         self.port = port
         self.max_connections = max_connections
@@ -164,6 +166,10 @@ class _Worker:
         os.close(self._wake_write)
 
     def _run(self) -> None:
+        if self.server.niceness:
+            # Linux schedules threads one by one: bulk downloads yield the CPU (and so the GIL) to RPC calls.
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + self.server.niceness)
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         try:
             while True:

@@ -68,6 +68,7 @@ class HTTPSide:
             max_connections=http.max_connections,
             idle_timeout=http.idle_timeout,
             tls=tls,
+            niceness=http.niceness,
         )
         self.public_host = http.public_name or service_host
         names = http.lfn_storage_elements or list(settings.storage_elements)
