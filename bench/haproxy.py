@@ -96,16 +96,18 @@ class HAProxy:
         text = data.decode().lstrip("# ")
         return list(csv.DictReader(io.StringIO(text)))
 
-    def servers(self, backend: str) -> dict[str, dict[str, str]]:
-        """The rows of ``backend``'s servers, by server name."""
-        return {row["svname"]: row for row in self.stats() if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
+    def servers(self, backend: str, rows: list[dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+        """The rows of ``backend``'s servers, by server name (from ``rows``, or fresh stats)."""
+        rows = self.stats() if rows is None else rows
+        return {row["svname"]: row for row in rows if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
 
     def wait_for_status(self, wanted: dict[str, str], timeout: float = 20) -> None:
         """Until the health checks see each server of both backends in the ``wanted`` state (UP, DOWN)."""
 
         def reached() -> bool:
+            rows = self.stats()  # one query for both backends
             for backend in ("seproxy_rpc", "seproxy_http"):
-                servers = self.servers(backend)
+                servers = self.servers(backend, rows)
                 if any(not servers[name]["status"].startswith(status) for name, status in wanted.items()):
                     return False
             return True

@@ -52,7 +52,8 @@ def register(commands: Any) -> None:
         help="remove entries",
         description="Remove the entries that match every condition given, least recently used first. "
         "Entries being read or written are never removed; pinned entries (unexpired HTTP URLs) and "
-        "uploads still owed to a storage element only with --force.",
+        "uploads still owed to a storage element only with --force, unless an upload is older than "
+        "cache.upload_lifetime (abandoned).",
     )
     purging.add_argument("--to-size", type=size_argument, metavar="SIZE", help="stop once the cache holds at most SIZE (50G)")
     purging.add_argument("--all", action="store_true", help="every entry (still never one in use)")

@@ -1,5 +1,9 @@
 """The side server's only route: ``GET``/``HEAD /<key>/<name>``, the file or archive a link designates.
 
+Behind a load balancer the path starts with the route of the instance that
+made the link (``/<route>/<key>/<name>``); another instance checks the key
+and answers 503, for the file is not in its cache.
+
 Nothing in the URL ever becomes a file path: the key is checked (signature,
 expiry), its link names cache entries, and the cache index says where
 their files are. A path of any other shape is a 404; a key that does not

@@ -53,18 +53,17 @@ class SignedKey:
 
 
 class Signer:
-    """Signs and checks keys with one secret."""
+    """Signs keys with the current secret; checks them with it or a retired one."""
 
     def __init__(self, key_id: str, secret: bytes, retired: Mapping[str, bytes] | None = None) -> None:
         self.key_id = key_id
-        self._secret = secret
         # key id -> secret of every secret a key may carry: the current one signs, all check.
         self._secrets = {**(retired or {}), key_id: secret}
 
     def sign(self, link_id: str, expires: int, name: str, route: str = "") -> str:
         """The key for ``link_id`` until ``expires``, for a URL whose last segment is ``name``."""
         fields = f"{self.key_id}.{link_id}.{expires}"
-        return f"{fields}.{self._signature(fields, name, route, self._secret)}"
+        return f"{fields}.{self._signature(fields, name, route, self._secrets[self.key_id])}"
 
     def check(self, key: str, name: str, now: float, route: str = "") -> SignedKey:
         """The fields of a genuine, unexpired key; ``Refused`` otherwise.
