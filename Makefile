@@ -7,9 +7,10 @@ serve:
 	scripts/setup run
 	.venv/bin/seproxy serve $(ARGS)
 
-# Set up (Debian packages, venv) and run the whole test suite.
+# Set up (Debian packages, venv), lint and type-check (ruff, mypy --strict), and run the whole test suite.
 test:
 	scripts/setup test
+	scripts/check
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks: not part of the test suite; see docs/benchmarks.md.

@@ -38,6 +38,7 @@ import tornado.web
 from bench.common import ServerProcess, Started, median, percentile, print_table
 from seproxy import logs
 from seproxy.config import settings_from_dict
+from seproxy.proxy import StorageElementProxyHandler
 from seproxy.security.devcreds import DevCredentials, ensure_dev_credentials
 from seproxy.security.tls import client_context, server_context
 from seproxy.service import Service
@@ -70,7 +71,7 @@ def start_seproxy(config: dict[str, Any]) -> Started:
     """The real service, configured and logging as ``seproxy serve`` would (INFO: one line per call)."""
     settings = settings_from_dict(config, "<bench>")
     logs.configure(settings.service.log_level)
-    service = Service(settings)
+    service = Service(settings, StorageElementProxyHandler)
     service.start()
     return service.port, lambda: service.stop(grace=1.0)
 

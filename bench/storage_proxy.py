@@ -62,7 +62,7 @@ from bench.common import (
 from bench.rpc_ping import seproxy_config, start_seproxy
 from bench.transfer_client import curl, curl_download, seproxy_transfer, write_random
 from seproxy.cache import PurgeRule, purge
-from seproxy.cache_access import open_cache
+from seproxy.cache.configured import open_cache
 from seproxy.config import Settings, settings_from_dict
 from seproxy.security.devcreds import ensure_dev_credentials
 from seproxy.transfer import StorageElementProxyClient, returnValueOrRaise

@@ -18,8 +18,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,25 @@ _NEW_ENTRY: dict[str, Any] = {
 }  # fmt: skip
 
 
+@dataclass
+class NewEntry:
+    """A file being written into the cache under a write lease, until ``Cache.commit`` or ``Cache.abort``."""
+
+    id: str
+    area: Area
+    writer: StagingWriter
+    lease: int
+    # (owner, name) that resolves to the entry once committed.
+    alias: tuple[str, str] | None
+    fields: dict[str, Any]
+
+
 def _no_entry(entry_id: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, "no such cache entry", entry_id)
 
 
 class Cache:
-    """Staged downloads, pending uploads and HTTP files under one root, with a quota.
+    """Staged downloads and pending uploads under one root, with a quota.
 
     Thread-safe; several processes may open the same root at once (the
     service and the operator CLI). Opening recovers from any earlier crash.
@@ -123,21 +136,23 @@ class Cache:
 
         return self._stagings.run((se, path), work)
 
-    def receive_upload(
+    def begin_upload(
         self,
         owner: str,
         name: str,
         *,
         expected_size: int | None,
         expected_checksums: Mapping[str, str] | None = None,
-    ) -> AbstractContextManager[StagingWriter]:
+    ) -> NewEntry:
         """A file a client sends, to be pushed to a storage element later.
 
-        Committed when the ``with`` block ends without error, as an entry that
-        owes an upload and that ``(owner, name)`` resolves to; otherwise
-        nothing is left. ``writer.entry`` is the new entry after the block.
+        The caller writes into ``upload.writer``, then ends it with
+        ``commit(upload)`` (an entry that owes an upload and that
+        ``(owner, name)`` resolves to) or ``abort(upload)`` (nothing is
+        left). Handlers that receive a body chunk by chunk hold it across
+        callbacks, where a ``with`` block cannot reach.
         """
-        return self._writing(
+        return self._begin(
             "upload",
             always_adler32=True,  # compared with the storage's checksum after the push
             expected_size=expected_size,
@@ -148,15 +163,37 @@ class Cache:
             upload_pending=True,
         )
 
-    def build_http_file(
-        self, owner: str, name: str, *, expected_size: int | None = None
-    ) -> AbstractContextManager[StagingWriter]:
-        """A file the service makes to serve over HTTP (say, a tar of several
-        staged files); pin it for as long as its URL is valid."""
-        return self._writing("http", expected_size=expected_size, owner=owner, name=name)
+    @contextmanager
+    def receive_upload(
+        self,
+        owner: str,
+        name: str,
+        *,
+        expected_size: int | None,
+        expected_checksums: Mapping[str, str] | None = None,
+    ) -> Iterator[StagingWriter]:
+        """``begin_upload`` as a ``with`` block: committed when it ends without error, else aborted;
+        ``writer.entry`` is the new entry after the block."""
+        upload = self.begin_upload(owner, name, expected_size=expected_size, expected_checksums=expected_checksums)
+        with self._ended(upload):
+            yield upload.writer
 
     @contextmanager
-    def _writing(
+    def _writing(self, area: Area, **fields: Any) -> Iterator[StagingWriter]:
+        new = self._begin(area, **fields)
+        with self._ended(new):
+            yield new.writer
+
+    @contextmanager
+    def _ended(self, new: NewEntry) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.abort(new)
+            raise
+        self.commit(new)
+
+    def _begin(
         self,
         area: Area,
         *,
@@ -165,26 +202,44 @@ class Cache:
         alias: tuple[str, str] | None = None,
         always_adler32: bool = False,
         **fields: Any,
-    ) -> Iterator[StagingWriter]:
+    ) -> NewEntry:
         entry_id = new_entry_id()
-        with self._leased(entry_id, "write"):
-            path = self.layout.tmp_path(entry_id)
-            writer = StagingWriter(path, self.space, self._make_room, always_adler32=always_adler32)
-            try:
-                writer.expect(expected_size, expected_checksums)  # checks free space before any byte
-                yield writer
-                size, xxh3, adler32 = writer.finish()
-                now = time.time()
-                entry = Entry(
-                    entry_id, area, size, xxh3, adler32, created=now, last_access=now,
-                    path=self.layout.entry_path(entry_id), **{**_NEW_ENTRY, **fields},
-                )  # fmt: skip
-                writer.entry = self._commit(writer.path, entry, alias)
-            except BaseException:
-                writer.discard()
-                raise
+        lease = self._take_lease(entry_id, "write")
+        writer = StagingWriter(self.layout.tmp_path(entry_id), self.space, self._make_room, always_adler32=always_adler32)
+        new = NewEntry(entry_id, area, writer, lease, alias, fields)
+        try:
+            writer.expect(expected_size, expected_checksums)  # checks free space before any byte
+        except BaseException:
+            self.abort(new)
+            raise
+        return new
+
+    def commit(self, new: NewEntry) -> Entry:
+        """Verify and keep the file of ``new``; on failure it is aborted and the error raised."""
+        try:
+            size, xxh3, adler32 = new.writer.finish()
+            now = time.time()
+            entry = Entry(
+                new.id, new.area, size, xxh3, adler32, created=now, last_access=now,
+                path=self.layout.entry_path(new.id), **{**_NEW_ENTRY, **new.fields},
+            )  # fmt: skip
+            new.writer.entry = self._commit(new.writer.path, entry, new.alias)
+        except BaseException:
+            self.abort(new)
+            raise
+        try:
             # Still under the write lease: the eviction this commit may trigger spares the new entry.
             self.evict()
+        finally:
+            self._index.drop_lease(new.lease)
+        return new.writer.entry
+
+    def abort(self, new: NewEntry) -> None:
+        """Drop the file of ``new`` and its write lease; nothing of it is left."""
+        try:
+            new.writer.discard()
+        finally:
+            self._index.drop_lease(new.lease)
 
     def _commit(self, tmp: Path, entry: Entry, alias: tuple[str, str] | None) -> Entry:
         """Rename the verified file into place, then insert its row (and name) in one transaction."""
@@ -220,28 +275,36 @@ class Cache:
     def get(self, entry_id: str) -> Entry | None:
         return self._index.get(check_entry_id(entry_id))
 
-    @contextmanager
-    def open_read(self, entry_id: str) -> Iterator[ReadLease]:
-        """Keep the entry's file on disk (for every process) while the block runs.
+    def acquire_read(self, entry_id: str) -> ReadLease:
+        """Keep the entry's file on disk (for every process) until ``release(lease)``.
 
         The caller opens ``lease.path`` itself (servers hand it to sendfile).
         """
-        with self._leased(check_entry_id(entry_id), "read"):
-            entry = self._index.get(entry_id)
-            if entry is None:  # only if recovery elsewhere found its file lost
-                raise _no_entry(entry_id)
-            yield ReadLease(entry, entry.path)
+        lease = self._take_lease(check_entry_id(entry_id), "read")
+        entry = self._index.get(entry_id)
+        if entry is None:  # only if recovery elsewhere found its file lost
+            self._index.drop_lease(lease)
+            raise _no_entry(entry_id)
+        return ReadLease(entry, entry.path, lease)
+
+    def release(self, lease: ReadLease) -> None:
+        self._index.drop_lease(lease.lease_id)
 
     @contextmanager
-    def _leased(self, entry_id: str, kind: str) -> Iterator[None]:
+    def open_read(self, entry_id: str) -> Iterator[ReadLease]:
+        """``acquire_read`` for the duration of a ``with`` block."""
+        lease = self.acquire_read(entry_id)
+        try:
+            yield lease
+        finally:
+            self.release(lease)
+
+    def _take_lease(self, entry_id: str, kind: str) -> int:
         now = time.time()
         lease = self._index.add_lease(entry_id, kind, Holder.current(), now + self._lease_ttl, now)
         if lease is None:
             raise _no_entry(entry_id)
-        try:
-            yield
-        finally:
-            self._index.drop_lease(lease)
+        return lease
 
     def _renew_leases(self) -> None:
         self._index.renew_leases(Holder.current(), time.time() + self._lease_ttl)
@@ -269,9 +332,6 @@ class Cache:
         """Keep the entry until ``until`` (epoch seconds), as long as a URL to it is valid."""
         if not self._index.pin(check_entry_id(entry_id), until):
             raise _no_entry(entry_id)
-
-    def unpin(self, entry_id: str) -> None:
-        self._index.unpin(check_entry_id(entry_id))
 
     def mark_uploaded(self, entry_id: str) -> None:
         """The storage element has the file: release it now (removed at once unless in use)."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Area = Literal["staged", "upload", "http"]
+Area = Literal["staged", "upload"]
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class Entry:
 
     ``staged``: fetched from a storage element (``se``, ``source_path``);
     ``upload``: sent by a client, owed to a storage element while
-    ``upload_pending``; ``http``: made by the service to be served over HTTP.
+    ``upload_pending``.
     ``name`` is the logical name (LFN) or the client's file name.
     """
 
@@ -41,6 +41,7 @@ class ReadLease:
 
     entry: Entry
     path: Path
+    lease_id: int
 
 
 @dataclass(frozen=True)

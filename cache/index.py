@@ -129,7 +129,7 @@ class Index:
 
     def _entry(self, row: tuple[Any, ...]) -> Entry:
         *fields, upload_pending = row
-        return Entry(*fields, upload_pending=bool(upload_pending), path=self._path_of(row[0]))
+        return Entry(*fields, upload_pending=bool(upload_pending), path=self._path_of(row[0]))  # type: ignore[misc]
 
     # --- entries
 
@@ -169,9 +169,6 @@ class Index:
         sql = "UPDATE entries SET pinned_until = MAX(pinned_until, ?) WHERE id = ?"
         return self._change(sql, (until, entry_id)) == 1
 
-    def unpin(self, entry_id: str) -> bool:
-        return self._change("UPDATE entries SET pinned_until = 0 WHERE id = ?", (entry_id,)) == 1
-
     def clear_upload_pending(self, entry_id: str) -> bool:
         """Clear the flag; False if the entry owed nothing (so releasing twice is harmless)."""
         sql = "UPDATE entries SET upload_pending = 0 WHERE id = ? AND upload_pending = 1"
@@ -204,7 +201,8 @@ class Index:
                 self._db.execute("DELETE FROM aliases WHERE entry_id = ?", (entry_id,))
 
     def total_size(self) -> int:
-        return self._rows("SELECT COALESCE(SUM(size), 0) FROM entries")[0][0]
+        total: int = self._rows("SELECT COALESCE(SUM(size), 0) FROM entries")[0][0]
+        return total
 
     def totals(self) -> tuple[dict[str, int], dict[str, int], int]:
         """(bytes by area, bytes by SE, number of entries)."""
@@ -240,9 +238,9 @@ class Index:
     def add_lease(self, entry_id: str, kind: str, holder: Holder, expires: float, now: float) -> int | None:
         """Record a lease; a read lease only on an existing entry (then also its last access)."""
         with self.transaction():
-            if kind == "read":
-                if self._db.execute("UPDATE entries SET last_access = ? WHERE id = ?", (now, entry_id)).rowcount == 0:
-                    return None
+            touched = "UPDATE entries SET last_access = ? WHERE id = ?"
+            if kind == "read" and self._db.execute(touched, (now, entry_id)).rowcount == 0:
+                return None
             cursor = self._db.execute(
                 "INSERT INTO leases (entry_id, kind, pid, pid_start, expires) VALUES (?, ?, ?, ?, ?)",
                 (entry_id, kind, holder.pid, holder.start, expires),

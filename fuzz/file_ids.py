@@ -5,7 +5,7 @@ from __future__ import annotations
 import atheris
 
 with atheris.instrument_imports(include=["seproxy"]):
-    from seproxy.file_ids import GET_AREA, PUT_AREA
+    from seproxy.proxy.file_ids import GET_AREA, PUT_AREA
 
 from fuzz import properties
 from fuzz.inputs import fields

@@ -21,10 +21,10 @@ from typing import Any
 from urllib.parse import unquote, urlencode
 
 from seproxy.byte_range import RangeNotSatisfiable, parse_range
-from seproxy.file_ids import parse_file_id
 from seproxy.http_side.request import MAX_HEAD, METHODS, head_end, parse_head
 from seproxy.http_side.response import Refused
 from seproxy.http_side.signing import CLOCK_SKEW, SignedKey, Signer
+from seproxy.proxy.file_ids import parse_file_id
 from seproxy.rpc.arguments import check_arguments
 from seproxy.rpc.call import FORM_TYPE, METHOD_NAME, BadRequest, parse_call
 from seproxy.transfer import SErrorException, codec
@@ -53,7 +53,7 @@ def wire_form(value: Any) -> Any:
         return {key: wire_form(item) for key, item in value.items()}
     if isinstance(value, datetime.datetime):
         if value.tzinfo is not None:  # sent as naive UTC
-            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(datetime.UTC).replace(tzinfo=None)
         return value.replace(microsecond=0)
     if isinstance(value, (bytearray, memoryview)):
         return bytes(value)

@@ -61,6 +61,11 @@ def parse_duration(text: str) -> float:
     return float(number) * _DURATION_UNITS[unit]
 
 
+def url_host(host: str) -> str:
+    """``host`` as it stands in a URL: an IPv6 address in brackets (RFC 3986)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def default_state_dir() -> Path:
     """Where the embedded default keeps credentials, cache and storage."""
     if os.environ.get("SEPROXY_STATE_DIR"):
@@ -358,7 +363,7 @@ class _Reader:
             if not isinstance(raw, dict):
                 self.fail(key, f"expected a table, got {_kind(raw)}")
             return {name: self.value(args[1], item, _join(key, name)) for name, item in raw.items()}
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             return self.build(hint, raw, key)
         return self.scalar(hint, raw, key)
 
@@ -473,14 +478,16 @@ def load_settings(path: str | Path) -> Settings:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     settings = settings_from_dict(data, source)
     if settings.http.secret and os.stat(path).st_mode & stat.S_IRWXO:
-        raise ConfigError(f"{source}: http.secret: a file holding the URL signing secret must not be accessible to other users (chmod o-rwx)")
+        raise ConfigError(
+            f"{source}: http.secret: a file holding the URL signing secret must not be accessible to other users (chmod o-rwx)"
+        )
     return settings
 
 
 def settings_from_dict(data: dict[str, Any], source: str = "<dict>") -> Settings:
     """Build settings from an already-parsed table (tests, embedded defaults)."""
     reader = _Reader(source)
-    settings = reader.build(Settings, data, "")
+    settings: Settings = reader.build(Settings, data, "")
     settings.source = source
     _validate(settings, reader)
     return settings

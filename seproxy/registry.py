@@ -44,7 +44,7 @@ class Caller:
     def seconds_left(self) -> int:
         if self.not_after is None:
             return 0
-        return max(0, int((self.not_after - datetime.datetime.now(datetime.timezone.utc)).total_seconds()))
+        return max(0, int((self.not_after - datetime.datetime.now(datetime.UTC)).total_seconds()))
 
     def as_dirac_dict(self) -> dict[str, Any]:
         """The credential dict of DIRAC's ``whoami`` / ``getRemoteCredentials``."""
@@ -79,10 +79,6 @@ class Registry:
     def username_for_dn(self, dn: str) -> str | None:
         return self._user_by_dn.get(dn)
 
-    def vo_of_group(self, group: str) -> str:
-        spec = self._settings.groups.get(group)
-        return spec.vo if spec else ""
-
     def caller(self, identity: PeerIdentity | None) -> Caller:
         """The caller for a TLS peer; ``None`` (no certificate) is anonymous.
 
@@ -111,7 +107,7 @@ class Registry:
             "dn": self._settings.users[username].dn[0] if username else "",
             "subject": token.subject,
             "issuer": token.issuer,
-            "not_after": datetime.datetime.fromtimestamp(token.expires, datetime.timezone.utc),
+            "not_after": datetime.datetime.fromtimestamp(token.expires, datetime.UTC),
             "authenticated_by": "token",
         }
         return self._resolve(base, username, None)

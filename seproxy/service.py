@@ -20,15 +20,15 @@ import tornado.netutil
 import tornado.web
 
 from seproxy import __version__
-from seproxy.config import ConfigError, Settings, load_settings
+from seproxy.config import ConfigError, Settings, load_settings, url_host
 from seproxy.metrics import MetricsEndpoint
 from seproxy.registry import Registry
+from seproxy.rpc.context import ServiceContext
 from seproxy.rpc.executor import CallExecutor
-from seproxy.rpc.handler import NotFoundHandler, RPCHandler, ServiceContext
+from seproxy.rpc.handler import NotFoundHandler, RPCHandler
 from seproxy.security.host_credentials import ServerCredentials, server_credentials
 from seproxy.security.tls import server_context
 from seproxy.security.tokens import TokenVerifier, TrustedIssuer
-from seproxy.storage_element_proxy import StorageElementProxyHandler
 
 log = logging.getLogger("seproxy.service")
 
@@ -49,16 +49,13 @@ def public_host(settings: Settings) -> str:
 
 
 def service_url(settings: Settings, port: int | None = None) -> str:
-    host = public_host(settings)
-    if ":" in host:
-        host = f"[{host}]"
-    return f"https://{host}:{port or settings.service.port}{settings.route}"
+    return f"https://{url_host(public_host(settings))}:{port or settings.service.port}{settings.route}"
 
 
 class BoundedHTTPServer(tornado.httpserver.HTTPServer):
     """An HTTPServer that closes connections beyond a fixed number at once."""
 
-    def initialize(self, *args: Any, max_connections: int = 1024, **kwargs: Any) -> None:  # type: ignore[override]
+    def initialize(self, *args: Any, max_connections: int = 1024, **kwargs: Any) -> None:
         super().initialize(*args, **kwargs)
         self.max_connections = max_connections
 
@@ -82,9 +79,9 @@ def token_verifier(settings: Settings, audience: str) -> TokenVerifier | None:
 
 
 class Service:
-    """One instance of the HTTPS RPC service."""
+    """One instance of the HTTPS RPC service, serving the methods of ``handler``."""
 
-    def __init__(self, settings: Settings, handler: type[RPCHandler] = StorageElementProxyHandler) -> None:
+    def __init__(self, settings: Settings, handler: type[RPCHandler]) -> None:
         self.settings = settings
         self.handler = handler
         self.port = settings.service.port
@@ -125,6 +122,7 @@ class Service:
             tokens=token_verifier(self.settings, self.origin),
         )
         self._context.shared = self.handler.initializeHandler(self._context)
+        routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]
         routes = [(self.settings.route, self.handler, {"service": self._context})]
         routes += [(self.settings.route + pattern, extra, {"service": self._context}) for pattern, extra in self.handler.extra_routes()]
         app = tornado.web.Application(
@@ -143,7 +141,7 @@ class Service:
         )
         self._server.add_sockets(sockets)
         if self.settings.metrics.enabled:
-            cache = getattr(self._context.shared, "cache", None)
+            cache = self._context.shared.cache if self._context.shared is not None else None
             self.metrics = MetricsEndpoint(self.settings.metrics.host, self.settings.metrics.port, cache)
         log.info("seproxy %s serving %s", __version__, self.url)
 
@@ -181,7 +179,7 @@ class Service:
         self._server.stop()
         try:
             await asyncio.wait_for(self._drained(), timeout=grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("stopping with requests still running after %.0f s", grace)
         await self._server.close_all_connections()
         if self.metrics is not None:
@@ -189,7 +187,8 @@ class Service:
             self.metrics = None
         if self._context is not None:
             self._context.executor.shutdown(wait=False)
-            self.handler.finalizeHandler(self._context)
+            if self._context.shared is not None:
+                self._context.shared.close()
         self._server = None
 
     async def _drained(self) -> None:
@@ -197,9 +196,11 @@ class Service:
             await asyncio.sleep(0.05)
 
 
-async def serve(settings: Settings, on_ready: Callable[[Service], None] | None = None) -> None:
-    """Run a service until SIGTERM or SIGINT."""
-    service = Service(settings)
+async def serve(
+    settings: Settings, handler: type[RPCHandler], on_ready: Callable[[Service], None] | None = None
+) -> None:
+    """Run a service of ``handler`` until SIGTERM or SIGINT."""
+    service = Service(settings, handler)
     service.start()
     if on_ready is not None:
         on_ready(service)

@@ -70,7 +70,7 @@ class Link:
     name: str
 
     @classmethod
-    def of(cls, url: str) -> "Link":
+    def of(cls, url: str) -> Link:
         _, key, name = urlsplit(url).path.split("/")
         return cls(*key.split("."), name)  # type: ignore[arg-type]
 

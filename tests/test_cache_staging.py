@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -143,23 +144,48 @@ def test_aliases_are_per_user(cache: Cache) -> None:
         cache.set_alias("alice", "getFile/other", "0" * 32)
 
 
-def test_http_file_and_read_lease(cache: Cache) -> None:
-    with cache.build_http_file("alice", "bundle.tar") as writer:
-        writer.write(b"tar bytes")
-    assert writer.entry is not None
-    with cache.open_read(writer.entry.id) as lease:
-        assert lease.entry.area == "http"
-        assert lease.path.read_bytes() == b"tar bytes"
-        assert cache.remove(writer.entry.id, force=True) is False
-    assert cache.remove(writer.entry.id) is True
+def test_read_lease_keeps_the_file_until_released(cache: Cache) -> None:
+    entry = cache.stage("SE", "/dir/leased.txt", source(b"leased bytes"))
+    lease = cache.acquire_read(entry.id)
+    assert lease.entry == replace(entry, last_access=lease.entry.last_access)
+    assert lease.path.read_bytes() == b"leased bytes"
+    assert cache.remove(entry.id, force=True) is False  # a read lease wins even over force
+    cache.release(lease)
+    assert cache.remove(entry.id) is True
     with pytest.raises(FileNotFoundError):
-        with cache.open_read(writer.entry.id):
+        cache.acquire_read(entry.id)
+    with pytest.raises(FileNotFoundError):
+        with cache.open_read(entry.id):
             pass
+
+
+def test_upload_begun_then_committed_or_aborted(cache: Cache) -> None:
+    upload = cache.begin_upload("alice", "putFile/a.dat", expected_size=5)
+    assert cache.usage().staging == 1  # its write lease is visible to every process
+    upload.writer.write(b"hello")
+    entry = cache.commit(upload)
+    assert entry.upload_pending and entry.size == 5 and entry.adler32
+    assert cache.resolve_alias("alice", "putFile/a.dat") == entry
+    assert cache.usage().staging == 0
+
+    dropped = cache.begin_upload("alice", "putFile/b.dat", expected_size=5)
+    dropped.writer.write(b"par")
+    cache.abort(dropped)
+    assert cache.resolve_alias("alice", "putFile/b.dat") is None
+    assert cache.usage().staging == 0
+    assert not any(cache.layout.tmp.iterdir())
+
+    short = cache.begin_upload("alice", "putFile/c.dat", expected_size=5)
+    short.writer.write(b"abc")
+    with pytest.raises(VerificationError):
+        cache.commit(short)  # a failed commit aborts: nothing is left
+    assert cache.resolve_alias("alice", "putFile/c.dat") is None
+    assert cache.usage().staging == 0 and not any(cache.layout.tmp.iterdir())
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "A" * 32, "0" * 31, "0" * 32 + "/x", ""])
 def test_entry_ids_from_outside_are_checked(cache: Cache, bad: str) -> None:
-    for call in (cache.get, cache.remove, cache.mark_uploaded, cache.unpin):
+    for call in (cache.get, cache.remove, cache.mark_uploaded, cache.acquire_read):
         with pytest.raises(ValueError, match="not a cache entry id"):
             call(bad)
     with pytest.raises(ValueError):

@@ -10,7 +10,7 @@ import time
 import pytest
 import tomli_w
 
-from seproxy.cache_access import open_cache
+from seproxy.cache.configured import open_cache
 from seproxy.config import load_settings
 
 
@@ -94,7 +94,7 @@ def test_purge_never_removes_a_file_another_process_reads(config, cache, tmp_pat
     reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import pathlib, time
         from seproxy.config import load_settings
-        from seproxy.cache_access import open_cache
+        from seproxy.cache.configured import open_cache
         with open_cache(load_settings({str(config)!r})) as cache, cache.open_read({entry.id!r}):
             pathlib.Path({str(ready)!r}).touch()
             time.sleep(30)

@@ -6,9 +6,9 @@ terminal: plain lines, parseable ``--json``) and, once, on a terminal.
 """
 
 import json
-import re
 import os
 import pty
+import re
 import subprocess
 import sys
 

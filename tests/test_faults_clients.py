@@ -150,7 +150,7 @@ def test_a_cache_file_cut_short_on_disk_cuts_the_stream(watched: HTTPService, pk
     response = post_form(watched.process.url, fields, pki, cert=str(pki.proxy), stream=True)
     assert response.status_code == 200 and response.headers["Content-Length"] == str(len(data))
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        response.content
+        _ = response.content
     assert "cutting the connection" in watched.wait_for_log("failed mid-way")
     watched.wait_for_log("method=streamToClient status=200")  # the call is over: all its lines are out
     assert "raised an unexpected error" not in watched.log()

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz import properties
-from seproxy.file_ids import GET_AREA, PUT_AREA
 from seproxy.http_side.signing import Signer
+from seproxy.proxy.file_ids import GET_AREA, PUT_AREA
 from seproxy.rpc.call import FORM_TYPE
 from seproxy.transfer import codec
 

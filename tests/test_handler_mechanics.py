@@ -20,8 +20,8 @@ stopped_work = threading.Event()
 
 
 class ExerciseHandler(RPCHandler):
-    auth_slow = auth_crash = auth_bogus = auth_later = auth_raw = ["all"]
-    types_slow = [float]
+    auth_slow = auth_crash = auth_bogus = auth_later = auth_raw = ("all",)
+    types_slow = (float,)
 
     def export_slow(self, seconds):
         stopped_work.clear()

@@ -29,7 +29,7 @@ def test_answer_describes_the_url_and_the_file(http_service):
     assert url.scheme == "http" and url.hostname == "localhost"
     assert url.path == f"/{value['HttpKey']}/a.dat"
     assert value["Size"] == len(data) and value["Archive"] is False and value["SingleUse"] is False
-    lifetime = value["Expires"] - datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    lifetime = value["Expires"] - datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     assert datetime.timedelta(seconds=1790) < lifetime <= datetime.timedelta(seconds=1800)
     described = value["Files"]["/lab/answer/a.dat"]
     assert described["SE"] == SE and described["Size"] == len(data)
@@ -52,7 +52,7 @@ def test_curl_downloads_the_file_with_its_headers(http_service, tmp_path):
     assert headers["x-checksum-xxh3"] == xxhash.xxh3_64_hexdigest(data)
     assert headers["etag"] == f'"{xxhash.xxh3_64_hexdigest(data)}"'
     modified = email.utils.parsedate_to_datetime(headers["last-modified"])
-    assert abs((datetime.datetime.now(datetime.timezone.utc) - modified).total_seconds()) < 60
+    assert abs((datetime.datetime.now(datetime.UTC) - modified).total_seconds()) < 60
 
 
 def test_digest_header_when_the_source_gives_adler32(start_http_service, webdav_target):
@@ -170,7 +170,7 @@ def test_several_files_come_as_one_tar_archive(http_service, tmp_path):
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         members = tar.getmembers()
         assert [m.name for m in members] == [lfn.lstrip("/") for lfn in files]
-        for member, (lfn, data) in zip(members, files.items()):
+        for member, (_lfn, data) in zip(members, files.items()):
             assert member.isfile() and member.size == len(data) and member.mode == 0o644
             assert tar.extractfile(member).read() == data
     # The layout is the same on every request, so a cut archive resumes with Range.
@@ -216,7 +216,7 @@ def test_one_failing_lfn_fails_the_bundle(http_service):
 def test_pins_last_as_long_as_the_url(http_service):
     data = http_service.put("/lab/pin/p.dat", os.urandom(1000))
     value = http_service.prepare("/lab/pin/p.dat")
-    expires = value["Expires"].replace(tzinfo=datetime.timezone.utc).timestamp()
+    expires = value["Expires"].replace(tzinfo=datetime.UTC).timestamp()
     with Cache(Path(http_service.process.config["service"]["state_dir"]) / "cache", quota=1 << 30) as cache:
         (entry,) = [e for e in cache.entries(area="staged") if e.name == "/lab/pin/p.dat"]
         assert entry.pinned_until == expires + CLOCK_SKEW

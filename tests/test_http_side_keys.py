@@ -42,7 +42,7 @@ def test_a_retired_key_must_name_an_existing_private_secret(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match=r"http.retired_keys.k0: .*missing"):
         _retired_secrets(load_settings(config))
     config.write_text('[http]\nkey_id = "k1"\nretired_keys = { k1 = "/etc/seproxy/old" }\n')
-    with pytest.raises(ConfigError, match="http.retired_keys.k1: .*other than key_id 'k1'"):
+    with pytest.raises(ConfigError, match=r"http\.retired_keys\.k1: .*other than key_id 'k1'"):
         load_settings(config)
 
 
@@ -52,7 +52,7 @@ def test_an_inline_secret_needs_a_config_file_others_cannot_read(tmp_path: Path,
     config.write_text(f'[http]\nsecret = "{SECRET}"\n')
     config.chmod(mode)
     if refused:
-        with pytest.raises(ConfigError, match="http.secret: .*must not be accessible to other users"):
+        with pytest.raises(ConfigError, match=r"http\.secret: .*must not be accessible to other users"):
             load_settings(config)
     else:
         settings = load_settings(config)

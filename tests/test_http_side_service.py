@@ -12,8 +12,8 @@ from fixtures.service import ServiceThread
 
 from seproxy.defaults import embedded_settings
 from seproxy.http_side.signing import load_secret
+from seproxy.proxy import StorageElementProxyHandler
 from seproxy.security.devcreds import ensure_dev_credentials
-from seproxy.storage_element_proxy import StorageElementProxyHandler
 from seproxy.transfer import RPCClient, returnValueOrRaise
 
 

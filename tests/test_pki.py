@@ -108,7 +108,7 @@ def test_proxy_follows_rfc3820(pki):
     usage = proxy.cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.digital_signature and usage.key_encipherment and not usage.key_cert_sign
     assert proxy.key.key_size == 2048 and proxy.key.public_key() != user.key.public_key()
-    lifetime = proxy.cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    lifetime = proxy.cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
     assert datetime.timedelta(hours=11) < lifetime <= datetime.timedelta(hours=12)
     assert proxy.chain == [user.cert]
     assert issue_proxy(proxy).chain == [proxy.cert, user.cert]
@@ -177,7 +177,7 @@ def test_dev_credentials_renew_an_expiring_proxy_only(tmp_path):
     ensure_dev_credentials(tmp_path)
     after = snapshot(tmp_path)
     assert {name for name in after if after[name] != before[name]} == {"proxy.pem"}
-    left = Credential.read(creds.proxy).cert.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    left = Credential.read(creds.proxy).cert.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
     assert left > datetime.timedelta(days=6)
 
 

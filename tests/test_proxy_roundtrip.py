@@ -12,7 +12,7 @@ import os
 
 import pytest
 import xxhash
-from fixtures.proxy import MiB, PLUGINS, Place, ProxyService, adler32, ok, refused, unique
+from fixtures.proxy import PLUGINS, MiB, Place, ProxyService, adler32, ok, refused, unique
 
 from seproxy.transfer import codec
 

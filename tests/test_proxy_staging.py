@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fixtures.proxy import (
-    MiB,
     PLUGINS,
     SLOW_SE,
     Credential,
+    MiB,
     ProxyService,
     WatchedWebDav,
     ok,

@@ -51,8 +51,8 @@ def test_argument_alternatives_and_numbers():
         check_arguments("f", export_prepare, [int, int], [True, 3])
 
 
-LATER = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
-EARLIER = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+LATER = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+EARLIER = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
 USER = Caller(authenticated_by="x509", dn="/CN=u", username="u", group="g", properties=("NormalUser",), valid_dn=True, valid_group=True, not_after=LATER)
 
 

@@ -30,6 +30,7 @@ from fixtures.handshake import server_sees
 from fixtures.http_side import SECRET, curl, tool
 from fixtures.service import base_config, post_form, rpc_fields, start_service
 
+from seproxy.proxy import StorageElementProxyHandler
 from seproxy.rpc.handler import DEFAULT_AUTH
 from seproxy.security import der
 from seproxy.security import pki as issuing
@@ -37,7 +38,6 @@ from seproxy.security.cadir import install_crl, subject_hash
 from seproxy.security.pki import Credential
 from seproxy.security.tls import client_context, server_context
 from seproxy.security.x509 import DIRAC_GROUP, INHERIT_ALL_POLICY, PROXY_CERT_INFO, identity_from_chain
-from seproxy.storage_element_proxy import StorageElementProxyHandler
 from seproxy.transfer import RPCClient, codec, returnValueOrRaise
 from seproxy.transfer.credentials import find_bearer_token
 
@@ -145,7 +145,7 @@ def below(issuer: Credential, *cns: str) -> x509.Name:
 def signed_by(
     issuer: Credential, subject: x509.Name, *extensions: Extension, hours: tuple[int, int] = (-1, 1)
 ) -> Credential:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return issuing.issue(issuer, subject, extensions, now + hours[0] * HOUR, now + hours[1] * HOUR)
 
 
@@ -171,7 +171,7 @@ def the_admin(pki) -> Credential:
 
 
 def not_yet_valid_user(pki) -> Credential:
-    return issuing.issue_user(pki.ca, pki.user_dn, not_before=datetime.datetime.now(datetime.timezone.utc) + HOUR)
+    return issuing.issue_user(pki.ca, pki.user_dn, not_before=datetime.datetime.now(datetime.UTC) + HOUR)
 
 
 # What to present, made from the test PKI, and what OpenSSL says about it.

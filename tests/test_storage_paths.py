@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from fixtures.storage_servers import StorageTarget
+
 from seproxy.config import ConfigError, StorageElementSettings
 from seproxy.storage import PathRefused, make_storage_element
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import certifi
 import pytest
-
 from fixtures.service import free_port
-from fixtures.storage_servers import LOOPBACK, MemorySink, StorageTarget, LoopbackCA
+from fixtures.storage_servers import LOOPBACK, LoopbackCA, MemorySink, StorageTarget
+
 from seproxy.config import ConfigError, StorageElementSettings
 from seproxy.storage import ChecksumMismatch, StorageUnavailable, make_storage_element
 

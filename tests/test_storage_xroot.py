@@ -8,9 +8,9 @@ import zlib
 from pathlib import Path
 
 import pytest
-
 from fixtures.service import free_port
 from fixtures.storage_servers import LOOPBACK, MemorySink, StorageTarget
+
 from seproxy.config import ConfigError, StorageElementSettings
 from seproxy.storage import StorageUnavailable, make_storage_element
 

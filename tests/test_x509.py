@@ -90,7 +90,7 @@ def test_nonsense_chains_are_refused_clearly(pki, user):
         identity_from_chain([b"not a certificate"])
     proxy = issue_proxy(user)
     # A proxy without the certificate that issued it.
-    with pytest.raises(ValueError, match="certificate 0 of the chain: .*issuer"):
+    with pytest.raises(ValueError, match=r"certificate 0 of the chain: .*issuer"):
         identity_from_chain([proxy.cert.public_bytes(Encoding.DER), pki.ca.cert.public_bytes(Encoding.DER)])
 
 
@@ -181,7 +181,7 @@ def test_crl_check_refuses_a_revoked_user_but_not_others(pki, tmp_path):
 
 def test_server_context_names_the_faulty_file(pki, tmp_path):
     missing = tmp_path / "missing.pem"
-    with pytest.raises(FileNotFoundError, match="missing.pem"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.pem"):
         server_context(missing, pki.host_key, pki.ca_dir)
     with pytest.raises(ValueError, match=f"{pki.user_key}.*does not belong.*{pki.host_cert}"):
         server_context(pki.host_cert, pki.user_key, pki.ca_dir)

@@ -34,7 +34,7 @@ class _Encoder(json.JSONEncoder):
     def default(self, obj: Any) -> Any:
         if isinstance(obj, datetime.datetime):
             if obj.tzinfo is not None:  # DIRAC's datetimes are naive UTC
-                obj = obj.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+                obj = obj.astimezone(datetime.UTC).replace(tzinfo=None)
             return {"__dCls": "dt", "obj": obj.isoformat(sep=" ", timespec="seconds")}
         if isinstance(obj, datetime.date):
             return {"__dCls": "date", "obj": obj.isoformat()}

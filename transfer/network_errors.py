@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 from urllib3 import exceptions as u3
 
-
 _SSL_SOURCE_LINE = re.compile(r" \(_ssl\.c:\d+\)$")
 
 
@@ -47,7 +46,7 @@ def classify(exc: BaseException, *, answer_started: bool = False) -> NetworkFail
     ``answer_started`` says the status line was already read, so that
     whatever went wrong happened after the server received the call.
     """
-    chain = list(_causes(exc))
+    chain = list(causes(exc))
     if not answer_started:
         for cause in chain:
             failure = _connect_failure(cause)
@@ -80,8 +79,13 @@ def _connect_failure(cause: BaseException) -> NetworkFailure | None:
     return None
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and every exception nested in it, outermost first."""
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception nested in it, outermost first.
+
+    requests and urllib3 nest the socket error that explains a failure in
+    ``reason`` attributes, arguments and exception chains; the service's
+    WebDAV plugin and the client both read it through this one walk.
+    """
     seen: set[int] = set()
     pending = [exc]
     while pending:
@@ -90,7 +94,8 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        nested = [*current.args, getattr(current, "reason", None), current.__cause__]
+        chained = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        nested = [*current.args, getattr(current, "reason", None), chained]
         pending.extend(item for item in nested if isinstance(item, BaseException))
 
 

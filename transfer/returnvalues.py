@@ -12,7 +12,8 @@ from __future__ import annotations
 import errno as errno_codes
 import functools
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeGuard, TypeVar
 
 ReturnValue = dict[str, Any]
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,7 +42,7 @@ def S_ERROR(*args: Any) -> ReturnValue:
     return {"OK": False, "Message": " ".join(str(a) for a in args), "Errno": 0}
 
 
-def isReturnStructure(value: Any) -> bool:
+def isReturnStructure(value: Any) -> TypeGuard[ReturnValue]:
     """True when ``value`` is a well-formed S_OK or S_ERROR dict."""
     if not isinstance(value, dict) or not isinstance(value.get("OK"), bool):
         return False

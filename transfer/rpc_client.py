@@ -178,7 +178,7 @@ def _service_urls(url: str | Sequence[str]) -> list[str]:
 def _is_service_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
-        parts.port  # raises ValueError for a port that is not a number in range
+        _ = parts.port  # raises ValueError for a port that is not a number in range
     except ValueError:
         return False
     return parts.scheme == "https" and bool(parts.hostname)
@@ -190,7 +190,7 @@ def _checked(response: requests.Response, stream: bool) -> requests.Response:
     if succeeded and stream:
         return response
     try:
-        response.content  # read now, so that a cut-off answer is classified here
+        _ = response.content  # read now, so that a cut-off answer is classified here
     except requests.RequestException as exc:
         response.close()
         raise _after_send_error(response.url, classify(exc, answer_started=True)) from None

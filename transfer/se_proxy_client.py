@@ -174,8 +174,8 @@ def _upload_targets(sources: LocalFile | Sequence[LocalPath], pfn: str) -> dict[
         if not isinstance(sources, (str, os.PathLike)):
             raise ValueError(f"{pfn} is a directory: an open file needs a PFN that names it")
         sources = [sources]
-    pfns = [posixpath.join(pfn, _name(os.fspath(source))) for source in sources]  # type: ignore[union-attr]
-    return dict(zip(_distinct(pfns), sources))  # type: ignore[arg-type]
+    pfns = [posixpath.join(pfn, _name(os.fspath(source))) for source in sources]
+    return dict(zip(_distinct(pfns), sources))
 
 
 def _distinct(places: list[str]) -> list[str]:

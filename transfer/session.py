@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -23,10 +22,16 @@ from seproxy.transfer.credentials import ClientCredentials, find_bearer_token
 from seproxy.transfer.network_errors import TLSHandshakeTimeout
 from seproxy.transfer.returnvalues import SErrorException
 
+if TYPE_CHECKING:
+    # The mixins are combined with requests.Session (GridSession); the type checker reads them as Sessions.
+    _Session = requests.Session
+else:
+    _Session = object
+
 USER_AGENT = f"seproxy-client/{__version__} {requests.utils.default_user_agent()}"
 
 
-class GridCAMixin:
+class GridCAMixin(_Session):
     """Verify servers against the configured grid CA directory, and nothing else.
 
     requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace a
@@ -39,14 +44,14 @@ class GridCAMixin:
 
     credentials: ClientCredentials
 
-    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        settings = super().merge_environment_settings(*args, **kwargs)  # type: ignore[misc]
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if self.credentials.ca_dir:
             settings["verify"] = self.credentials.ca_dir
         return settings
 
 
-class ClientCertMixin:
+class ClientCertMixin(_Session):
     """Present the user's certificate, and pick up a renewed one.
 
     Long jobs renew their proxy in place. urllib3 loads the certificate only
@@ -55,11 +60,10 @@ class ClientCertMixin:
     """
 
     credentials: ClientCredentials
-    adapters: dict[str, HTTPAdapter]
     _cert_stamp: tuple[tuple[int, int, int], ...] | None = None
 
-    def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        settings = super().merge_environment_settings(*args, **kwargs)  # type: ignore[misc]
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         settings["cert"] = _requests_cert(self.credentials)
         return settings
 
@@ -69,7 +73,7 @@ class ClientCertMixin:
             for adapter in self.adapters.values():
                 adapter.close()
         self._cert_stamp = stamp
-        return super().send(request, **kwargs)  # type: ignore[misc]
+        return super().send(request, **kwargs)
 
     def _stamp_cert_files(self) -> tuple[tuple[int, int, int], ...]:
         """Identify the current content of the files; OSError if one is gone."""
@@ -78,7 +82,7 @@ class ClientCertMixin:
         return tuple((st.st_ino, st.st_size, st.st_mtime_ns) for st in stats)
 
 
-class BearerTokenMixin:
+class BearerTokenMixin(_Session):
     """Send the WLCG bearer token, when one is found, besides the certificate.
 
     Discovery runs before every request, not once: token files are renewed
@@ -93,18 +97,18 @@ class BearerTokenMixin:
             raise SErrorException(str(exc), errno.EACCES) from None
         if token is not None:
             request.headers["Authorization"] = f"Bearer {token.value}"
-        return super().send(request, **kwargs)  # type: ignore[misc]
+        return super().send(request, **kwargs)
 
 
-class UserAgentMixin:
+class UserAgentMixin(_Session):
     """Name the client, so that server logs tell seproxy clients apart."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.headers["User-Agent"] = USER_AGENT  # type: ignore[attr-defined]
+        self.headers["User-Agent"] = USER_AGENT
 
 
-class ConnectRetryMixin:
+class ConnectRetryMixin(_Session):
     """Retry only failures to connect, never a request that may have been sent."""
 
     connect_retries = 2
@@ -114,7 +118,7 @@ class ConnectRetryMixin:
         super().__init__(*args, **kwargs)
         adapter = ConnectRetryAdapter(self.connect_retries, self.connect_backoff)
         for prefix in ("https://", "http://"):
-            self.mount(prefix, adapter)  # type: ignore[attr-defined]
+            self.mount(prefix, adapter)
 
 
 class _HandshakeAwareConnection(HTTPSConnection):
@@ -127,7 +131,7 @@ class _HandshakeAwareConnection(HTTPSConnection):
     def connect(self) -> None:
         try:
             super().connect()
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise TLSHandshakeTimeout(self, f"TLS handshake with {self.host} timed out") from exc
 
 

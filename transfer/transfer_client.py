@@ -24,14 +24,14 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import quote
 
 import requests
 import xxhash
 from urllib3 import exceptions as u3
 
-from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, parse_digest
+from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, canonical_adler32, parse_digest
 from seproxy.transfer.network_errors import classify
 from seproxy.transfer.returnvalues import S_ERROR, S_OK, ReturnValue, SErrorException
 from seproxy.transfer.rpc_client import RPCClient, dirac_result
@@ -167,12 +167,12 @@ class _Expected:
     @classmethod
     def described(cls, description: Mapping[str, Any]) -> _Expected:
         """From a description with the keys ``prepareFile`` and ``receiveFile`` use."""
-        return cls(description.get("Size"), description.get("xxh3") or None, description.get("Checksum") or None)
+        return cls(description.get("Size"), description.get("xxh3") or None, canonical_adler32(description.get("Checksum") or ""))
 
     @classmethod
     def announced(cls, response: requests.Response, size: int | None) -> _Expected:
         """From the headers of a ``streamToClient`` answer."""
-        adler32 = parse_digest(response.headers.get(DIGEST_HEADER)).get("adler32")
+        adler32 = canonical_adler32(parse_digest(response.headers.get(DIGEST_HEADER)).get("adler32", ""))
         return cls(size, response.headers.get(XXH3_HEADER) or None, adler32)
 
     def merge(self, other: _Expected) -> str | None:
@@ -405,9 +405,9 @@ def _check_stored(file_id: str, stored: dict[str, Any], body: _UploadBody) -> Re
 def _opened(source: LocalFile) -> Iterator[BinaryIO]:
     """``source`` as an open binary file; a path is opened here and closed after."""
     if not _is_path(source):
-        yield source  # type: ignore[misc]
+        yield cast(BinaryIO, source)
         return
-    with open(source, "rb") as stream:  # type: ignore[arg-type]
+    with open(cast(str | os.PathLike[str], source), "rb") as stream:
         yield stream
 
 

@@ -19,9 +19,10 @@ from typing import Any
 import xxhash
 
 from seproxy.cache import Cache, Entry, PurgeRule, purge
-from seproxy.cache_access import open_cache
+from seproxy.cache.configured import open_cache
 from seproxy.cli.human import duration_argument, format_duration, format_size, size_argument
 from seproxy.cli.settings import add_config_option, settings_from_args
+from seproxy.transfer.checksum_headers import canonical_adler32
 
 READ_CHUNK = 4 * 1024 * 1024
 
@@ -42,7 +43,7 @@ def register(commands: Any) -> None:
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("ls", parents=[common, filters], help="list entries")
-    listing.add_argument("--area", choices=("staged", "upload", "http"), help="only this area")
+    listing.add_argument("--area", choices=("staged", "upload"), help="only this area")
     listing.set_defaults(run=run_ls)
     usage = actions.add_parser("du", parents=[common], help="totals by area and SE, quota and watermarks")
     usage.set_defaults(run=run_du)
@@ -200,7 +201,7 @@ def _damage(cache: Cache, entry: Entry) -> str | None:
         return f"size {size}, index says {entry.size}"
     if xxh3.hexdigest() != entry.xxh3:
         return f"xxh3 {xxh3.hexdigest()}, index says {entry.xxh3}"
-    if entry.adler32 and f"{adler32:08x}" != entry.adler32:
+    if entry.adler32 and f"{adler32:08x}" != canonical_adler32(entry.adler32):
         return f"adler32 {adler32:08x}, index says {entry.adler32}"
     return None
 

@@ -60,7 +60,7 @@ def add_command(
     commands: Any, name: str, *, run: Callable[[argparse.Namespace], int], help: str, description: str, epilog: str = ""
 ) -> argparse.ArgumentParser:
     """A user command with the shared options; its own arguments are added to what this returns."""
-    parser = commands.add_parser(
+    parser: argparse.ArgumentParser = commands.add_parser(
         name,
         parents=[_client_options()],
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -11,7 +11,8 @@ import shlex
 from typing import Any
 
 from seproxy.cli.settings import add_config_option, settings_from_args
-from seproxy.service import server_credentials, service_url
+from seproxy.security.host_credentials import server_credentials
+from seproxy.service import service_url
 
 
 def register(commands: Any) -> None:

@@ -22,7 +22,7 @@ def format_size(size: float) -> str:
 def format_duration(seconds: float) -> str:
     """``93784`` -> ``1d 2h``: the two largest units, enough to judge an age."""
     seconds = max(0, int(seconds))
-    parts = []
+    parts: list[str] = []
     for unit, length in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= length or (unit == "s" and not parts):
             parts.append(f"{seconds // length}{unit}")

@@ -9,6 +9,7 @@ from typing import Any
 
 from seproxy import logs
 from seproxy.cli.settings import add_config_option, settings_from_args
+from seproxy.proxy import StorageElementProxyHandler
 from seproxy.service import Service, serve
 
 
@@ -44,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     if args.port is not None:
         settings.service.port = args.port
     logs.configure(settings.service.log_level)
-    asyncio.run(serve(settings, on_ready=_announce))
+    asyncio.run(serve(settings, StorageElementProxyHandler, on_ready=_announce))
     return 0

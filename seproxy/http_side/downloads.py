@@ -25,8 +25,8 @@ from urllib.parse import quote, unquote
 
 from seproxy.byte_range import RangeNotSatisfiable, parse_range
 from seproxy.cache import Cache, Entry
-from seproxy.cache_streams import checksum_headers
 from seproxy.http_side.body import FileSlice, Piece, body_length, select
+from seproxy.http_side.checksums import checksum_headers
 from seproxy.http_side.links import Link, LinkStore
 from seproxy.http_side.request import RequestHead
 from seproxy.http_side.response import Refused, Response, http_date, plain

@@ -38,10 +38,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import tornado.netutil
-
 from seproxy import metrics
 from seproxy.http_side.body import FileSlice, Piece, piece_length
+from seproxy.http_side.listen import listening_sockets
 from seproxy.http_side.request import RequestHead, head_end, parse_head
 from seproxy.http_side.response import Refused, Response, plain
 
@@ -98,7 +97,7 @@ class SideServer:
 
     def start(self) -> None:
         """Bind, listen and start the workers (port 0: any free port, then ``self.port`` tells which)."""
-        self._listeners = tornado.netutil.bind_sockets(self.port, self.host or None, backlog=1024)
+        self._listeners = listening_sockets(self.host or None, self.port)
         self.port = self._listeners[0].getsockname()[1]
         for worker in self._workers:
             worker.start(self._listeners)
@@ -252,7 +251,7 @@ def _refuse_busy(sock: socket.socket) -> None:
     try:
         sock.setblocking(False)
         refusal = plain(503, "too many connections, try again later", close=True)
-        sock.send(refusal.head(False) + b"".join(refusal.body))
+        sock.send(refusal.head(False) + b"".join(piece for piece in refusal.body if isinstance(piece, bytes)))
     except OSError:
         pass
     finally:
@@ -299,9 +298,8 @@ class _Connection:
                 self.sock.do_handshake()  # type: ignore[attr-defined]
                 self.handshaking = False
             while True:
-                if self.response is None:
-                    if not self._read_request(now):
-                        return select.EPOLLIN
+                if self.response is None and not self._read_request(now):
+                    return select.EPOLLIN
                 if not self._send(now):
                     return select.EPOLLOUT
                 refused = self.response is not None and self.response.close

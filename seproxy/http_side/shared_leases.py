@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from seproxy.cache import Cache, Entry, ReadLease
@@ -25,8 +25,7 @@ class OutsideCache(Exception):
 
 @dataclass
 class _Held:
-    lease: AbstractContextManager[ReadLease]
-    entry: Entry
+    lease: ReadLease
     users: int
 
 
@@ -56,14 +55,13 @@ class SharedLeases:
         with self._lock:
             held = self._held.get(entry_id)
             if held is None:
-                lease = self._cache.open_read(entry_id)
-                entry = lease.__enter__().entry
-                if not os.path.realpath(entry.path).startswith(self._data_dir):
-                    lease.__exit__(None, None, None)
+                lease = self._cache.acquire_read(entry_id)
+                if not os.path.realpath(lease.path).startswith(self._data_dir):
+                    self._cache.release(lease)
                     raise OutsideCache(f"cache entry {entry_id} resolves outside {self._data_dir}")
-                held = self._held[entry_id] = _Held(lease, entry, 0)
+                held = self._held[entry_id] = _Held(lease, 0)
             held.users += 1
-            return held.entry
+            return held.lease.entry
 
     def _release(self, entry_id: str) -> None:
         with self._lock:
@@ -71,4 +69,4 @@ class SharedLeases:
             held.users -= 1
             if held.users == 0:
                 del self._held[entry_id]
-                held.lease.__exit__(None, None, None)
+                self._cache.release(held.lease)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from seproxy.cache import Cache, Entry
-from seproxy.config import ConfigError, Settings
+from seproxy.config import ConfigError, Settings, url_host
 from seproxy.http_side.body import body_length
 from seproxy.http_side.downloads import Downloads
 from seproxy.http_side.links import Link, LinkStore, Member
@@ -88,10 +88,9 @@ class HTTPSide:
 
     @property
     def base_url(self) -> str:
-        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
         port = self.settings.public_port or self.server.port
         route = f"/{self.settings.route}" if self.settings.route else ""
-        return f"{'https' if self.settings.tls else 'http'}://{host}:{port}{route}"
+        return f"{'https' if self.settings.tls else 'http'}://{url_host(self.public_host)}:{port}{route}"
 
     def pin(self, entry: Entry) -> None:
         """Keep ``entry`` in the cache for as long as a URL made now is accepted

@@ -99,7 +99,7 @@ class CallExecutor:
         future.add_done_callback(lambda _: self._running.discard(context))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout=limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             context.cancelled.set()
             raise CallTimeout(limit) from None
         except CallCancelled:

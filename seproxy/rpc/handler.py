@@ -8,14 +8,15 @@ which can end it with a clear answer:
 1. ``prepare``: request id, body size limit (413, and the body is not kept),
    a deadline for the body (408 for a body that trickles in: ``request_body``);
 2. parse the form (400/415), find ``export_<method>`` (501);
-3. identify the caller from the verified certificate chain; authorize (401/403);
+3. admit the caller (``admission``: certificate chain or token, the method's rule; 401/403);
 4. check the arguments (400); ``initializeRequest()``;
 5. run the method: plain functions in the bounded thread pool under the call
    time limit, coroutines on the event loop; 6. answer JSON (or raw bytes).
 
-A bug in a method is logged with its traceback and answered with a generic
-error that carries the request id; no traceback, ``CallStack`` or
-``ExecInfo`` ever reaches the client.
+A method may return an ``S_ERROR`` or raise: ``seproxy.errors`` turns what
+it raises into the answer. A bug in a method is logged with its traceback
+and answered with a generic error that carries the request id; no
+traceback, ``CallStack`` or ``ExecInfo`` ever reaches the client.
 """
 
 from __future__ import annotations
@@ -25,71 +26,33 @@ import errno
 import inspect
 import logging
 import os
-import secrets
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import tornado.web
 
-from seproxy import __version__, logs, metrics
-from seproxy.config import Settings
-from seproxy.registry import Caller, Registry
+from seproxy import __version__, metrics
+from seproxy.errors import failure, status_of
+from seproxy.rpc.admission import DEFAULT_AUTH, AdmittingHandler, RequestError
 from seproxy.rpc.arguments import TypeSpec, check_arguments
-from seproxy.rpc.authorization import authorize
 from seproxy.rpc.call import BadRequest, RPCCall, parse_call
-from seproxy.rpc.executor import CallExecutor, CallTimeout, current_call
-from seproxy.rpc.identity import CredentialsRefused, caller_of
-from seproxy.rpc.request_body import StreamedBodyHandler
-from seproxy.security.tokens import TokenVerifier
+from seproxy.rpc.context import Resources, ServiceContext
+from seproxy.rpc.executor import current_call
 from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
 
 log = logging.getLogger("seproxy.rpc")
 
+__all__ = ["DEFAULT_AUTH", "NotFoundHandler", "RPCHandler", "ServiceContext"]
+
 PRIVATE_KEYS = ("CallStack", "ExecInfo")
-DEFAULT_AUTH = ("authenticated",)
-# HTTP status for an S_ERROR when the client asked for raw bytes: it must not
-# be 2xx, or the client would write the error text into the user's file.
-RAW_ERROR_STATUS = {errno.ENOENT: 404, errno.EACCES: 403, errno.EPERM: 403, errno.EINVAL: 400, errno.ENOSYS: 501}
-
-
-@dataclass
-class ServiceContext:
-    """What all requests of one service share, built once at start-up."""
-
-    settings: Settings
-    registry: Registry
-    executor: CallExecutor
-    url: str
-    # The CA directory the service trusts; storage elements default to it too.
-    ca_dir: Path
-    started: float = field(default_factory=time.time)
-    # Requests between prepare and finish; a graceful stop waits for zero.
-    in_flight: int = 0
-    # Checks bearer tokens; None when the config trusts no token issuer.
-    tokens: TokenVerifier | None = None
-    # What the handler's initializeHandler built for all its requests (a cache, connections).
-    shared: Any = None
-
-
-class RequestError(Exception):
-    """End the request with ``status`` and an S_ERROR body."""
-
-    def __init__(self, status: int, result: dict[str, Any]) -> None:
-        super().__init__(result["Message"])
-        self.status = status
-        self.result = result
 
 
 @tornado.web.stream_request_body
-class RPCHandler(StreamedBodyHandler):
+class RPCHandler(AdmittingHandler):
     """Base class of RPC services; see the module docstring for the lifecycle."""
 
     SUPPORTED_METHODS = ("POST",)
-    service: ServiceContext
-    _initialized: ClassVar[bool] = False
 
     auth_ping: ClassVar[Sequence[str]] = ("all",)
     types_ping: ClassVar[Sequence[TypeSpec]] = ()
@@ -101,12 +64,9 @@ class RPCHandler(StreamedBodyHandler):
     # -- hooks for services -------------------------------------------------
 
     @classmethod
-    def initializeHandler(cls, service: ServiceContext) -> Any:
-        """Runs once, before the first request; what it returns is ``self.shared`` for every request."""
-
-    @classmethod
-    def finalizeHandler(cls, service: ServiceContext) -> None:
-        """Runs once when the service stops, after the last request."""
+    def initializeHandler(cls, service: ServiceContext) -> Resources | None:
+        """Runs once, before the first request; what it returns is ``service.shared`` for every request."""
+        return None
 
     @classmethod
     def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
@@ -114,31 +74,22 @@ class RPCHandler(StreamedBodyHandler):
         handler gets ``service`` in ``initialize`` as RPC handlers do."""
         return []
 
-    @property
-    def shared(self) -> Any:
-        return self.service.shared
-
     def initializeRequest(self) -> None:
         """Runs for each authorized call, before the exported method."""
 
     # -- lifecycle ----------------------------------------------------------
 
-    def initialize(self, service: ServiceContext) -> None:  # type: ignore[override]
-        self.service = service
-        self.request_id = secrets.token_hex(6)
-        self.caller: Caller = Caller()
+    def initialize(self, service: ServiceContext) -> None:
+        super().initialize(service)
         self.call: RPCCall | None = None
         self._body = bytearray()
         self._limit = service.settings.service.max_form_size
-        self._started = time.monotonic()
         self._outcome = "-"
-        self.guard_body(service.settings.service.idle_connection_timeout)
 
     def prepare(self) -> None:
         self.service.in_flight += 1
         self._counted = True
-        logs.request_id.set(self.request_id)
-        self.set_header("X-Request-ID", self.request_id)
+        self.begin_request()
         declared = self.request.headers.get("Content-Length")
         if declared is not None and not declared.isdigit():
             self.refuse(400, S_ERROR(errno.EINVAL, f"Content-Length {declared[:32]!r} is not a number"))
@@ -184,6 +135,16 @@ class RPCHandler(StreamedBodyHandler):
         except BadRequest as exc:
             self.send_json(exc.status, S_ERROR(errno.EINVAL, str(exc)))
             return
+        except Exception as exc:
+            doing = self.call.method if self.call else "this request"
+            failed = failure(exc, doing, self.request_id)
+            if failed.bug:
+                log.error("%s raised an unexpected error", doing, exc_info=exc)
+            if self.call is None:
+                self.send_json(failed.status, failed.result)
+            else:
+                self._answer(failed.result, failed.status)
+            return
         if not self._finished:
             self._answer(result)
 
@@ -194,55 +155,31 @@ class RPCHandler(StreamedBodyHandler):
         function = getattr(self, f"export_{method}", None)
         if function is None or not callable(function):
             raise RequestError(501, S_ERROR(errno.ENOSYS, f"unknown method {method!r} of {self.service_name}"))
-        self.caller = self._identify()
-        decision = authorize(self._rule(method), self.caller, method)
-        if not decision.allowed:
-            raise RequestError(decision.status, S_ERROR(errno.EACCES, decision.reason))
+        self.admit(method, getattr(self, f"auth_{method}", DEFAULT_AUTH))
+        if isinstance(self.call.extra_credentials, (list, tuple)):
+            raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))
         check_arguments(method, function, getattr(self, f"types_{method}", ()), self.call.args)
         self.initializeRequest()
-        return await self._invoke(function)
+        if inspect.iscoroutinefunction(function):
+            return await function(*self.call.args)
+        return await self.service.executor.run(self._in_thread, function, *self.call.args)
 
-    def _identify(self) -> Caller:
-        try:
-            caller = caller_of(self.request, self.service.registry, self.service.tokens)
-        except CredentialsRefused as exc:
-            raise RequestError(401, S_ERROR(errno.EACCES, str(exc))) from None
-        extra = self.call.extra_credentials if self.call else None
-        if isinstance(extra, (list, tuple)):
-            raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))
-        return caller
-
-    def _rule(self, method: str) -> Sequence[str]:
-        override = self.service.settings.authorization.get(method)
-        return override if override is not None else getattr(self, f"auth_{method}", DEFAULT_AUTH)
-
-    async def _invoke(self, function: Any) -> Any:
-        assert self.call is not None
-        try:
-            if inspect.iscoroutinefunction(function):
-                return await function(*self.call.args)
-            return await self.service.executor.run(self._in_thread, function, *self.call.args)
-        except CallTimeout as exc:
-            return S_ERROR(errno.ETIMEDOUT, f"{self.call.method}: {exc}")
-        except Exception:
-            log.exception("%s raised an unexpected error", self.call.method)
-            return S_ERROR(errno.EIO, f"internal error in {self.call.method}; the service log has details (request id {self.request_id})")
-
-    def _in_thread(self, function: Any, *args: Any) -> Any:
+    def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         # Expose the pool thread's call context so on_connection_close can cancel it.
         self._call_context = current_call()
         return function(*args)
 
     # -- answers ------------------------------------------------------------
 
-    def _answer(self, result: Any) -> None:
+    def _answer(self, result: Any, error_status: int | None = None) -> None:
+        """Send ``result``: JSON with status 200, or raw bytes (an error then gets a status that says so)."""
         assert self.call is not None
         if not isReturnStructure(result):
             log.error("%s returned %r, not S_OK/S_ERROR", self.call.method, type(result))
             result = S_ERROR(errno.EIO, f"internal error in {self.call.method} (request id {self.request_id})")
         if self.call.raw_content:
             if not result["OK"]:
-                self.send_json(RAW_ERROR_STATUS.get(result.get("Errno", 0), 500), result)
+                self.send_json(error_status or status_of(result), result)
                 return
             value = result["Value"]
             self._outcome = "OK"
@@ -256,8 +193,13 @@ class RPCHandler(StreamedBodyHandler):
         self._outcome = "OK" if clean.get("OK") else f"error(errno={clean.get('Errno', 0)})"
         super().send_json(status, clean)
 
+    def access_subject(self) -> str:
+        return f"method={self.call.method if self.call else '-'}"
+
+    def access_detail(self) -> str:
+        return f"outcome={self._outcome}"
+
     def on_finish(self) -> None:
-        super().on_finish()
         self._uncount()
         if self._outcome == "-" and self._status_code < 400:
             self._outcome = "streamed"  # a method that wrote its own answer (streamToClient)
@@ -265,17 +207,8 @@ class RPCHandler(StreamedBodyHandler):
         method = self.call.method if known and self.call else "unknown"
         ok = self._outcome in ("OK", "streamed")
         metrics.RPC_CALLS.labels(method, metrics.outcome_of(self._status_code, ok)).inc()
-        metrics.RPC_DURATION.labels(method).observe(time.monotonic() - self._started)
-        log.info(
-            "%s user=%s dn=%r method=%s status=%d outcome=%s %.1fms",
-            self.request.remote_ip,
-            self.caller.username,
-            self.caller.dn,
-            self.call.method if self.call else "-",
-            self._status_code,
-            self._outcome,
-            (time.monotonic() - self._started) * 1000,
-        )
+        metrics.RPC_DURATION.labels(method).observe(self.elapsed())
+        super().on_finish()
 
     # -- the methods every service has --------------------------------------
 
@@ -336,7 +269,7 @@ class NotFoundHandler(tornado.web.RequestHandler):
 
 
 def _utc(timestamp: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).replace(tzinfo=None, microsecond=0)
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).replace(tzinfo=None, microsecond=0)
 
 
 def _host_uptime() -> int:

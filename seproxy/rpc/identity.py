@@ -44,7 +44,8 @@ def caller_of(request: HTTPServerRequest, registry: Registry, tokens: TokenVerif
     stream = request.connection.stream  # type: ignore[union-attr]
     cached = getattr(stream, "_seproxy_caller", None)
     if cached is not None and cached[0] is registry:
-        return cached[1]
+        known: Caller = cached[1]
+        return known
     chain = peer_chain_der(stream.socket)
     try:
         caller = registry.caller(_identity(tuple(chain)) if chain else None)

@@ -100,7 +100,7 @@ def _reusable(cert_path: Path, key_path: Path | None, issuer: pki.Credential | N
         credential.cert.verify_directly_issued_by(issuer.cert if issuer else credential.cert)
     except (OSError, ValueError, TypeError, InvalidSignature):
         return None
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     if credential.cert.not_valid_after_utc - now < RENEW_BEFORE:
         return None
     return credential

@@ -229,7 +229,7 @@ def issue_crl(
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
 def _is_root(cert: x509.Certificate) -> bool:

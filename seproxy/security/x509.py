@@ -68,7 +68,7 @@ class PeerIdentity:
 
     def seconds_left(self, now: datetime.datetime | None = None) -> int:
         """How long the credential still holds, never below zero."""
-        now = now or datetime.datetime.now(datetime.timezone.utc)
+        now = now or datetime.datetime.now(datetime.UTC)
         return max(0, int((self.not_after - now).total_seconds()))
 
 
@@ -110,7 +110,7 @@ def identity_from_chain(chain_der: Sequence[bytes]) -> PeerIdentity:
     index = 0
     try:
         certs = []
-        for index, data in enumerate(chain_der):
+        for index, data in enumerate(chain_der):  # noqa: B007 (the except below names the certificate)
             certs.append(x509.load_der_x509_certificate(data))
         proxies: list[tuple[x509.Certificate, bool]] = []  # (proxy, is limited), leaf first
         group = None  # from the leaf-most proxy that names one
@@ -147,7 +147,7 @@ def peer_chain_der(ssl_sock: Any) -> list[bytes]:
     return [cert.public_bytes(_ssl.ENCODING_DER) for cert in chain or ()]
 
 
-def _attribute_string(attribute: x509.NameAttribute) -> str:
+def _attribute_string(attribute: x509.NameAttribute[str | bytes]) -> str:
     name = _NAMES_BY_OID.get(attribute.oid, attribute.oid.dotted_string)
     value = attribute.value if isinstance(attribute.value, str) else "#" + attribute.value.hex()
     return f"{name}={value}"
@@ -187,5 +187,6 @@ def _extension_der(cert: x509.Certificate, oid: ObjectIdentifier) -> bytes | Non
     """The raw value of the extension ``oid`` (one unknown to ``cryptography``), if present."""
     for extension in cert.extensions:
         if extension.oid == oid:
-            return extension.value.public_bytes()
+            der: bytes = extension.value.public_bytes()
+            return der
     return None

@@ -20,22 +20,31 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, Protocol
 from urllib.parse import SplitResult, urlsplit
 
 from seproxy.config import ConfigError, StorageElementSettings
+from seproxy.transfer.checksum_headers import canonical_adler32
 
 # Large enough that per-chunk overhead vanishes, small enough for many concurrent streams.
 CHUNK_SIZE = 4 * 1024 * 1024
 MAX_PATH_LENGTH = 4096
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_HEX = re.compile(r"[0-9a-f]{1,8}")
 # PFNs name a protocol in more than one way; compare them by family.
 _SCHEME_ALIASES = {"xroot": "root", "davs": "https", "dav": "http"}
 _DEFAULT_PORTS = {"root": 1094, "roots": 1094, "https": 443, "http": 80}
+
+
+def path_text_problem(text: str) -> str | None:
+    """What makes ``text`` unfit to name a file on any storage (too long, control characters), if anything."""
+    if len(text) > MAX_PATH_LENGTH:
+        return f"longer than {MAX_PATH_LENGTH} characters"
+    if _CONTROL_CHARS.search(text):
+        return "contains a NUL or control character"
+    return None
 
 
 class PathRefused(PermissionError):
@@ -52,12 +61,6 @@ class StorageUnavailable(OSError):
 
 class ChecksumMismatch(OSError):
     """The bytes on the storage are not the bytes that were sent."""
-
-
-def adler32_hex(value: str) -> str | None:
-    """The canonical form grid catalogues compare: 8 lowercase hex digits (None if not adler32-shaped)."""
-    value = value.strip().lower()
-    return value.zfill(8) if _HEX.fullmatch(value) else None
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,7 @@ class FileInfo:
             "File": not self.is_dir,
             "ModTime": None
             if self.mtime is None
-            else datetime.fromtimestamp(self.mtime, timezone.utc).replace(tzinfo=None),
+            else datetime.fromtimestamp(self.mtime, UTC).replace(tzinfo=None),
             "Checksum": self.checksums.get("adler32", ""),
         }
         if not self.is_dir:
@@ -165,10 +168,9 @@ class StorageElement(ABC):
         return OSError(code, f"{self.name}: {path}: {what}")
 
     def _check_text(self, text: str) -> None:
-        if len(text) > MAX_PATH_LENGTH:
-            raise self._refused(text, f"longer than {MAX_PATH_LENGTH} characters")
-        if _CONTROL_CHARS.search(text):
-            raise self._refused(repr(text), "contains a NUL or control character")
+        problem = path_text_problem(text)
+        if problem:
+            raise self._refused(repr(text) if _CONTROL_CHARS.search(text) else text, problem)
 
     def _parts(self, path: str, shown: str) -> list[str]:
         parts = [part for part in path.split("/") if part not in ("", ".")]
@@ -290,7 +292,7 @@ class StorageElement(ABC):
             size = os.fstat(stream.fileno()).st_size
             self._write(stream, size, path)
         info = self.stat(path)
-        expected = adler32_hex((checksums or {}).get("adler32", ""))
+        expected = canonical_adler32((checksums or {}).get("adler32", ""))
         stored = info.checksums.get("adler32")
         problem = None
         if info.size != size:
@@ -304,13 +306,6 @@ class StorageElement(ABC):
                 pass  # the mismatch is the error worth reporting
             raise ChecksumMismatch(errno.EIO, f"{self.name}: {path}: upload corrupted ({problem}); removed")
         return info
-
-    def directory_size(self, path: str) -> int:
-        """The summed size of every file below ``path`` (DIRAC's getDirectorySize)."""
-        return sum(
-            self.directory_size(entry.path) if entry.is_dir else entry.size
-            for entry in self.listdir(path)
-        )
 
     # -- what a plugin implements (paths are clean) ------------------------
 

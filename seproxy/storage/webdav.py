@@ -35,8 +35,9 @@ from seproxy.storage.base import (
     ReadStream,
     StorageElement,
     StorageUnavailable,
-    adler32_hex,
 )
+from seproxy.transfer.checksum_headers import canonical_adler32, parse_digest
+from seproxy.transfer.network_errors import causes
 
 _DAV = "{DAV:}"
 _PROPFIND_BODY = (
@@ -262,11 +263,8 @@ class WebDavStorage(StorageElement):
 
 def _digest(header: str) -> dict[str, str]:
     """The adler32 of an RFC 3230 ``Digest`` header (``adler32=0a1b2c3d, md5=...``)."""
-    for item in header.split(","):
-        algorithm, _, value = item.partition("=")
-        if algorithm.strip().lower() == "adler32" and (checksum := adler32_hex(value)):
-            return {"adler32": checksum}
-    return {}
+    checksum = canonical_adler32(parse_digest(header).get("adler32", ""))
+    return {"adler32": checksum} if checksum else {}
 
 
 def _http_date(text: str | None) -> float | None:
@@ -276,25 +274,15 @@ def _http_date(text: str | None) -> float | None:
         return None
 
 
-def _causes(exc: BaseException | None) -> Iterator[BaseException]:
-    """The chain urllib3 and requests build around a socket error, outermost first."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError keeps the cause here
-        exc = reason if isinstance(reason, BaseException) else exc.__cause__ or exc.__context__
-
-
 def _errno_of(exc: BaseException) -> int:
-    causes = list(_causes(exc))
-    if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+    chain = list(causes(exc))
+    if any(isinstance(cause, ConnectionRefusedError) for cause in chain):
         return errno.ECONNREFUSED
-    if any(isinstance(cause, TimeoutError) for cause in causes):  # socket timeouts, connect or read
+    if any(isinstance(cause, TimeoutError) for cause in chain):  # socket timeouts, connect or read
         return errno.ETIMEDOUT
     return errno.EHOSTUNREACH
 
 
 def _innermost(exc: BaseException) -> str:
-    *_, last = _causes(exc)
+    *_, last = causes(exc)
     return str(last)

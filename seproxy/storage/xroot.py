@@ -26,8 +26,8 @@ from seproxy.storage.base import (
     ReadStream,
     StorageElement,
     StorageUnavailable,
-    adler32_hex,
 )
+from seproxy.transfer.checksum_headers import canonical_adler32
 
 # Server error codes (XProtocol kXR_*) that have a precise errno; the rest become EIO.
 _SERVER_ERRNO = {
@@ -134,7 +134,7 @@ class XRootStorage(StorageElement):
                 return {}
             raise
         algorithm, _, value = answer.decode(errors="replace").strip("\0 \n").partition(" ")
-        checksum = adler32_hex(value) if algorithm.lower() == "adler32" else None
+        checksum = canonical_adler32(value) if algorithm.lower() == "adler32" else None
         return {"adler32": checksum} if checksum else {}
 
     def _listdir(self, path: str) -> list[FileInfo]:

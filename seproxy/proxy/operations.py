@@ -135,7 +135,7 @@ def options_of(operation: Operation, name: str, extra_args: list[Any], kwargs: d
     return options
 
 
-def run_bulk(element: StorageElement, operation: Operation, paths: list[str], options: dict[str, Any]) -> dict:
+def run_bulk(element: StorageElement, operation: Operation, paths: list[str], options: dict[str, Any]) -> dict[str, Any]:
     """Run ``operation`` for every path; an ``OSError`` fails that path only."""
     successful: dict[str, Any] = {}
     failed: dict[str, str] = {}

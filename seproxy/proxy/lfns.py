@@ -19,28 +19,19 @@ from __future__ import annotations
 import datetime
 import errno
 import posixpath
-import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from seproxy.cache import Entry, VerificationError
 from seproxy.config import LFN_FIELD
-from seproxy.file_description import describe
+from seproxy.errors import failure
 from seproxy.http_side.side import HTTPSide
+from seproxy.proxy.describe import describe
+from seproxy.proxy.staging import Stager
+from seproxy.registry import Caller
 from seproxy.rpc.executor import check_cancelled
+from seproxy.storage.base import path_text_problem
 from seproxy.transfer import S_ERROR, S_OK, SErrorException
-
-MAX_LFN_LENGTH = 4096
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class Stager(Protocol):
-    """What ``prepare_for_http`` needs of the RPC handler (the StorageElementProxy)."""
-
-    @property
-    def owner(self) -> str: ...
-
-    def stage(self, se: str, pfn: str, *, name: str | None = None) -> Entry: ...
 
 
 @dataclass(frozen=True)
@@ -61,7 +52,7 @@ class NoReplica(Exception):
         self.code = code
 
 
-def prepare_for_http(stager: Stager, http: HTTPSide | None, lfns: str | list[Any]) -> dict[str, Any]:
+def prepare_for_http(stager: Stager, http: HTTPSide | None, caller: Caller, lfns: str | list[Any]) -> dict[str, Any]:
     """Stage the files named by ``lfns`` (one LFN or a list) and answer with their download URL."""
     if http is None:
         return S_ERROR(errno.ENOSYS, "prepareFileForHTTP: the HTTP side server is not enabled here ([http] enabled)")
@@ -71,7 +62,7 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, lfns: str | list[Any
     for lfn in wanted:
         check_cancelled()
         try:
-            staged[lfn] = _stage_replica(stager, http, lfn)
+            staged[lfn] = _stage_replica(stager, http, caller, lfn)
         except NoReplica as exc:
             failed[lfn] = exc
     if failed:
@@ -80,7 +71,7 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, lfns: str | list[Any
         return S_ERROR(first.code, f"prepareFileForHTTP: {len(failed)} of {len(wanted)} file(s) could not be staged: {details}")
     archive = len(wanted) > 1
     members = [(lfn.lstrip("/") if archive else posixpath.basename(lfn), staged[lfn].entry) for lfn in wanted]
-    published = http.publish(stager.owner, members, archive=archive)
+    published = http.publish(caller.username, members, archive=archive)
     files = {}
     for lfn, done in staged.items():
         files[lfn] = {"SE": done.se, **describe(done.entry)}
@@ -90,7 +81,7 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, lfns: str | list[Any
         {
             "HttpURL": published.url,
             "HttpKey": published.key,
-            "Expires": datetime.datetime.fromtimestamp(published.expires, datetime.timezone.utc),
+            "Expires": datetime.datetime.fromtimestamp(published.expires, datetime.UTC),
             "SingleUse": http.settings.single_use,
             "Archive": archive,
             "Size": published.size,
@@ -119,36 +110,26 @@ def _lfn_problem(lfn: Any) -> str | None:
         return "an LFN is a string"
     if not lfn.startswith("/") or lfn.endswith("/"):
         return "an LFN is an absolute path to a file, such as /vo/data/file.dat"
-    if len(lfn) > MAX_LFN_LENGTH:
-        return f"longer than {MAX_LFN_LENGTH} characters"
-    if _CONTROL_CHARS.search(lfn):
-        return "contains a NUL or control character"
+    problem = path_text_problem(lfn)
+    if problem:
+        return problem
     if any(part in (".", "..") for part in lfn.split("/")):
         return "'.' and '..' are not allowed"
     return None
 
 
-def _stage_replica(stager: Stager, http: HTTPSide, lfn: str) -> Staged:
+def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str) -> Staged:
     """The first replica of ``lfn`` that stages, pinned; ``NoReplica`` naming every failure otherwise."""
     errors: dict[str, str] = {}
     codes: set[int] = set()
     for se, template in http.replica_places:
         try:
-            entry = stager.stage(se, template.replace(LFN_FIELD, lfn), name=lfn)
+            entry = stager.stage(caller, se, template.replace(LFN_FIELD, lfn), name=lfn)
             http.pin(entry)
         except (SErrorException, OSError, VerificationError) as exc:
-            code, errors[se] = _reason(exc)
-            codes.add(code)
+            reason = failure(exc, "prepareFileForHTTP", "-").result
+            errors[se] = reason["Message"]
+            codes.add(reason.get("Errno") or errno.EIO)
             continue
         return Staged(se, entry, errors)
     raise NoReplica(errors, codes.pop() if len(codes) == 1 else errno.EIO)
-
-
-def _reason(exc: Exception) -> tuple[int, str]:
-    """The errno and message of a failed staging, as the caller should read them."""
-    if isinstance(exc, SErrorException):
-        return exc.errno or errno.EIO, exc.result["Message"]
-    if isinstance(exc, VerificationError):
-        return errno.EIO, f"the file did not arrive intact: {exc}"
-    assert isinstance(exc, OSError)
-    return exc.errno or errno.EIO, str(exc.strerror or exc)

@@ -1,0 +1,72 @@
+"""``streamToClient``: a cached file (or one ``Range`` of it) to a Tornado response, in chunks.
+
+Each chunk is flushed before the next is read, so a slow client slows the
+reads (back-pressure) instead of filling the service's memory; no whole
+file is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+
+import aiofiles
+import tornado.iostream
+import tornado.web
+
+from seproxy import metrics
+from seproxy.byte_range import RangeNotSatisfiable, parse_range
+from seproxy.cache import Entry
+from seproxy.http_side.checksums import checksum_headers
+
+log = logging.getLogger("seproxy.streams")
+
+CHUNK = 1024 * 1024
+
+
+async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, path: Path) -> None:
+    """Answer with the file at ``path`` (the committed bytes of ``entry``), honouring ``Range``.
+
+    Raises ``RangeNotSatisfiable`` (with ``Content-Range`` set) for an
+    unsatisfiable range. Once the first byte is out an error can only cut
+    the connection, so the client sees a short body and never takes it for
+    the whole file.
+    """
+    try:
+        wanted = parse_range(handler.request.headers.get("Range"), entry.size)
+    except RangeNotSatisfiable:
+        handler.set_header("Content-Range", f"bytes */{entry.size}")
+        raise
+    start, length = (wanted.start, wanted.length) if wanted else (0, entry.size)
+    if wanted:
+        handler.set_status(206)
+        handler.set_header("Content-Range", wanted.content_range(entry.size))
+    handler.set_header("Content-Type", "application/octet-stream")
+    handler.set_header("Accept-Ranges", "bytes")
+    handler.set_header("Content-Length", str(length))
+    for name, value in checksum_headers(entry).items():
+        handler.set_header(name, value)
+    sent = metrics.BYTES_SENT.labels("stream")
+    try:
+        async with aiofiles.open(path, "rb") as stream:
+            await stream.seek(start)
+            with metrics.ACTIVE_TRANSFERS.labels("stream").track_inprogress():
+                while length:
+                    chunk = await stream.read(min(CHUNK, length))
+                    if not chunk:
+                        raise OSError(errno.EIO, f"cache file {entry.id} is shorter than its index says")
+                    length -= len(chunk)
+                    handler.write(chunk)
+                    await handler.flush()
+                    sent.inc(len(chunk))
+    except tornado.iostream.StreamClosedError:
+        # The client went away: end the request quietly (nothing can reach it), and the caller releases the file.
+        log.info("the client left the stream of cache entry %s with %d bytes unsent", entry.id, length)
+        handler.finish()
+        return
+    except Exception:
+        # The head said 200 and a length: cutting the connection is the only way to tell the client.
+        log.exception("stream of cache entry %s failed mid-way; cutting the connection", entry.id)
+        handler.request.connection.close()  # type: ignore[union-attr]
+    handler.finish()

@@ -1,0 +1,143 @@
+"""The StorageElementProxy service: what stands between users and storage elements.
+
+The two-step dances of DIRAC's proxy, with the cache in the middle:
+
+- download: ``prepareFile(se, pfn)`` stages the file into the cache, then
+  ``streamToClient("getFile/<name>")`` (DIRAC's ``receiveFile``) streams it;
+- upload: the client sends ``putFile/<name>`` (``streamFromClient``, or the
+  streamed ``PUT`` route), then ``uploadFile(se, pfn)`` pushes it to the
+  storage element and releases it;
+- ``callProxyMethod(se, name, args, kwargs)``: one of a fixed list of
+  storage operations.
+
+File ids live in a namespace per user: Alice's ``getFile/a.dat`` is not
+Bob's. Reading needs a registered user whose VO may use the element; writing
+and removing also need one of the element's ``write_properties``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import posixpath
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import tornado.web
+
+from seproxy.proxy.describe import describe
+from seproxy.proxy.downloads import send_cached_file
+from seproxy.proxy.file_ids import GET_AREA, PUT_AREA, file_id, parse_file_id
+from seproxy.proxy.lfns import prepare_for_http
+from seproxy.proxy.operations import OPERATIONS, options_of, paths_of, run_bulk
+from seproxy.proxy.resources import ProxyResources
+from seproxy.proxy.rights import check_may_upload
+from seproxy.proxy.uploads import UPLOAD_RULE, StreamUploadHandler
+from seproxy.rpc.executor import check_cancelled
+from seproxy.rpc.handler import RPCHandler, ServiceContext
+from seproxy.transfer import S_ERROR, S_OK
+
+READ = ("authenticated",)
+
+
+class StorageElementProxyHandler(RPCHandler):
+    """DataManagement/StorageElementProxy: the exported methods; the work is done by ``ProxyResources``."""
+
+    auth_prepareFile: ClassVar = READ
+    types_prepareFile: ClassVar = (str, str)
+    auth_streamToClient: ClassVar = READ
+    types_streamToClient: ClassVar = (str, str)
+    auth_streamFromClient: ClassVar = UPLOAD_RULE
+    types_streamFromClient: ClassVar = (str, str, int, bytes)
+    auth_uploadFile: ClassVar = READ
+    types_uploadFile: ClassVar = (str, str)
+    auth_callProxyMethod: ClassVar = READ
+    types_callProxyMethod: ClassVar = (str, str, list, dict)
+    auth_prepareFileForHTTP: ClassVar = READ
+    types_prepareFileForHTTP: ClassVar = ((str, list),)
+
+    @classmethod
+    def initializeHandler(cls, service: ServiceContext) -> ProxyResources:
+        return ProxyResources.open(service.settings, service.ca_dir, urlsplit(service.url).hostname or "localhost")
+
+    @classmethod
+    def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+        return [(r"/stream/(.*)", StreamUploadHandler)]
+
+    @property
+    def resources(self) -> ProxyResources:
+        shared = self.service.shared
+        assert isinstance(shared, ProxyResources)
+        return shared
+
+    # -- the exported methods ------------------------------------------------
+
+    def export_prepareFile(self, se: str, pfn: str) -> dict[str, Any]:
+        """Stage a file into the cache; ``receiveFile(dest, "getFile/<name>")`` then fetches it."""
+        entry = self.resources.stager.stage(self.caller, se, pfn)
+        assert entry.source_path is not None
+        name = file_id(GET_AREA, posixpath.basename(entry.source_path))
+        self.resources.cache.set_alias(self.caller.username, name, entry.id)
+        return S_OK({"FileId": name, **describe(entry)})
+
+    async def export_streamToClient(self, fileId: str, token: str) -> dict[str, Any] | None:
+        """DIRAC's ``receiveFile``: the bytes of a prepared file (``Range`` resumes)."""
+        assert self.call is not None
+        if not self.call.raw_content:
+            return S_ERROR(errno.EINVAL, "streamToClient sends raw bytes: call it with rawContent=True")
+        cache = self.resources.cache
+        entry = cache.resolve_alias(self.caller.username, file_id(GET_AREA, parse_file_id(fileId, GET_AREA)))
+        if entry is None:
+            return S_ERROR(errno.ENOENT, f"no file {fileId[:120]!r} prepared for you: call prepareFile first")
+        # A read lease is a write transaction on the index: never on the event loop.
+        loop = asyncio.get_running_loop()
+        lease = await loop.run_in_executor(None, cache.acquire_read, entry.id)
+        try:
+            await send_cached_file(self, lease.entry, lease.path)
+        finally:
+            await loop.run_in_executor(None, cache.release, lease)
+        return None
+
+    def export_streamFromClient(self, fileId: str, token: str, fileSize: int, data: bytes) -> dict[str, Any]:
+        """DIRAC's ``sendFile``: the whole file inside the form (bounded by ``max_form_size``)."""
+        name = file_id(PUT_AREA, parse_file_id(fileId, PUT_AREA))
+        check_may_upload(self.service.settings.storage_elements, self.caller)
+        if fileSize != len(data):
+            return S_ERROR(errno.EINVAL, f"fileSize is {fileSize} but {len(data)} bytes were sent")
+        with self.resources.cache.receive_upload(self.caller.username, name, expected_size=fileSize) as writer:
+            writer.write(data)
+        assert writer.entry is not None
+        return S_OK({"FileId": name, **describe(writer.entry)})
+
+    def export_uploadFile(self, se: str, pfn: str) -> dict[str, Any]:
+        """Push ``putFile/<basename of pfn>`` to ``se`` at ``pfn``, verify it, release it."""
+        element = self.resources.stager.element(self.caller, se, write=True)
+        path = element.normalize(pfn)
+        name = file_id(PUT_AREA, posixpath.basename(path))
+        cache = self.resources.cache
+        entry = cache.resolve_alias(self.caller.username, name)
+        if entry is None or not entry.upload_pending:
+            return S_ERROR(errno.ENOENT, f"no file {name!r} waiting to be uploaded: send it first (sendFile)")
+        checksums = {"adler32": entry.adler32} if entry.adler32 else None
+        with cache.open_read(entry.id) as lease:
+            check_cancelled()
+            stored = element.upload(lease.path, path, checksums=checksums)
+        cache.mark_uploaded(entry.id)
+        return S_OK({"PFN": element.url(path), "Size": stored.size, "Checksum": entry.adler32 or ""})
+
+    def export_callProxyMethod(self, se: str, name: str, args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A storage operation by name, from a fixed list; DIRAC's bulk result shape."""
+        operation = OPERATIONS.get(name)
+        if operation is None:
+            offered = ", ".join(sorted(OPERATIONS))
+            return S_ERROR(errno.ENOSYS, f"callProxyMethod: {name[:64]!r} is not offered (offered: {offered})")
+        element = self.resources.stager.element(self.caller, se, write=operation.writes)
+        if not args:
+            return S_ERROR(errno.EINVAL, f"callProxyMethod {name}: the first argument must be the path(s)")
+        paths = paths_of(args[0])
+        options = options_of(operation, name, args[1:], kwargs)
+        return S_OK(run_bulk(element, operation, paths, options))
+
+    def export_prepareFileForHTTP(self, lfns: str | list[Any]) -> dict[str, Any]:
+        """Stage files by LFN; answer with one signed ``HttpURL`` for them (a tar archive for several)."""
+        return prepare_for_http(self.resources.stager, self.resources.http, self.caller, lfns)
