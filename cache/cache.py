@@ -75,6 +75,10 @@ class Cache:
         self._evicting = threading.Lock()
         # Entries this process evicted since it opened the cache (for metrics).
         self.evictions = 0
+        # Stagings this process answered from the cache (hits) or had to fetch (misses), for metrics.
+        self.hits = 0
+        self.misses = 0
+        self._counting = threading.Lock()
         recover(self.layout, self._index)
         self._heartbeat = Heartbeat(lease_ttl / 4, self._renew_leases)
 
@@ -111,7 +115,13 @@ class Cache:
         def work() -> Entry:
             now = time.time()
             cached = self._index.find_source(se, path)
-            if cached is not None and not force:
+            hit = cached is not None and not force
+            with self._counting:
+                if hit:
+                    self.hits += 1
+                else:
+                    self.misses += 1
+            if hit:
                 self._index.touch(cached.id, now)
                 return replace(cached, last_access=now)
             with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
