@@ -299,6 +299,11 @@ class Cache:
         """
         return self._delete(self.get(entry_id), force=force)
 
+    def hold(self, entry_id: str, *, force: bool = False) -> str | None:
+        """Why ``remove`` would refuse the entry now ("in use", "pinned", "owed to a storage
+        element", "gone"); None if it would remove it."""
+        return self._index.hold(check_entry_id(entry_id), time.time(), force=force)
+
     def _delete(self, entry: Entry | None, *, force: bool) -> bool:
         if entry is None or self._index.delete(entry.id, time.time(), force=force) is None:
             return False
