@@ -199,3 +199,13 @@ def test_wide_names_keep_the_columns_aligned(config, cache):
     rows = seproxy(config, "ls").stdout.splitlines()[:3]
     owner_columns = {display_width(row[: row.index("tester" if "tester" in row else "OWNER")]) for row in rows}
     assert len(owner_columns) == 1, rows
+
+
+def test_a_reader_gone_away_ends_the_listing_quietly(config, cache, tmp_path):
+    for number in range(400):
+        put(cache, "SE1", f"/piped/{number}", b"p")
+    for listing in ("ls --json", "ls"):
+        script = (f"{sys.executable} -m seproxy cache {listing} --config {config} 2>stderr.txt | head -c 10 >/dev/null; "
+                  'echo "${PIPESTATUS[0]}"')
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == "141" and (tmp_path / "stderr.txt").read_text() == "", listing
