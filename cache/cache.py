@@ -88,6 +88,10 @@ class Cache:
         self._evicting = threading.Lock()
         # Entries this process evicted since it opened the cache (for metrics).
         self.evictions = 0
+        # Stagings this process answered from the cache (hits) or had to fetch (misses), for metrics.
+        self.hits = 0
+        self.misses = 0
+        self._counting = threading.Lock()
         recover(self.layout, self._index)
         self._heartbeat = Heartbeat(lease_ttl / 4, self._renew_leases)
 
@@ -124,7 +128,13 @@ class Cache:
         def work() -> Entry:
             now = time.time()
             cached = self._index.find_source(se, path)
-            if cached is not None and not force:
+            hit = cached is not None and not force
+            with self._counting:
+                if hit:
+                    self.hits += 1
+                else:
+                    self.misses += 1
+            if cached is not None and hit:
                 self._index.touch(cached.id, now)
                 return replace(cached, last_access=now)
             with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
@@ -348,6 +358,11 @@ class Cache:
         lease always wins, even over ``force``.
         """
         return self._delete(self.get(entry_id), force=force)
+
+    def hold(self, entry_id: str, *, force: bool = False) -> str | None:
+        """Why ``remove`` would refuse the entry now ("in use", "pinned", "owed to a storage
+        element", "gone"); None if it would remove it."""
+        return self._index.hold(check_entry_id(entry_id), time.time(), force=force)
 
     def _delete(self, entry: Entry | None, *, force: bool) -> bool:
         if entry is None or self._index.delete(entry.id, time.time(), force=force) is None:

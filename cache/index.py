@@ -71,11 +71,24 @@ _ENTRY_COLUMNS = ", ".join(f"e.{field}" for field in _FIELDS)
 # An entry is in use while any lease on it has not expired (dead holders'
 # leases are removed by reap_leases before this matters).
 _IN_USE = "EXISTS (SELECT 1 FROM leases l WHERE l.entry_id = e.id AND l.expires > :now)"
+# What keeps an entry, first match first: (reason, condition, yields to force).
 # An upload still owed keeps its entry until it is older than the upload lifetime:
 # then its sender has given up on it, and it may go like any other entry.
-_RELEASABLE = (
-    f"NOT {_IN_USE} AND e.pinned_until <= :now AND (e.upload_pending = 0 OR e.created <= :now - :upload_lifetime)"
+_HOLDS = (
+    ("in use", _IN_USE, False),
+    ("pinned", "e.pinned_until > :now", True),
+    ("owed to a storage element", "e.upload_pending = 1 AND e.created > :now - :upload_lifetime", True),
 )
+
+
+def _hold(*, force: bool) -> str:
+    """SQL: why entry ``e`` must stay, NULL when it may go. The one rule that deleting, evicting
+    and a purge's dry run all apply."""
+    cases = " ".join(f"WHEN {condition} THEN '{reason}'" for reason, condition, yields in _HOLDS if not (force and yields))
+    return f"(CASE {cases} END)"
+
+
+_RELEASABLE = f"{_hold(force=False)} IS NULL"
 
 
 class Index:
@@ -182,7 +195,7 @@ class Index:
         commits; a crash in between leaves a file without a row, which the
         next open removes.
         """
-        rule = f"NOT {_IN_USE}" if force else _RELEASABLE
+        rule = f"{_hold(force=force)} IS NULL"
         with self.transaction():
             rows = self._db.execute(
                 f"DELETE FROM entries AS e WHERE e.id = :id AND {rule} RETURNING {_COLUMNS}",
@@ -192,6 +205,14 @@ class Index:
                 return None
             self._db.execute("DELETE FROM aliases WHERE entry_id = ?", (entry_id,))
         return self._entry(rows[0])
+
+    def hold(self, entry_id: str, now: float, *, force: bool) -> str | None:
+        """Why ``delete`` would keep the entry now ("in use", "pinned", ...); None if it would delete it."""
+        rows = self._rows(
+            f"SELECT {_hold(force=force)} FROM entries AS e WHERE e.id = :id",
+            {"id": entry_id, "now": now, "upload_lifetime": self._upload_lifetime},
+        )
+        return rows[0][0] if rows else "gone"
 
     def drop(self, entry_ids: set[str]) -> None:
         """Forget rows whose file is gone (recovery)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from seproxy.cache.cache import Cache
 from seproxy.cache.entry import Entry
@@ -31,7 +31,7 @@ class PurgeRule:
     def __post_init__(self) -> None:
         conditions = (self.older_than, self.unused_for, self.se, self.to_size)
         if not self.everything and all(c is None for c in conditions):
-            raise ValueError("a purge needs a condition (older than, unused for, SE, to size) or 'everything'")
+            raise ValueError("a purge needs a condition (older_than, unused_for, se, to_size) or everything=True")
 
     def matches(self, entry: Entry, now: float) -> bool:
         return (
@@ -44,8 +44,9 @@ class PurgeRule:
 @dataclass(frozen=True)
 class PurgeReport:
     removed: list[Entry]  # with a dry run: what would be removed
-    kept: list[Entry]  # selected, but in use at the time
+    kept: list[Entry]  # selected, but kept: see reasons
     dry_run: bool
+    reasons: dict[str, str] = field(default_factory=dict)  # entry id -> why it was kept ("pinned", ...)
 
     @property
     def freed(self) -> int:
@@ -56,14 +57,22 @@ def purge(cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool =
     """Remove what ``rule`` selects, least recently used first.
 
     Each entry goes in its own transaction, so a purge killed half-way leaves
-    a consistent cache with part of the work done.
+    a consistent cache with part of the work done. A dry run asks the cache
+    the question its removal would answer (``hold``), so it reports what the
+    real run would do at that moment.
     """
     now = time.time()
     selected: Iterable[Entry] = (entry for entry in cache.entries() if rule.matches(entry, now))
-    removed, kept = give_up_lru(
-        selected,
-        cache.usage().total,
-        rule.to_size,
-        lambda entry: dry_run or cache.remove(entry.id, force=force),
-    )
-    return PurgeReport(removed, kept, dry_run)
+    reasons: dict[str, str] = {}
+
+    def remove(entry: Entry) -> bool:
+        if not dry_run and cache.remove(entry.id, force=force):
+            return True
+        reason = cache.hold(entry.id, force=force)
+        if reason is None and dry_run:
+            return True
+        reasons[entry.id] = reason or "in use"  # freed since the removal refused it: it was busy then
+        return False
+
+    removed, kept = give_up_lru(selected, cache.usage().total, rule.to_size, remove)
+    return PurgeReport(removed, kept, dry_run, reasons)

@@ -214,7 +214,9 @@ class MetricsSettings:
     enabled: bool = True
     # Loopback by default: metrics tell who uses the service and how much.
     host: str = "127.0.0.1"
-    port: int = field(default=9100, metadata=_check(_port))
+    # Not 9100 (node_exporter on most hosts) nor any port of Prometheus's default
+    # port allocations (9100-9999 are all taken, new exporters get 10000 upwards).
+    port: int = field(default=19180, metadata=_check(_port))
 
 
 @dataclass

@@ -58,6 +58,13 @@ class CacheCollector(Collector):
         yield GaugeMetricFamily("seproxy_cache_quota_bytes", "Cache quota", value=usage.quota)
         yield GaugeMetricFamily("seproxy_cache_disk_free_bytes", "Free space on the cache's file system", value=usage.disk_free)
         yield CounterMetricFamily("seproxy_cache_evictions", "Entries evicted by this process", value=self._cache.evictions)
+        lookups = CounterMetricFamily(
+            "seproxy_cache_lookups", "Stagings by this process answered from the cache (hit) or fetched (miss)",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], self._cache.hits)
+        lookups.add_metric(["miss"], self._cache.misses)
+        yield lookups
 
 
 class MetricsEndpoint:

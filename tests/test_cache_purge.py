@@ -38,11 +38,14 @@ def test_by_se_with_a_dry_run_first(cache: Cache) -> None:
     a, b = fill(cache, "SE-A", 4), fill(cache, "SE-B", 4)
     cache.pin(a[0].id, time.time() + 3600)
 
+    # The dry run says what the real run then does: the pinned entry stays, and why.
     dry = purge(cache, PurgeRule(se="SE-A"), dry_run=True)
-    assert ids(dry.removed) == ids(a) and dry.dry_run and len(cache.entries()) == 8
+    assert ids(dry.removed) == ids(a[1:]) and ids(dry.kept) == [a[0].id] and dry.dry_run
+    assert dry.reasons == {a[0].id: "pinned"} and len(cache.entries()) == 8
 
     report = purge(cache, PurgeRule(se="SE-A"))
     assert ids(report.removed) == ids(a[1:]) and ids(report.kept) == [a[0].id]
+    assert report.reasons == {a[0].id: "pinned"}
     assert set(ids(cache.entries())) == {a[0].id, *ids(b)}
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,7 @@ import pytest
 import tomli_w
 
 from seproxy.cache.configured import open_cache
+from seproxy.cli.human import display_width
 from seproxy.config import load_settings
 
 
@@ -145,3 +147,65 @@ def test_config_errors_name_the_key(tmp_path):
     result = subprocess.run([sys.executable, "-m", "seproxy", "cache", "du", "--config", str(bad)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "cache.quota" in result.stderr
+
+
+def test_a_dry_run_says_what_the_purge_then_does_and_why_entries_stay(config, cache):
+    free = put(cache, "SE1", "/free", b"f")
+    pinned = put(cache, "SE1", "/pinned", b"p")
+    cache.pin(pinned.id, time.time() + 3600)
+    with cache.receive_upload("tester", "putFile/owed", expected_size=1) as writer:
+        writer.write(b"o")
+    owed = writer.entry
+    dry = seproxy(config, "purge", "--all", "--dry-run", check_code=1).stdout.splitlines()
+    assert f"would keep {pinned.id[:12]} (pinned)" in dry and f"would keep {owed.id[:12]} (owed to a storage element)" in dry
+    assert dry[-1] == "would remove 1 entry, 1 B; would keep 2"
+    dry_json = json.loads(seproxy(config, "purge", "--all", "--dry-run", "--json", check_code=1).stdout)
+    real = json.loads(seproxy(config, "purge", "--all", "--json", check_code=1).stdout)
+    assert [e["id"] for e in dry_json["removed"]] == [e["id"] for e in real["removed"]] == [free.id]
+    assert {e["id"]: e["reason"] for e in dry_json["kept"]} == {e["id"]: e["reason"] for e in real["kept"]} == {
+        pinned.id: "pinned", owed.id: "owed to a storage element"}
+    with cache.open_read(pinned.id):
+        busy = seproxy(config, "purge", "--all", "--force", "--dry-run", check_code=1).stdout
+    assert f"would keep {pinned.id[:12]} (in use)" in busy
+    assert seproxy(config, "purge", "--all", "--force").stdout.splitlines()[-1] == "removed 2 entries, 2 B; kept 0"
+
+
+def test_inspecting_a_missing_cache_creates_nothing(tmp_path):
+    config = tmp_path / "elsewhere.toml"
+    config.write_text(tomli_w.dumps({"service": {"state_dir": str(tmp_path / "never")}}))
+    for action in (["ls"], ["du"], ["verify"], ["purge", "--all"]):
+        result = seproxy(config, *action, check_code=1)
+        assert f"seproxy cache: the cache {tmp_path / 'never' / 'cache'} does not exist" in result.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_wording(config, cache):
+    entry = put(cache, "SE1", "/one", b"1")
+    assert seproxy(config, "ls").stdout.splitlines()[-1] == "1 entry, 1 B"
+    assert "in 1 entry, 0 writes in progress" in seproxy(config, "du").stdout
+    assert seproxy(config, "verify").stdout.splitlines()[-1] == "checked 1 entry: 0 damaged"
+    refused = seproxy(config, "purge", check_code=2).stderr
+    assert "--all" in refused and "everything" not in refused
+    for action, words in (("ls", "least recently used first"), ("du", "how full the cache is")):
+        assert words in seproxy(config, action, "--help").stdout
+    listed = json.loads(seproxy(config, "ls", "--json").stdout)[0]
+    assert listed["id"] == entry.id and listed["pinned_until"] is None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", listed["created"])
+
+
+def test_wide_names_keep_the_columns_aligned(config, cache):
+    put(cache, "SE1", "/数据/运行一.root", b"w")
+    put(cache, "SE1", "/ascii/run1.root", b"a")
+    rows = seproxy(config, "ls").stdout.splitlines()[:3]
+    owner_columns = {display_width(row[: row.index("tester" if "tester" in row else "OWNER")]) for row in rows}
+    assert len(owner_columns) == 1, rows
+
+
+def test_a_reader_gone_away_ends_the_listing_quietly(config, cache, tmp_path):
+    for number in range(400):
+        put(cache, "SE1", f"/piped/{number}", b"p")
+    for listing in ("ls --json", "ls"):
+        script = (f"{sys.executable} -m seproxy cache {listing} --config {config} 2>stderr.txt | head -c 10 >/dev/null; "
+                  'echo "${PIPESTATUS[0]}"')
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.stdout.strip() == "141" and (tmp_path / "stderr.txt").read_text() == "", listing

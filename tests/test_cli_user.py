@@ -9,11 +9,16 @@ import json
 import os
 import pty
 import re
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import requests
+from fixtures.proxy import wait_until
+from fixtures.service import ServiceProcess
 from fixtures.transfer_service import SE_NAME
 
 MiB = 1024 * 1024
@@ -72,7 +77,8 @@ def test_get_to_standard_output(seproxy, se_service):
 
 def test_a_missing_file_fails_with_exit_code_1(seproxy, tmp_path):
     result = seproxy("get", SE_NAME, "/cli/no-such-file", "here.bin", code=1)
-    assert "seproxy get: /cli/no-such-file: " in result.stderr and "No such file" in result.stderr
+    # The path once, the reason once: not DIRAC's "<reason> ( <errno> : <path>: <reason>)" under the path again.
+    assert result.stderr == f"seproxy get: {SE_NAME}: /cli/no-such-file: No such file or directory\n"
     assert not (tmp_path / "here.bin").exists()
 
 
@@ -128,7 +134,7 @@ def test_ls_stat_and_rm(seproxy, se_service):
     refused = seproxy("rm", SE_NAME, "/tree/sub", "/tree/missing", code=1).stderr
     assert "/tree/sub: is a directory (remove it with -r)" in refused and "/tree/missing: " in refused
     assert seproxy("rm", SE_NAME, "/tree/file.txt").stdout.splitlines() == ["removed /tree/file.txt"]
-    assert seproxy("rm", "-r", SE_NAME, "/tree/sub").stdout.splitlines() == ["removed /tree/sub (1 files, 1 B)"]
+    assert seproxy("rm", "-r", SE_NAME, "/tree/sub").stdout.splitlines() == ["removed /tree/sub (1 file, 1 B)"]
     assert seproxy("ls", SE_NAME, "/tree").stdout == ""
     assert not (directory / "sub").exists()
 
@@ -171,3 +177,106 @@ def test_progress_is_drawn_on_a_terminal(user_env, se_service, tmp_path):
     assert b"\r\x1b[K/tty.bin  100%  30.0 MiB / 30.0 MiB" in drawn and b"MiB/s" in drawn
     assert drawn.endswith(b"\r\x1b[K")  # erased before the final line is printed
     assert stdout.startswith(f"/tty.bin -> {tmp_path / 'tty.bin'}")
+
+
+def test_a_destination_ending_with_a_slash_is_a_directory_made_if_missing(seproxy, se_service, tmp_path):
+    (se_service.se_root / "slash").mkdir(exist_ok=True)
+    for name in ("one.txt", "two.txt"):
+        (se_service.se_root / "slash" / name).write_bytes(name.encode())
+    seproxy("get", SE_NAME, "/slash/one.txt", "new/inputs/")
+    assert (tmp_path / "new" / "inputs" / "one.txt").read_bytes() == b"one.txt"
+    seproxy("get", SE_NAME, "/slash/one.txt", "/slash/two.txt", "several/")
+    assert sorted(p.name for p in (tmp_path / "several").iterdir()) == ["one.txt", "two.txt"]
+    seproxy("get", SE_NAME, "/slash/one.txt", "plain")  # no slash: the file itself
+    assert (tmp_path / "plain").read_bytes() == b"one.txt"
+    (tmp_path / "taken").write_bytes(b"a file")
+    refused = seproxy("get", SE_NAME, "/slash/one.txt", "taken/", code=1)
+    assert "taken/" in refused.stderr and "File exists" in refused.stderr
+
+
+def test_a_reader_gone_away_ends_every_printing_command_quietly(user_env, se_service, tmp_path):
+    many = se_service.se_root / "many"
+    many.mkdir(exist_ok=True)
+    for number in range(1500):
+        (many / f"file-{number:05d}.dat").write_bytes(b"")
+    (se_service.se_root / "piped.bin").write_bytes(os.urandom(8 * MiB))
+    seproxy_command = f"{sys.executable} -m seproxy"
+    for command in (f"ls --json -l {SE_NAME} /many", f"ls -l {SE_NAME} /many", f"stat {SE_NAME} " + " ".join(
+            f"/many/file-{number:05d}.dat" for number in range(1500)), f"get {SE_NAME} /piped.bin -"):
+        script = f'{seproxy_command} {command} 2>stderr.txt | head -c 10 >/dev/null; echo "${{PIPESTATUS[0]}}"'
+        done = subprocess.run(["bash", "-c", script], env=user_env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120)
+        assert done.stdout.strip() == "141", f"{command}: exit {done.stdout}{done.stderr}"
+        assert (tmp_path / "stderr.txt").read_text() == "", command
+
+
+def test_ctrl_c_exits_130_without_a_traceback(user_env):
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, never answers: the call hangs in the handshake
+    port = silent.getsockname()[1]
+    command = [sys.executable, "-m", "seproxy", "ping", "--url", f"https://127.0.0.1:{port}/DataManagement/X"]
+    process = subprocess.Popen(command, env=user_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        silent.settimeout(60)
+        connection, _ = silent.accept()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+        silent.close()
+    connection.close()
+    assert process.returncode == 130 and stdout == "" and stderr == ""
+
+
+def test_standard_output_on_a_full_disk_says_so(seproxy, se_service):
+    (se_service.se_root / "full.bin").write_bytes(os.urandom(2 * MiB))
+    with open("/dev/full", "wb") as full:
+        result = seproxy("get", SE_NAME, "/full.bin", "-", code=1, stdout=full, capture_output=False,
+                         stderr=subprocess.PIPE)
+    assert "No space left on device" in result.stderr and "Invalid argument" not in result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+
+
+def test_ping_and_json_times_read_as_people_expect(seproxy, se_service):
+    ping = seproxy("ping").stdout.splitlines()
+    assert re.search(r"answered in \d+\.\d ms$", ping[0]) or re.search(r"answered in \d+\.\d s$", ping[0])
+    # cpu and elapsed times with their unit, never raw seconds with all their digits
+    assert re.search(r"elapsed real time (\d+\.\d (ms|s)|\d+[dhms]( \d+[hms])?)(,|$)", ping[1]), ping[1]
+    assert not re.search(r"\d+\.\d{3,}", ping[1])
+    (se_service.se_root / "lfn").mkdir(exist_ok=True)
+    (se_service.se_root / "lfn" / "timed.bin").write_bytes(b"t")
+    expires = json.loads(seproxy("url", "--json", "/lfn/timed.bin").stdout)["Value"]["Expires"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", expires)
+
+
+def test_env_says_when_it_makes_credentials_and_puts_seproxy_on_path(tmp_path):
+    venv_bin = Path(sys.executable).parent
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != venv_bin)
+    env = {**os.environ, "SEPROXY_STATE_DIR": str(tmp_path / "state"), "PATH": path}
+    env.pop("SEPROXY_CONFIG", None)
+    first = subprocess.run([venv_bin / "seproxy", "env"], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0
+    assert first.stderr == (f"seproxy env: made new development credentials in {tmp_path / 'state' / 'dev-credentials'}:"
+                            " CA, host certificate, user certificate, proxy\n")
+    again = subprocess.run([venv_bin / "seproxy", "env"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.stderr == "" and again.stdout == first.stdout
+    found = subprocess.run(["bash", "-c", f'eval "$({venv_bin / "seproxy"} env)"; command -v seproxy python'],
+                           env=env, capture_output=True, text=True, timeout=60)
+    assert found.stdout.splitlines() == [str(venv_bin / "seproxy"), str(venv_bin / "python")]
+
+
+def test_the_banner_prints_the_exact_env_line(tmp_path):
+    config = {"service": {"host": "127.0.0.1", "port": 0, "state_dir": str(tmp_path / "state")},
+              "metrics": {"enabled": False}}
+    service = ServiceProcess(tmp_path, config).start()
+    try:
+        line = wait_until(lambda: re.search(r"^  (eval .*)$", service.log(), re.MULTILINE), "the banner")[1]
+        assert f"env --config {service.config_path}" in line
+        venv_bin = Path(sys.executable).parent
+        path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != venv_bin)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("X509_", "SEPROXY_"))}
+        done = subprocess.run(["bash", "-c", f"{line} && seproxy whoami --json"], env={**env, "PATH": path},
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["Value"]["DN"].endswith("CN=Development User")
+    finally:
+        service.stop()

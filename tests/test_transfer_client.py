@@ -243,15 +243,19 @@ def test_bulk_calls_report_each_file(client, se_service, tmp_path):
     assert same_name["OK"] is False and "two files would go to" in same_name["Message"]
 
 
-def test_overwrite_false_keeps_what_exists(client, se_service, tmp_path):
+def test_what_exists_is_kept_unless_overwrite(client, se_service, tmp_path):
+    # One rule with the CLI's get and put (and gfal-copy): replaced only when asked.
     pfn = on_storage(se_service, "keep.txt", b"on the storage")
     (tmp_path / "keep.txt").write_bytes(b"local")
-    got = ok(client.getFile(SE_NAME, pfn, tmp_path, overwrite=False))
+    got = ok(client.getFile(SE_NAME, pfn, tmp_path))
     assert "File exists" in got["Failed"][pfn] and (tmp_path / "keep.txt").read_bytes() == b"local"
-    put = ok(client.putFile(tmp_path / "keep.txt", SE_NAME, pfn, overwrite=False))
+    put = ok(client.putFile(tmp_path / "keep.txt", SE_NAME, pfn))
     assert "File exists" in put["Failed"][pfn] and (se_service.se_root / "keep.txt").read_bytes() == b"on the storage"
-    ok(client.getFile(SE_NAME, pfn, tmp_path))  # overwrite=True, the default
+    ok(client.getFile(SE_NAME, pfn, tmp_path, overwrite=True))
     assert (tmp_path / "keep.txt").read_bytes() == b"on the storage"
+    (tmp_path / "keep.txt").write_bytes(b"local again")
+    ok(client.putFile(tmp_path / "keep.txt", SE_NAME, pfn, overwrite=True))
+    assert (se_service.se_root / "keep.txt").read_bytes() == b"local again"
 
 
 class Shrinking(io.BytesIO):

@@ -17,6 +17,7 @@ request rather than once, because token files are renewed every few minutes.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,6 +26,7 @@ from typing import Literal
 PROXY_DIR = "/tmp"
 TOKEN_DIR = "/tmp"
 GRID_CA_DIR = "/etc/grid-security/certificates"
+HOST_CERT_DIR = "/etc/grid-security"
 
 CredentialKind = Literal["proxy", "certificate", "none"]
 
@@ -61,17 +63,27 @@ def find_credentials(
     key: str | None = None,
     ca_dir: str | None = None,
     use_certificates: bool = False,
+    host_certificate: bool = False,
 ) -> ClientCredentials:
     """The first usable identity in the grid search order, or an anonymous one.
 
     Raises ``ValueError`` naming the file when a file the user named (by
     argument or environment variable) is missing or unreadable.
-    ``use_certificates`` skips every proxy step, as DIRAC's useCertificates.
+    ``use_certificates`` skips every proxy step (the user's certificate).
+    ``host_certificate`` is DIRAC's ``useCertificates``: the machine's own
+    certificate, found where DIRAC looks for it (``DIRAC_X509_HOST_CERT`` and
+    ``DIRAC_X509_HOST_KEY``, else ``hostcert.pem``/``hostkey.pem`` in
+    /etc/grid-security); an explicit proxy still wins, as in DIRAC.
     """
     if proxy and use_certificates:
         raise ValueError("a proxy was given together with use_certificates=True")
-    candidates = _candidates(proxy, cert, key, use_certificates)
+    candidates = _candidates(proxy, cert, key, use_certificates, host_certificate)
     identity = next((candidate for candidate in candidates if _usable(candidate)), None)
+    if identity is None and host_certificate:
+        raise ValueError(
+            "no host certificate for useCertificates: set DIRAC_X509_HOST_CERT and DIRAC_X509_HOST_KEY, "
+            f"or install {HOST_CERT_DIR}/hostcert.pem and hostkey.pem"
+        )
     trusted = _find_ca_dir(ca_dir)
     if identity is None:
         return ClientCredentials(None, None, trusted, "none", "no credentials found")
@@ -79,10 +91,13 @@ def find_credentials(
 
 
 def _candidates(
-    proxy: str | None, cert: str | None, key: str | None, use_certificates: bool
+    proxy: str | None, cert: str | None, key: str | None, use_certificates: bool, host_certificate: bool
 ) -> Iterator[_Candidate]:
     if proxy:
         yield _Candidate("proxy", "proxy argument", proxy, proxy, named=True)
+    if host_certificate:
+        yield _host_candidate()
+        return
     if cert or key:
         yield _pair("cert/key arguments", "cert", cert, "key", key)
     if not use_certificates:
@@ -111,6 +126,29 @@ def _certificate_candidates() -> Iterator[_Candidate]:
         os.path.join(globus, "userkey.pem"),
         named=False,
     )
+
+
+def _host_candidate() -> _Candidate:
+    env_cert = os.environ.get("DIRAC_X509_HOST_CERT")
+    env_key = os.environ.get("DIRAC_X509_HOST_KEY")
+    if env_cert or env_key:
+        return _pair("DIRAC_X509_HOST_CERT/DIRAC_X509_HOST_KEY", "DIRAC_X509_HOST_CERT", env_cert, "DIRAC_X509_HOST_KEY", env_key)
+    cert, key = (os.path.join(HOST_CERT_DIR, name) for name in ("hostcert.pem", "hostkey.pem"))
+    return _Candidate("certificate", HOST_CERT_DIR, cert, key, named=False)
+
+
+def proxy_file(pem: str) -> str:
+    """Write a proxy given as text (DIRAC's ``proxyString``) to a private temporary file; return its path.
+
+    TLS libraries load a client certificate only from a file. The caller
+    removes the file when the client closes.
+    """
+    if "-----BEGIN CERTIFICATE-----" not in pem or "PRIVATE KEY-----" not in pem:
+        raise ValueError("proxyString is not a proxy: it needs a PEM certificate and its private key")
+    descriptor, path = tempfile.mkstemp(prefix="seproxy-proxy-", suffix=".pem")  # mode 0600
+    with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+        stream.write(pem)
+    return path
 
 
 def _pair(source: str, cert_name: str, cert: str | None, key_name: str, key: str | None) -> _Candidate:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import random
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +20,7 @@ from urllib.parse import urlsplit
 import requests
 
 from seproxy.transfer import codec
-from seproxy.transfer.credentials import ClientCredentials, find_credentials
+from seproxy.transfer.credentials import ClientCredentials, find_credentials, proxy_file
 from seproxy.transfer.network_errors import NetworkFailure, classify
 from seproxy.transfer.returnvalues import S_ERROR, ReturnValue, SErrorException, isReturnStructure
 from seproxy.transfer.session import GridSession
@@ -33,6 +35,16 @@ class RPCClient:
     URLs are tried in order (shuffled once with ``randomize``); the client
     moves to the next only when a connection could not be established, and
     starts later calls from the URL that last answered.
+
+    Code written for DIRAC's clients passes DIRAC's keyword names, and they
+    mean what they mean in DIRAC 9.1's ``TornadoBaseClient``:
+    ``proxyLocation`` (the proxy file, as ``proxy``), ``proxyString`` (the
+    proxy itself, as text), ``useCertificates`` (the host certificate),
+    ``skipCACheck`` (trust any server certificate), ``VO`` (as ``vo``),
+    ``extraCredentials`` (as ``extra_credentials``), ``timeout`` and
+    ``setup`` (the same names as ours); ``keepAliveLapse`` is accepted and
+    has no effect, connections are kept alive anyway. As in DIRAC, a proxy
+    file wins over ``useCertificates``, which wins over ``proxyString``.
     """
 
     def __init__(
@@ -50,21 +62,46 @@ class RPCClient:
         extra_credentials: Any = None,
         connect_timeout: float = 30,
         randomize: bool = False,
+        # DIRAC's names, spelled as DIRAC code passes them:
+        proxyLocation: str | None = None,
+        proxyString: str | None = None,
+        useCertificates: bool = False,
+        skipCACheck: bool = False,
+        VO: str | None = None,
+        extraCredentials: Any = None,
+        keepAliveLapse: float | None = None,  # accepted, no effect
     ) -> None:
         self._urls = _service_urls(url)
         if randomize:
             random.shuffle(self._urls)
         self._timeout = (connect_timeout, timeout)
+        vo = _either("vo", vo, "VO", VO or None)
+        extra_credentials = _either("extra_credentials", extra_credentials, "extraCredentials", extraCredentials or None)
         self._client_fields = {
-            "clientVO": "unknown" if vo is None else vo,
+            "clientVO": "unknown" if vo is None else str(vo),
             "clientSetup": "None" if setup is None else setup,
         }
         if extra_credentials is not None:
             self._client_fields["extraCredentials"] = codec.encode(extra_credentials)
-        credentials = find_credentials(
-            proxy=proxy, cert=cert, key=key, ca_dir=ca_dir, use_certificates=use_certificates
-        )
-        self._session = GridSession(credentials)
+        proxy = _either("proxy", proxy, "proxyLocation", proxyLocation)
+        self._temporary: list[str] = []
+        if proxyString and not proxy and not useCertificates:
+            proxy = proxy_file(proxyString)
+            self._temporary.append(proxy)
+        self._forget_temporary = weakref.finalize(self, _remove, self._temporary)
+        try:
+            credentials = find_credentials(
+                proxy=proxy,
+                cert=cert,
+                key=key,
+                ca_dir=ca_dir,
+                use_certificates=use_certificates,
+                host_certificate=bool(useCertificates),
+            )
+        except ValueError:
+            self._forget_temporary()
+            raise
+        self._session = GridSession(credentials, verify_server=not skipCACheck)
 
     def __getattr__(self, name: str) -> Callable[..., ReturnValue]:
         # Private and special names are never remote methods: copy, pickle
@@ -86,8 +123,9 @@ class RPCClient:
         return self._session.credentials
 
     def close(self) -> None:
-        """Close the kept-alive connections."""
+        """Close the kept-alive connections (and remove the file a ``proxyString`` was written to)."""
         self._session.close()
+        self._forget_temporary()
 
     def __enter__(self) -> RPCClient:
         return self
@@ -161,6 +199,22 @@ class RPCClient:
         """Start later calls from ``url``, which just answered."""
         # One rebinding, so that concurrent calls never see a list in mid-change.
         self._urls = [url, *(other for other in self._urls if other != url)]
+
+
+def _either(ours: str, value: Any, dirac: str, dirac_value: Any) -> Any:
+    """The value of an option given under our name or DIRAC's; both, differing, is a mistake."""
+    if value is not None and dirac_value is not None and value != dirac_value:
+        raise ValueError(f"{ours}={value!r} and {dirac}={dirac_value!r} disagree: give one of them")
+    return dirac_value if value is None else value
+
+
+def _remove(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    paths.clear()
 
 
 def _service_urls(url: str | Sequence[str]) -> list[str]:

@@ -6,6 +6,10 @@ putting one is ``sendFile`` then ``uploadFile`` (the service pushes it on).
 ``getFile`` and ``putFile`` do both steps, for one file or a list, and
 answer as DIRAC's StorageElement does: ``S_OK({"Successful": {pfn: ...},
 "Failed": {pfn: message}})``, so that one bad file does not hide the others.
+
+One rule for what exists, here and in the ``seproxy get``/``put`` commands
+(as in gfal-copy and xrdcp): an existing destination, local or on the
+storage element, is replaced only when asked (``overwrite=True``, ``-f``).
 """
 
 from __future__ import annotations
@@ -58,21 +62,26 @@ class StorageElementProxyClient(TransferClient):
         pfns: str | Sequence[str],
         destination: LocalFile,
         *,
-        overwrite: bool = True,
+        overwrite: bool = False,
         progress: FileProgress | None = None,
     ) -> ReturnValue:
         """Fetch ``pfns`` from ``se`` into ``destination``.
 
         One PFN goes to ``destination`` (a path, an open binary file, or a
         directory to keep its name in); several go into the directory
-        ``destination``. An existing local file is replaced, unless
-        ``overwrite`` is false. ``Successful`` maps each PFN to {"Path",
-        "Size", "xxh3", "Checksum"}.
+        ``destination``. A path ending with ``/`` is a directory, created
+        (with its parents) if missing. An existing local file is kept, and
+        that PFN fails, unless ``overwrite`` is true. ``Successful`` maps
+        each PFN to {"Path", "Size", "xxh3", "Checksum"}.
         """
         try:
+            if isinstance(destination, (str, os.PathLike)) and os.fspath(destination).endswith(os.sep):
+                os.makedirs(destination, exist_ok=True)
             targets = _download_targets(pfns, destination)
         except ValueError as exc:
             return S_ERROR(errno.EINVAL, str(exc))
+        except OSError as exc:
+            return S_ERROR(exc.errno or errno.EIO, f"{os.fspath(destination)}: {exc.strerror}")  # type: ignore[arg-type]
 
         def get(pfn: str, target: LocalFile) -> ReturnValue:
             if not overwrite and isinstance(target, (str, os.PathLike)) and os.path.lexists(target):
@@ -87,15 +96,15 @@ class StorageElementProxyClient(TransferClient):
         se: str,
         pfn: str,
         *,
-        overwrite: bool = True,
+        overwrite: bool = False,
         progress: FileProgress | None = None,
     ) -> ReturnValue:
         """Store ``sources`` on ``se`` at ``pfn``.
 
         One source (a path or an open binary file) becomes ``pfn``; a list of
         paths goes into the directory ``pfn``, each under its own name. A
-        file already on the storage is replaced, unless ``overwrite`` is
-        false. ``Successful`` maps each PFN to {"PFN" (the storage URL),
+        file already on the storage is kept, and that PFN fails, unless
+        ``overwrite`` is true. ``Successful`` maps each PFN to {"PFN" (the storage URL),
         "Size", "Checksum" (ADLER32), "xxh3"}.
         """
         try:

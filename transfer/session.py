@@ -39,14 +39,18 @@ class GridCAMixin(_Session):
     bundle on grid machines; a host certificate from a grid CA would then
     fail, or a system CA would be trusted where only grid CAs should be.
     Given a directory, urllib3 loads that alone: ``SSL_CERT_DIR`` and
-    OpenSSL's default paths are not consulted either.
+    OpenSSL's default paths are not consulted either. ``verify_server``
+    false (DIRAC's ``skipCACheck``) checks no server certificate at all.
     """
 
     credentials: ClientCredentials
+    verify_server: bool = True
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        if self.credentials.ca_dir:
+        if not self.verify_server:
+            settings["verify"] = False
+        elif self.credentials.ca_dir:
             settings["verify"] = self.credentials.ca_dir
         return settings
 
@@ -168,8 +172,9 @@ class ConnectRetryAdapter(HTTPAdapter):
 class GridSession(ClientCertMixin, BearerTokenMixin, GridCAMixin, UserAgentMixin, ConnectRetryMixin, requests.Session):
     """A session that authenticates with grid credentials (certificate, token) and trusts grid CAs."""
 
-    def __init__(self, credentials: ClientCredentials) -> None:
+    def __init__(self, credentials: ClientCredentials, *, verify_server: bool = True) -> None:
         self.credentials = credentials
+        self.verify_server = verify_server
         super().__init__()
 
 

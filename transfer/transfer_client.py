@@ -327,9 +327,13 @@ class _StreamTarget:
         self.stream.flush()
 
     def discard(self) -> None:
-        if self._start is not None:
+        if self._start is None:
+            return
+        try:
             self.stream.seek(self._start)
             self.stream.truncate()
+        except OSError:
+            pass  # a device that refuses (/dev/full): the error that led here is the one to report
 
 
 @contextmanager

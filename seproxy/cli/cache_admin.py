@@ -20,7 +20,17 @@ import xxhash
 
 from seproxy.cache import Cache, Entry, PurgeRule, purge
 from seproxy.cache.configured import open_cache
-from seproxy.cli.human import duration_argument, format_duration, format_size, size_argument
+from seproxy.cli.client_options import CommandFailed, UsageError
+from seproxy.cli.human import (
+    display_width,
+    duration_argument,
+    format_duration,
+    format_size,
+    pad,
+    plural,
+    size_argument,
+    utc_time,
+)
 from seproxy.cli.settings import add_config_option, settings_from_args
 from seproxy.transfer.checksum_headers import canonical_adler32
 
@@ -42,38 +52,64 @@ def register(commands: Any) -> None:
         description="Work on the staging cache described by the config, also while the service runs.",
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    listing = actions.add_parser("ls", parents=[common, filters], help="list entries")
+
+    def action(name: str, run: Any, parents: list[argparse.ArgumentParser], help: str, description: str) -> Any:
+        sub = actions.add_parser(name, parents=parents, help=help, description=description)
+        sub.set_defaults(run=run)
+        return sub
+
+    listing = action(
+        "ls",
+        run_ls,
+        [common, filters],
+        "list entries",
+        "List the cache's entries, least recently used first: id, area (staged: fetched from a storage "
+        "element; upload: sent by a client, owed to a storage element), size, age, time since the last "
+        "read, source, owner and state (pinned by an HTTP URL, upload pending).",
+    )
     listing.add_argument("--area", choices=("staged", "upload"), help="only this area")
-    listing.set_defaults(run=run_ls)
-    usage = actions.add_parser("du", parents=[common], help="totals by area and SE, quota and watermarks")
-    usage.set_defaults(run=run_du)
-    purging = actions.add_parser(
+    action(
+        "du",
+        run_du,
+        [common],
+        "totals by area and SE, quota and watermarks",
+        "Show how full the cache is: bytes and entries in total, by area and by storage element, the "
+        "quota with the watermarks between which eviction works, and the free disk space.",
+    )
+    purging = action(
         "purge",
-        parents=[common, filters],
-        help="remove entries",
-        description="Remove the entries that match every condition given, least recently used first. "
-        "Entries being read or written are never removed; pinned entries (unexpired HTTP URLs) and "
-        "uploads still owed to a storage element only with --force, unless an upload is older than "
-        "cache.upload_lifetime (abandoned).",
+        run_purge,
+        [common, filters],
+        "remove entries",
+        "Remove the entries that match every condition given, least recently used first. Entries being "
+        "read or written are never removed; pinned entries (unexpired HTTP URLs) and uploads still owed "
+        "to a storage element only with --force, unless an upload is older than cache.upload_lifetime "
+        "(abandoned). A dry run tells what the real run would remove and keep, and why.",
     )
     purging.add_argument("--to-size", type=size_argument, metavar="SIZE", help="stop once the cache holds at most SIZE (50G)")
     purging.add_argument("--all", action="store_true", help="every entry (still never one in use)")
     purging.add_argument("--dry-run", action="store_true", help="show what would be removed, remove nothing")
     purging.add_argument("--force", action="store_true", help="also pinned entries and pending uploads")
-    purging.set_defaults(run=run_purge)
-    verifying = actions.add_parser(
+    verifying = action(
         "verify",
-        parents=[common, filters],
-        help="re-read entries and compare their checksums",
-        description="Re-read every selected entry and compare it with the checksums recorded when it was "
-        "written. Exit code 1 when any entry is damaged or missing.",
+        run_verify,
+        [common, filters],
+        "re-read entries and compare their checksums",
+        "Re-read every selected entry and compare it with the checksums recorded when it was written. "
+        "Exit code 1 when any entry is damaged or missing.",
     )
     verifying.add_argument("--remove", action="store_true", help="remove the damaged entries")
-    verifying.set_defaults(run=run_verify)
 
 
 def _cache(args: argparse.Namespace) -> Cache:
-    return open_cache(settings_from_args(args))
+    """The cache the config describes; never created here, where an operator only looks or cleans."""
+    settings = settings_from_args(args)
+    if not settings.cache_root.is_dir():
+        raise CommandFailed(
+            f"the cache {settings.cache_root} does not exist (nothing was staged with this config yet; "
+            "is it the service's config?)"
+        )
+    return open_cache(settings)
 
 
 def _selected(cache: Cache, args: argparse.Namespace) -> list[Entry]:
@@ -87,7 +123,13 @@ def _selected(cache: Cache, args: argparse.Namespace) -> list[Entry]:
 
 
 def _entry_json(entry: Entry) -> dict[str, Any]:
-    return {**dataclasses.asdict(entry), "path": str(entry.path)}
+    """An entry for scripts, its moments in ISO 8601 with their offset (UTC) as every other output has them."""
+    moments = {
+        "created": utc_time(entry.created),
+        "last_access": utc_time(entry.last_access),
+        "pinned_until": utc_time(entry.pinned_until) if entry.pinned_until else None,
+    }
+    return {**dataclasses.asdict(entry), **moments, "path": str(entry.path)}
 
 
 def _state(entry: Entry, now: float) -> str:
@@ -105,9 +147,10 @@ def _print_json(value: Any) -> None:
 
 
 def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    """Columns aligned on a terminal, where a CJK character takes two columns."""
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(pad(cell, width) for cell, width in zip(row, widths)).rstrip())
 
 
 def run_ls(args: argparse.Namespace) -> int:
@@ -133,7 +176,7 @@ def run_ls(args: argparse.Namespace) -> int:
         for entry in entries
     ]
     _table(rows)
-    print(f"{len(entries)} entries, {format_size(sum(e.size for e in entries))}")
+    print(f"{plural(len(entries), 'entry', 'entries')}, {format_size(sum(e.size for e in entries))}")
     return 0
 
 
@@ -144,7 +187,10 @@ def run_du(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({**dataclasses.asdict(usage), "root": str(root)})
         return 0
-    print(f"cache {root}: {format_size(usage.total)} in {usage.count} entries, {usage.staging} writes in progress")
+    print(
+        f"cache {root}: {format_size(usage.total)} in {plural(usage.count, 'entry', 'entries')}, "
+        f"{plural(usage.staging, 'write')} in progress"
+    )
     print(f"quota {format_size(usage.quota)}: eviction from {format_size(usage.high_watermark)} "
           f"down to {format_size(usage.low_watermark)}; disk free {format_size(usage.disk_free)}")
     for title, totals in (("by area", usage.by_area), ("by storage element", usage.by_se)):
@@ -159,9 +205,10 @@ def run_purge(args: argparse.Namespace) -> int:
         rule = PurgeRule(
             older_than=args.older_than, unused_for=args.unused_for, se=args.se, to_size=args.to_size, everything=args.all
         )
-    except ValueError as exc:
-        print(f"seproxy cache purge: {exc}; see --help", file=sys.stderr)
-        return 2
+    except ValueError:  # the rule's only complaint: no condition
+        raise UsageError(
+            "a purge needs a condition (--older-than, --unused-for, --se, --to-size) or --all; see --help"
+        ) from None
     with _cache(args) as cache:
         report = purge(cache, rule, dry_run=args.dry_run, force=args.force)
     if args.json:
@@ -170,7 +217,7 @@ def run_purge(args: argparse.Namespace) -> int:
                 "dry_run": report.dry_run,
                 "freed": report.freed,
                 "removed": [_entry_json(e) for e in report.removed],
-                "kept": [_entry_json(e) for e in report.kept],
+                "kept": [{**_entry_json(e), "reason": report.reasons[e.id]} for e in report.kept],
             }
         )
     else:
@@ -178,8 +225,11 @@ def run_purge(args: argparse.Namespace) -> int:
         for entry in report.removed:
             print(f"{verb} {entry.id[:12]} {format_size(entry.size)} {entry.source_path or entry.name or ''}")
         for entry in report.kept:
-            print(f"kept {entry.id[:12]} (in use, pinned or owed to a storage element)")
-        print(f"{verb} {len(report.removed)} entries, {format_size(report.freed)}; kept {len(report.kept)}")
+            print(f"{'would keep' if report.dry_run else 'kept'} {entry.id[:12]} ({report.reasons[entry.id]})")
+        print(
+            f"{verb} {plural(len(report.removed), 'entry', 'entries')}, {format_size(report.freed)}; "
+            f"{'would keep' if report.dry_run else 'kept'} {len(report.kept)}"
+        )
     return 1 if report.kept else 0
 
 
@@ -226,5 +276,5 @@ def run_verify(args: argparse.Namespace) -> int:
         for entry, problem, removed in damaged:
             print(f"DAMAGED {entry.id[:12]} {entry.source_path or entry.name or ''}: {problem}"
                   + (" (removed)" if removed else ""))
-        print(f"checked {len(entries)} entries: {len(damaged)} damaged")
+        print(f"checked {plural(len(entries), 'entry', 'entries')}: {len(damaged)} damaged")
     return 1 if damaged else 0

@@ -14,20 +14,43 @@ import base64
 import datetime
 import json
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from seproxy.cli.human import utc_time
 from seproxy.transfer import StorageElementProxyClient
 from seproxy.transfer.returnvalues import ReturnValue
 
 EXIT_OK, EXIT_FAILED = 0, 1
+_DIRAC_MESSAGE = re.compile(r"(?P<reason>[^(]+?) \( (?P<code>\d+) : (?P<detail>.*)\)", re.DOTALL)
 SE_HELP = "storage element, as named in the service's configuration"
 
 
 class UsageError(Exception):
     """The command line cannot work as given (exit code 2); the message says why."""
+
+
+class CommandFailed(Exception):
+    """The command could not do its work (exit code 1); the message says why."""
+
+
+class ReaderGone(Exception):
+    """Whoever read standard output went away (``| head``): the command ends quietly.
+
+    Not an ``OSError``, so that the client library, which turns those into
+    results, lets it through.
+    """
+
+
+def abandon_stdout() -> None:
+    """Point standard output at /dev/null, so that what is still buffered for it goes nowhere
+    quietly instead of failing again when the interpreter exits."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _client_options() -> argparse.ArgumentParser:
@@ -91,7 +114,7 @@ def report(args: argparse.Namespace, result: ReturnValue, show: Callable[[Any], 
     elif result["OK"]:
         show(result["Value"])
     else:
-        complain(args, result["Message"])
+        complain(args, readable(result["Message"]))
     return exit_code(result)
 
 
@@ -104,7 +127,8 @@ def report_bulk(
         for path, item in value["Successful"].items():
             print(line(path, item), file=out or sys.stdout)
         for path, message in value["Failed"].items():
-            complain(args, f"{path}: {message}")
+            message = readable(message)
+            complain(args, message if path in message else f"{path}: {message}")
 
     return report(args, result, show)
 
@@ -117,6 +141,16 @@ def exit_code(result: ReturnValue) -> int:
     return EXIT_FAILED if isinstance(value, dict) and value.get("Failed") else EXIT_OK
 
 
+def readable(message: str) -> str:
+    """DIRAC's ``"<strerror> ( <errno> : <detail>)"`` as a person reads it: the detail, then the
+    reason unless the detail says it already (``TestSE: /a: No such file or directory``)."""
+    dirac = _DIRAC_MESSAGE.fullmatch(message)
+    if dirac is None:
+        return message
+    reason, detail = dirac["reason"], dirac["detail"]
+    return detail if reason in detail else f"{detail}: {reason}"
+
+
 def complain(args: argparse.Namespace, message: str) -> None:
     print(f"seproxy {args.command}: {message}", file=sys.stderr)
 
@@ -127,8 +161,11 @@ def print_json(value: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """JSON for what DIRAC results carry besides JSON: datetimes as ISO 8601, bytes as base64."""
-    if isinstance(value, (datetime.date, datetime.datetime)):
+    """JSON for what DIRAC results carry besides JSON: datetimes as ISO 8601 with their offset
+    (DIRAC's are UTC), dates as ISO 8601, bytes as base64."""
+    if isinstance(value, datetime.datetime):
+        return utc_time(value)
+    if isinstance(value, datetime.date):
         return value.isoformat()
     if isinstance(value, bytes):
         return base64.b64encode(value).decode("ascii")

@@ -1,8 +1,10 @@
-"""Sizes and durations as people read and write them."""
+"""Sizes, durations, counts, moments and column widths as people read and write them."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import unicodedata
 from collections.abc import Callable
 
 from seproxy.config import parse_duration, parse_size
@@ -28,6 +30,41 @@ def format_duration(seconds: float) -> str:
             parts.append(f"{seconds // length}{unit}")
             seconds %= length
     return " ".join(parts[:2])
+
+
+def format_seconds(seconds: float) -> str:
+    """``0.0042`` -> ``4.2 ms``, ``75.3`` -> ``1m 15s``: a measured time, precise when it is short."""
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return format_duration(seconds)
+
+
+def plural(count: int, singular: str, several: str | None = None) -> str:
+    """``1 entry``, ``2 entries``, ``0 files``."""
+    return f"{count} {singular if count == 1 else several or singular + 's'}"
+
+
+def utc_time(moment: float | datetime.datetime) -> str:
+    """An epoch time, or a datetime (naive ones are UTC, as DIRAC sends them), as ISO 8601 with its offset."""
+    if isinstance(moment, datetime.datetime):
+        aware = moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
+    else:
+        aware = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+    return aware.astimezone(datetime.UTC).isoformat()
+
+
+def display_width(text: str) -> int:
+    """Columns ``text`` takes on a terminal: wide (CJK) characters take two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in text
+    )
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` filled with spaces to ``width`` terminal columns."""
+    return text + " " * (width - display_width(text))
 
 
 def _argument_type(parse: Callable[[str], float], what: str) -> Callable[[str], float]:

@@ -8,7 +8,7 @@ from contextlib import closing
 from typing import Any
 
 from seproxy.cli.client_options import add_command, connect, report
-from seproxy.cli.human import format_duration
+from seproxy.cli.human import format_duration, format_seconds
 from seproxy.transfer.credentials import ClientCredentials, find_bearer_token
 
 
@@ -56,8 +56,12 @@ def run_ping(args: argparse.Namespace) -> int:
     def show(info: dict[str, Any]) -> None:
         print(
             f"{info['name']} at {info['service url']}: version {info['version']}, "
-            f"up {format_duration(info['service uptime'])}, answered in {seconds * 1000:.0f} ms"
+            f"up {format_duration(info['service uptime'])}, answered in {format_seconds(seconds)}"
         )
+        times = info.get("cpu times") or {}
+        if times:
+            spent = ", ".join(f"{name} {format_seconds(value)}" for name, value in times.items())
+            print(f"  load {info.get('load', '-')}; {spent}")
 
     return report(args, result, show)
 

@@ -15,7 +15,7 @@ from contextlib import closing
 from typing import Any
 
 from seproxy.cli.client_options import SE_HELP, add_command, connect, report, report_bulk
-from seproxy.cli.human import format_size
+from seproxy.cli.human import format_size, plural
 from seproxy.transfer.returnvalues import S_ERROR, S_OK, ReturnValue
 from seproxy.transfer.se_proxy_client import StorageElementProxyClient
 
@@ -148,7 +148,7 @@ def _describe(path: str, metadata: dict[str, Any]) -> str:
 
 def _removed(path: str, value: Any) -> str:
     if isinstance(value, dict):  # a directory: what went with it
-        return f"removed {path} ({value['FilesRemoved']} files, {format_size(value['SizeRemoved'])})"
+        return f"removed {path} ({plural(value['FilesRemoved'], 'file')}, {format_size(value['SizeRemoved'])})"
     return f"removed {path}"
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from seproxy import logs
+from seproxy.cli.env import env_command
 from seproxy.cli.settings import add_config_option, settings_from_args
 from seproxy.proxy import StorageElementProxyHandler
 from seproxy.service import Service, serve
@@ -25,7 +26,7 @@ def register(commands: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _announce(service: Service) -> None:
+def _announce(service: Service, args: argparse.Namespace) -> None:
     settings = service.settings
     lines = [f"seproxy is serving {service.url}", f"  config: {settings.source}"]
     dev = service.credentials.development if service.credentials else None
@@ -33,7 +34,7 @@ def _announce(service: Service) -> None:
         lines += [
             f"  state:  {settings.service.state_dir} (development credentials, storage LocalSE)",
             "Call it from another terminal:",
-            '  eval "$(seproxy env)"',
+            f"  {env_command(args.config, args.port)}",
             "  seproxy whoami",
             "  seproxy put FILE LocalSE /dev/FILE && seproxy url /dev/FILE",
         ]
@@ -45,5 +46,5 @@ def run(args: argparse.Namespace) -> int:
     if args.port is not None:
         settings.service.port = args.port
     logs.configure(settings.service.log_level)
-    asyncio.run(serve(settings, StorageElementProxyHandler, on_ready=_announce))
+    asyncio.run(serve(settings, StorageElementProxyHandler, on_ready=lambda service: _announce(service, args)))
     return 0

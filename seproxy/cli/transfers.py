@@ -3,7 +3,9 @@
 Each file is one two-step dance done by the client library (``getFile``:
 prepareFile then receiveFile; ``putFile``: sendFile then uploadFile),
 streamed and checked against the checksums the service computed. As with
-gfal-copy and xrdcp, an existing destination is replaced only with ``-f``.
+gfal-copy and xrdcp (and as ``overwrite=`` of the library), an existing
+destination is replaced only with ``-f``; a destination ending with ``/``
+is a directory, created if missing.
 """
 
 from __future__ import annotations
@@ -12,9 +14,17 @@ import argparse
 import os
 import sys
 from contextlib import closing
-from typing import Any
+from typing import Any, BinaryIO
 
-from seproxy.cli.client_options import SE_HELP, UsageError, add_command, connect, report_bulk
+from seproxy.cli.client_options import (
+    SE_HELP,
+    ReaderGone,
+    UsageError,
+    abandon_stdout,
+    add_command,
+    connect,
+    report_bulk,
+)
 from seproxy.cli.human import format_size
 from seproxy.cli.progress import TransferProgress, rate
 
@@ -45,7 +55,10 @@ def register(commands: Any) -> None:
     get.add_argument("se", metavar="SE", help=SE_HELP)
     get.add_argument("pfns", nargs="+", metavar="PFN", help="path of a file on the storage element")
     get.add_argument(
-        "destination", metavar="DEST", help="local file or directory (a directory for several PFNs); - for standard output"
+        "destination",
+        metavar="DEST",
+        help="local file or directory (a directory for several PFNs; ending with /, created if missing); "
+        "- for standard output",
     )
     get.add_argument("-f", "--force", action="store_true", help="replace local files that exist")
 
@@ -70,8 +83,9 @@ def run_get(args: argparse.Namespace) -> int:
     to_stdout = args.destination == "-"
     if to_stdout and (len(args.pfns) > 1 or args.json):
         raise UsageError("DEST - (standard output) takes one PFN, and no --json")
-    if len(args.pfns) > 1 and not os.path.isdir(args.destination):
-        raise UsageError(f"several PFNs go into a directory, and {args.destination} is not one")
+    into_directory = os.path.isdir(args.destination) or args.destination.endswith("/")
+    if len(args.pfns) > 1 and not into_directory:
+        raise UsageError(f"several PFNs go into a directory, and {args.destination} is not one (end it with / to create it)")
     pfns = args.pfns if len(args.pfns) > 1 else args.pfns[0]
     progress = _progress(args)
     with closing(connect(args)) as client:
@@ -79,12 +93,14 @@ def run_get(args: argparse.Namespace) -> int:
             result = client.getFile(
                 args.se,
                 pfns,
-                sys.stdout.buffer if to_stdout else args.destination,
+                _StandardOutput(sys.stdout.buffer) if to_stdout else args.destination,
                 overwrite=args.force,
                 progress=progress,
             )
         finally:
             progress.clear()
+    if to_stdout and (not result["OK"] or result["Value"]["Failed"]):
+        abandon_stdout()  # what it could not take (a full disk) would fail again at exit
 
     def line(pfn: str, got: dict[str, Any]) -> str:
         return f"{pfn} -> {got['Path'] or '-'}  {_summary(got, progress.elapsed.get(pfn))}"
@@ -101,6 +117,28 @@ def run_put(args: argparse.Namespace) -> int:
         finally:
             progress.clear()
     return report_bulk(args, result, lambda pfn, stored: f"{stored['PFN']}  {_summary(stored, progress.elapsed.get(pfn))}")
+
+
+class _StandardOutput:
+    """Standard output as a download's destination, which tells a reader gone away from a write error."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._stream.write(data)
+        except BrokenPipeError:
+            raise ReaderGone() from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise ReaderGone() from None
+
+    def __getattr__(self, name: str) -> Any:  # tell, seek, truncate, ...: as the stream has them
+        return getattr(self._stream, name)
 
 
 def _progress(args: argparse.Namespace) -> TransferProgress:

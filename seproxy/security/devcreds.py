@@ -13,7 +13,7 @@ import fcntl
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -41,6 +41,8 @@ class DevCredentials:
     user_key: Path
     proxy: Path
     user_dn: str
+    # What this call had to make anew ("CA", "host certificate", ...), so that a command can say so.
+    issued: tuple[str, ...] = field(default=(), compare=False)
 
 
 def ensure_dev_credentials(
@@ -62,6 +64,7 @@ def ensure_dev_credentials(
         proxy=directory / "proxy.pem",
         user_dn=DEV_USER_DN,
     )
+    issued: list[str] = []
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     with open(directory / ".lock", "a") as lock:
@@ -71,6 +74,7 @@ def ensure_dev_credentials(
         if ca is None:
             ca = pki.make_ca(DEV_CA_DN)
             ca.write(ca_cert, ca_key)
+            issued.append("CA")
             # Whatever CA was trusted before must not be any more.
             shutil.rmtree(paths.ca_dir, ignore_errors=True)
         install_ca(paths.ca_dir, ca.cert)
@@ -78,15 +82,18 @@ def ensure_dev_credentials(
         host = _reusable(paths.host_cert, paths.host_key, ca)
         if host is None or not _names_cover(host, hostnames):
             pki.issue_host(ca, hostnames).write(paths.host_cert, paths.host_key)
+            issued.append("host certificate")
 
         user = _reusable(paths.user_cert, paths.user_key, ca)
         if user is None:
             user = pki.issue_user(ca, DEV_USER_DN)
             user.write(paths.user_cert, paths.user_key)
+            issued.append("user certificate")
 
         if _reusable(paths.proxy, None, user) is None:
             pki.issue_proxy(user, lifetime=PROXY_LIFETIME).write(paths.proxy)
-    return paths
+            issued.append("proxy")
+    return replace(paths, issued=tuple(issued))
 
 
 def _reusable(cert_path: Path, key_path: Path | None, issuer: pki.Credential | None) -> pki.Credential | None:
