@@ -267,14 +267,18 @@ class TokenIssuerSettings:
     # (never fetched from the network while answering).
     keys: list[Path]
     algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
+    # Where the paths of its tokens' storage.* scopes start, in every storage element's namespace:
+    # with "/vo", a token's storage.read:/data covers /vo/data on the elements.
+    base_path: str = "/"
 
 
 @dataclass
 class TokenSettings:
     """Bearer-token authentication, beside X.509."""
 
-    # A token's "aud" must name one of these (or the WLCG "any" audience);
-    # empty: the service's own https://<public name>:<port> URL.
+    # A token's "aud" may name one of these, besides the service's own names
+    # (https://<public name>, with and without its port; the same for http.public_name)
+    # and the WLCG "any" audience.
     audiences: list[str] = field(default_factory=list)
     issuers: dict[str, TokenIssuerSettings] = field(default_factory=dict)
 
@@ -418,6 +422,9 @@ def _validate(settings: Settings, reader: _Reader) -> None:
             if group not in groups:
                 reader.fail(f"registry.users.{user}.groups", f"group {group!r} is not defined in [registry.groups]")
     issuers = {spec.issuer for spec in settings.tokens.issuers.values()}
+    for name, issuer in settings.tokens.issuers.items():
+        if not issuer.base_path.startswith("/") or ".." in issuer.base_path.split("/"):
+            reader.fail(f"tokens.issuers.{name}.base_path", f"must be an absolute path without '..', got {issuer.base_path!r}")
     for user, spec in settings.registry.users.items():
         for identity in spec.token_subjects:
             if identity.issuer not in issuers:

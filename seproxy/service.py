@@ -70,15 +70,32 @@ class BoundedHTTPServer(tornado.httpserver.HTTPServer):
         super().handle_stream(stream, address)
 
 
-def token_verifier(settings: Settings, audience: str) -> TokenVerifier | None:
+def own_audiences(settings: Settings, port: int) -> list[str]:
+    """The names a token may give this service as ``aud`` (WLCG profile): ``https://host``, and with the port.
+
+    Both the name clients reach this instance by and the load balancer's
+    (``http.public_name``) count; a default port is never written.
+    """
+    names = [(public_host(settings), port)]
+    if settings.http.public_name:
+        names.append((settings.http.public_name, settings.http.public_port or settings.http.port))
+    audiences = []
+    for host, number in names:
+        origin = "https://" + (f"[{host}]" if ":" in host else host)
+        audiences += [origin] if number == 443 else [origin, f"{origin}:{number}"]
+    return audiences
+
+
+def token_verifier(settings: Settings, port: int) -> TokenVerifier | None:
     """The bearer-token checker the config asks for; None when it trusts no issuer."""
     issuers = []
     for name, spec in settings.tokens.issuers.items():
         try:
-            issuers.append(TrustedIssuer.from_files(spec.issuer, spec.keys, spec.algorithms))
+            issuers.append(TrustedIssuer.from_files(spec.issuer, spec.keys, spec.algorithms, spec.base_path))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{settings.source}: tokens.issuers.{name}.keys: {exc}") from None
-    return TokenVerifier(issuers, settings.tokens.audiences or [audience]) if issuers else None
+    audiences = [*own_audiences(settings, port), *settings.tokens.audiences]
+    return TokenVerifier(issuers, audiences) if issuers else None
 
 
 class Service:
@@ -97,11 +114,6 @@ class Service:
     @property
     def url(self) -> str:
         return service_url(self.settings, self.port)
-
-    @property
-    def origin(self) -> str:
-        """``https://host:port``: what bearer tokens name as their audience by default."""
-        return self.url[: -len(self.settings.route)]
 
     def start(self) -> None:
         """Bind and listen; call from within the running event loop."""
@@ -122,7 +134,7 @@ class Service:
             executor=CallExecutor(service.worker_threads, service.call_timeout),
             url=self.url,
             ca_dir=self.credentials.ca_dir,
-            tokens=token_verifier(self.settings, self.origin),
+            tokens=token_verifier(self.settings, self.port),
         )
         self._context.shared = self.handler.initializeHandler(self._context)
         routes = [(self.settings.route, self.handler, {"service": self._context})]
@@ -161,7 +173,7 @@ class Service:
                 fresh = self.settings  # the embedded default has no file to re-read
             else:
                 fresh = load_settings(self.settings.source)
-            tokens = token_verifier(fresh, self.origin)
+            tokens = token_verifier(fresh, self.port)
             credentials = server_credentials(fresh)
             self._tls.load_cert_chain(str(credentials.host_cert), str(credentials.host_key))
         except (ConfigError, OSError, ValueError, ssl.SSLError) as exc:

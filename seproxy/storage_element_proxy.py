@@ -32,7 +32,7 @@ from seproxy.cache import Cache, Entry, VerificationError
 from seproxy.cache_access import open_cache
 from seproxy.cache_streams import UPLOAD_RULE, RangeRefused, StreamUploadHandler, send_cached_file
 from seproxy.config import Settings
-from seproxy.element_rights import check_may_upload, check_rights
+from seproxy.element_rights import check_access, check_may_upload, check_rights, upload_access
 from seproxy.file_description import describe
 from seproxy.file_ids import GET_AREA, PUT_AREA, file_id, parse_file_id
 from seproxy.http_side import HTTPSide
@@ -40,6 +40,7 @@ from seproxy.http_side.prepare import prepare_for_http
 from seproxy.proxy_operations import OPERATIONS, OperationError, options_of, paths_of, run_bulk
 from seproxy.rpc.executor import CallCancelled, check_cancelled
 from seproxy.rpc.handler import RPCHandler, ServiceContext
+from seproxy.security.scopes import Access
 from seproxy.storage.base import DownloadSink, FileInfo, StorageElement
 from seproxy.storage.factory import make_storage_element
 from seproxy.transfer import S_ERROR, S_OK, SErrorException
@@ -184,6 +185,7 @@ class StorageElementProxyHandler(RPCHandler):
         """The cache entry for ``pfn`` on ``se``: staged now, or cached and still current."""
         element = self.element(se)
         path = element.normalize(pfn)
+        check_access(se, self.caller, (Access.READ, Access.STAGE), path)
         source = element.stat(path)
         if source.is_dir:
             raise IsADirectoryError(errno.EISDIR, f"{se}: {path}: is a directory, not a file")
@@ -261,6 +263,8 @@ class StorageElementProxyHandler(RPCHandler):
         """Push ``putFile/<basename of pfn>`` to ``se`` at ``pfn``, verify it, release it."""
         element = self.element(se, write=True)
         path = element.normalize(pfn)
+        if self.caller.scopes is not None:  # storage.create may not replace a file: only scoped callers look
+            check_access(se, self.caller, upload_access(element.exists(path)), path)
         name = file_id(PUT_AREA, posixpath.basename(path))
         entry = self.shared.cache.resolve_alias(self.owner, name)
         if entry is None or not entry.upload_pending:
@@ -284,7 +288,8 @@ class StorageElementProxyHandler(RPCHandler):
             return S_ERROR(errno.EINVAL, f"callProxyMethod {name}: the first argument must be the path(s)")
         paths = paths_of(args[0])
         options = options_of(operation, name, args[1:], kwargs)
-        return S_OK(run_bulk(element, operation, paths, options))
+        check = functools.partial(check_access, se, self.caller, (operation.access,))
+        return S_OK(run_bulk(element, operation, paths, options, check))
 
     @answers_errors
     def export_prepareFileForHTTP(self, lfns: str | list[Any]) -> dict[str, Any]:
