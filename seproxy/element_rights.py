@@ -27,6 +27,11 @@ def check_rights(se: str, settings: StorageElementSettings, caller: Caller, *, w
         raise SErrorException(f"VO {caller.vo!r} may not use storage element {se}", errno=errno.EACCES)
     if not write:
         return
+    if caller.is_limited_proxy:
+        # Globus's limited proxy is one a user hands to a job for reading its input: it may read, never write.
+        raise SErrorException(
+            f"a limited proxy may only read: writing to {se} needs a full proxy or certificate", errno=errno.EACCES
+        )
     if settings.read_only:
         raise SErrorException(f"storage element {se} is read-only", errno=errno.EROFS)
     if caller.scopes is not None:
