@@ -8,6 +8,7 @@ stop listening, let in-flight calls finish within a grace period, close.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
@@ -26,7 +27,7 @@ from seproxy.registry import Registry
 from seproxy.rpc.executor import CallExecutor
 from seproxy.rpc.handler import NotFoundHandler, RPCHandler, ServiceContext
 from seproxy.security.host_credentials import ServerCredentials, server_credentials
-from seproxy.security.tls import server_context
+from seproxy.security.tls import ServerContext, server_context
 from seproxy.security.tokens import TokenVerifier, TrustedIssuer
 from seproxy.storage_element_proxy import StorageElementProxyHandler
 
@@ -98,6 +99,59 @@ def token_verifier(settings: Settings, port: int) -> TokenVerifier | None:
     return TokenVerifier(issuers, audiences) if issuers else None
 
 
+def _problem(settings: Settings, key: str, what: str, exc: BaseException) -> ConfigError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConfigError(f"{settings.source}: {key}: {what}: {reason}")
+
+
+def _check_cache_root(settings: Settings) -> None:
+    """The cache root must be a directory the service can make and enter."""
+    root = settings.cache_root
+    try:
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a directory")
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _problem(settings, "cache.root", f"cannot use {root} as the cache directory", exc) from None
+
+
+def _credentials_and_context(settings: Settings) -> tuple[ServerCredentials, ServerContext]:
+    """The host credentials and the TLS context, any problem named by the config key of the file at fault."""
+    credentials = server_credentials(settings)
+    try:
+        return credentials, server_context(
+            credentials.host_cert,
+            credentials.host_key,
+            credentials.ca_dir,
+            min_version=settings.tls.min_version,
+            crl_check=settings.tls.crl_check,
+        )
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        places = (("tls.host_key", credentials.host_key), ("tls.host_cert", credentials.host_cert), ("tls.ca_dir", credentials.ca_dir))
+        named = str(exc) + str(getattr(exc, "filename", ""))
+        key = next((key for key, path in places if str(path) in named), "tls")
+        raise _problem(settings, key, "cannot load the host credentials", exc) from None
+
+
+def _check_ports_free(settings: Settings) -> None:
+    """A busy side or metrics port is found before the RPC port is even bound."""
+    http, metrics = settings.http, settings.metrics
+    for key, server, host, port, wanted in (
+        ("http.port", "side server", http.host or settings.service.host, http.port, http.enabled),
+        ("metrics.port", "metrics endpoint", metrics.host, metrics.port, metrics.enabled),
+    ):
+        if wanted and port:  # port 0: any free port, never busy
+            for probe in _bind(settings, key, server, host, port):
+                probe.close()
+
+
+def _bind(settings: Settings, key: str, server: str, host: str, port: int) -> list[socket.socket]:
+    try:
+        return tornado.netutil.bind_sockets(port, host or None, backlog=1024)
+    except OSError as exc:
+        raise _problem(settings, key, f"the {server} cannot listen on {host or '*'}:{port}", exc) from None
+
+
 class Service:
     """One instance of the HTTPS RPC service."""
 
@@ -116,17 +170,28 @@ class Service:
         return service_url(self.settings, self.port)
 
     def start(self) -> None:
-        """Bind and listen; call from within the running event loop."""
+        """Check and open everything, bind every port, then serve; call from within the running event loop.
+
+        A problem found here is a ``ConfigError`` naming the config file, the
+        key and the problem, raised before any port serves a request.
+        """
+        _check_cache_root(self.settings)
+        self.credentials, self._tls = _credentials_and_context(self.settings)
+        _check_ports_free(self.settings)
+        sockets = _bind(self.settings, "service.port", "RPC service", self.settings.service.host, self.settings.service.port)
+        try:
+            self._serve(sockets, self._tls)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            if self._context is not None and self._context.shared is not None:
+                self.handler.finalizeHandler(self._context)
+            raise
+        log.info("seproxy %s serving %s", __version__, self.url)
+
+    def _serve(self, sockets: list[socket.socket], tls: ssl.SSLContext) -> None:
         service = self.settings.service
-        self.credentials = server_credentials(self.settings)
-        self._tls = tls = server_context(
-            self.credentials.host_cert,
-            self.credentials.host_key,
-            self.credentials.ca_dir,
-            min_version=self.settings.tls.min_version,
-            crl_check=self.settings.tls.crl_check,
-        )
-        sockets = tornado.netutil.bind_sockets(service.port, service.host, backlog=1024)
+        assert self.credentials is not None
         self.port = sockets[0].getsockname()[1]
         self._context = ServiceContext(
             settings=self.settings,
@@ -153,11 +218,14 @@ class Service:
             idle_connection_timeout=service.idle_connection_timeout,
             max_connections=service.max_connections,
         )
-        self._server.add_sockets(sockets)
-        if self.settings.metrics.enabled:
+        metrics = self.settings.metrics
+        if metrics.enabled:
             cache = getattr(self._context.shared, "cache", None)
-            self.metrics = MetricsEndpoint(self.settings.metrics.host, self.settings.metrics.port, cache)
-        log.info("seproxy %s serving %s", __version__, self.url)
+            try:
+                self.metrics = MetricsEndpoint(metrics.host, metrics.port, cache)
+            except OSError as exc:
+                raise _problem(self.settings, "metrics.port", f"the metrics endpoint cannot listen on {metrics.host}:{metrics.port}", exc) from None
+        self._server.add_sockets(sockets)
 
     def reload(self) -> None:
         """SIGHUP: re-read the registry, authorization and token keys, and the host certificate.
