@@ -106,6 +106,10 @@ class ServiceSettings:
     # Keep-alive idle limit; also the time for a request head, and a body's grace before 1 KiB/s is due.
     idle_connection_timeout: Duration = field(default=Duration(120), metadata=_check(_positive))
     max_connections: int = field(default=1024, metadata=_check(_positive))
+    # One client address's share of max_connections (behind a load balancer: max_connections).
+    max_connections_per_address: int = field(default=256, metadata=_check(_positive))
+    # A new connection must complete TLS and send a request head within this, or it is closed.
+    handshake_timeout: Duration = field(default=Duration(10), metadata=_check(_positive))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -252,6 +256,10 @@ class HTTPSettings:
     # Added to the side server threads' nice value: when the cores are busy, downloads wait, not RPC calls.
     niceness: int = field(default=10, metadata=_check(_niceness))
     max_connections: int = field(default=1024, metadata=_check(_positive))
+    # One client address's share of max_connections (behind a load balancer: max_connections).
+    max_connections_per_address: int = field(default=256, metadata=_check(_positive))
+    # A new connection must complete TLS (with tls) and send a request head within this, or it is closed.
+    handshake_timeout: Duration = field(default=Duration(10), metadata=_check(_positive))
     # A connection that makes no progress this long (idle keep-alive, stalled client) is closed;
     # a request's headers must also arrive within it.
     idle_timeout: Duration = field(default=Duration(60), metadata=_check(_positive))

@@ -13,10 +13,14 @@ import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import tornado.httpserver
+import tornado.httputil
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
@@ -26,6 +30,7 @@ from seproxy.metrics import MetricsEndpoint
 from seproxy.registry import Registry
 from seproxy.rpc.executor import CallExecutor
 from seproxy.rpc.handler import NotFoundHandler, RPCHandler, ServiceContext
+from seproxy.security.connection_limits import FULL, ConnectionLimits
 from seproxy.security.host_credentials import ServerCredentials, server_credentials
 from seproxy.security.tls import ServerContext, server_context
 from seproxy.security.tokens import TokenVerifier, TrustedIssuer
@@ -56,19 +61,105 @@ def service_url(settings: Settings, port: int | None = None) -> str:
     return f"https://{host}:{port or settings.service.port}{settings.route}"
 
 
-class BoundedHTTPServer(tornado.httpserver.HTTPServer):
-    """An HTTPServer that closes connections beyond a fixed number at once."""
+@dataclass
+class _Client:
+    """What the RPC server knows of one open connection, to tell an idle one."""
 
-    def initialize(self, *args: Any, max_connections: int = 1024, **kwargs: Any) -> None:  # type: ignore[override]
+    address: str
+    opened: float
+    served: bool = False  # a request head arrived (so the TLS handshake completed)
+    busy: bool = False  # a request is being read or answered
+
+
+class _Watched(tornado.httputil.HTTPMessageDelegate):
+    """Passes a request through, noting on its connection that a request head arrived."""
+
+    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, client: _Client | None) -> None:
+        self._delegate = delegate
+        self._client = client
+
+    def headers_received(self, start_line: Any, headers: tornado.httputil.HTTPHeaders) -> Awaitable[None] | None:
+        if self._client is not None:
+            self._client.served = self._client.busy = True
+        return self._delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self._delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self._delegate.on_connection_close()
+
+
+class BoundedHTTPServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer with connection limits (overall and per address) and a deadline for the first request.
+
+    A connection that has not completed its TLS handshake and sent a request
+    head within ``handshake_timeout`` is closed; when the server is full, the
+    idle connection that never sent a request (else the oldest idle one) makes
+    room for a new one; a connection beyond its address's share is refused.
+    """
+
+    def initialize(  # type: ignore[override]
+        self,
+        *args: Any,
+        max_connections: int = 1024,
+        max_per_address: int = 256,
+        handshake_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
         super().initialize(*args, **kwargs)
-        self.max_connections = max_connections
+        self.limits = ConnectionLimits(max_connections, max_per_address)
+        self.handshake_timeout = handshake_timeout
+        self._clients: dict[Any, _Client] = {}  # by stream
 
     def handle_stream(self, stream: Any, address: Any) -> None:
-        if len(self._connections) >= self.max_connections:
-            log.warning("connection from %s refused: %d connections open", address, len(self._connections))
+        host = str(address[0] if isinstance(address, tuple) else address)
+        refusal = self.limits.admit(host)
+        if refusal == FULL and self._evict_idle():
+            refusal = self.limits.admit(host)
+        if refusal is not None:
+            log.warning("connection from %s refused: %s (%d open)", host, refusal, self.limits.open)
             stream.close()
             return
+        self._clients[stream] = _Client(host, time.monotonic())
+        tornado.ioloop.IOLoop.current().call_later(self.handshake_timeout, self._first_request_due, stream)
         super().handle_stream(stream, address)
+
+    def start_request(self, server_conn: Any, request_conn: tornado.httputil.HTTPConnection) -> Any:
+        # A connection asks for its next request once the previous one was answered.
+        client = self._clients.get(server_conn.stream)
+        if client is not None:
+            client.busy = False
+        return _Watched(super().start_request(server_conn, request_conn), client)
+
+    def on_close(self, server_conn: Any) -> None:
+        super().on_close(server_conn)
+        self._forget(server_conn.stream)
+
+    def _forget(self, stream: Any) -> None:
+        client = self._clients.pop(stream, None)
+        if client is not None:
+            self.limits.release(client.address)
+
+    def _first_request_due(self, stream: Any) -> None:
+        client = self._clients.get(stream)
+        if client is not None and not client.served:
+            log.info("connection from %s closed: no request within %.0f s", client.address, self.handshake_timeout)
+            self._forget(stream)
+            stream.close()
+
+    def _evict_idle(self) -> bool:
+        idle = [(client.served, client.opened, id(stream), stream) for stream, client in self._clients.items() if not client.busy]
+        if not idle:
+            return False
+        stream = min(idle)[3]
+        log.info("connection from %s closed to make room for a new one", self._clients[stream].address)
+        self._forget(stream)
+        stream.close()
+        return True
 
 
 def own_audiences(settings: Settings, port: int) -> list[str]:
@@ -217,6 +308,8 @@ class Service:
             max_body_size=1 << 40,
             idle_connection_timeout=service.idle_connection_timeout,
             max_connections=service.max_connections,
+            max_per_address=service.max_connections_per_address,
+            handshake_timeout=service.handshake_timeout,
         )
         metrics = self.settings.metrics
         if metrics.enabled:
