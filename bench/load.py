@@ -336,12 +336,13 @@ class Bench:
 def instance_config(bench: Bench, home: Path, route: str, public_port: int, secret: str) -> dict[str, Any]:
     """A site's instance: the development user, a file element over the shared set, the side server on plain HTTP."""
     config = seproxy_config(bench.credentials, home / "state")
-    config["service"].update(port=free_port(), max_connections=4096)
+    config["service"].update(port=free_port(), max_connections=4096, max_connections_per_address=4096)
     config["storage_elements"] = {SE: {"plugin": "file", "base": str(bench.files)}}
     http_port = free_port()
     config["http"] = {
         "enabled": True, "port": http_port, "host": "127.0.0.1", "public_name": "127.0.0.1",
         "public_port": public_port or http_port, "route": route, "secret": secret, "max_connections": 4096,
+        "max_connections_per_address": 4096,
     }  # fmt: skip
     return config
 

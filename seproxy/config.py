@@ -111,6 +111,10 @@ class ServiceSettings:
     # Keep-alive idle limit; also the time for a request head, and a body's grace before 1 KiB/s is due.
     idle_connection_timeout: Duration = field(default=Duration(120), metadata=_check(_positive))
     max_connections: int = field(default=1024, metadata=_check(_positive))
+    # One client address's share of max_connections (behind a load balancer: max_connections).
+    max_connections_per_address: int = field(default=256, metadata=_check(_positive))
+    # A new connection must complete TLS and send a request head within this, or it is closed.
+    handshake_timeout: Duration = field(default=Duration(10), metadata=_check(_positive))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -259,6 +263,10 @@ class HTTPSettings:
     # Added to the side server threads' nice value: when the cores are busy, downloads wait, not RPC calls.
     niceness: int = field(default=10, metadata=_check(_niceness))
     max_connections: int = field(default=1024, metadata=_check(_positive))
+    # One client address's share of max_connections (behind a load balancer: max_connections).
+    max_connections_per_address: int = field(default=256, metadata=_check(_positive))
+    # A new connection must complete TLS (with tls) and send a request head within this, or it is closed.
+    handshake_timeout: Duration = field(default=Duration(10), metadata=_check(_positive))
     # A connection that makes no progress this long (idle keep-alive, stalled client) is closed;
     # a request's headers must also arrive within it.
     idle_timeout: Duration = field(default=Duration(60), metadata=_check(_positive))
@@ -274,14 +282,18 @@ class TokenIssuerSettings:
     # (never fetched from the network while answering).
     keys: list[Path]
     algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
+    # Where the paths of its tokens' storage.* scopes start, in every storage element's namespace:
+    # with "/vo", a token's storage.read:/data covers /vo/data on the elements.
+    base_path: str = "/"
 
 
 @dataclass
 class TokenSettings:
     """Bearer-token authentication, beside X.509."""
 
-    # A token's "aud" must name one of these (or the WLCG "any" audience);
-    # empty: the service's own https://<public name>:<port> URL.
+    # A token's "aud" may name one of these, besides the service's own names
+    # (https://<public name>, with and without its port; the same for http.public_name)
+    # and the WLCG "any" audience.
     audiences: list[str] = field(default_factory=list)
     issuers: dict[str, TokenIssuerSettings] = field(default_factory=dict)
 
@@ -425,6 +437,9 @@ def _validate(settings: Settings, reader: _Reader) -> None:
             if group not in groups:
                 reader.fail(f"registry.users.{user}.groups", f"group {group!r} is not defined in [registry.groups]")
     issuers = {spec.issuer for spec in settings.tokens.issuers.values()}
+    for name, issuer in settings.tokens.issuers.items():
+        if not issuer.base_path.startswith("/") or ".." in issuer.base_path.split("/"):
+            reader.fail(f"tokens.issuers.{name}.base_path", f"must be an absolute path without '..', got {issuer.base_path!r}")
     for user, spec in settings.registry.users.items():
         for identity in spec.token_subjects:
             if identity.issuer not in issuers:

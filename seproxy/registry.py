@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seproxy.config import RegistrySettings
+from seproxy.security.scopes import StorageScopes
 from seproxy.security.tokens import TokenIdentity
 from seproxy.security.x509 import PeerIdentity
 
@@ -36,6 +37,8 @@ class Caller:
     not_after: datetime.datetime | None = None
     # How the caller proved who they are: "x509", "token", or "" (anonymous).
     authenticated_by: str = ""
+    # A token's storage scopes: when set, they alone decide what the caller may do on storage.
+    scopes: StorageScopes | None = None
 
     @property
     def anonymous(self) -> bool:
@@ -109,6 +112,7 @@ class Registry:
             "issuer": token.issuer,
             "not_after": datetime.datetime.fromtimestamp(token.expires, datetime.UTC),
             "authenticated_by": "token",
+            "scopes": token.scopes,
         }
         return self._resolve(base, username, None)
 

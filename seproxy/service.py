@@ -8,14 +8,19 @@ stop listening, let in-flight calls finish within a grace period, close.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import tornado.httpserver
+import tornado.httputil
+import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
@@ -26,8 +31,9 @@ from seproxy.registry import Registry
 from seproxy.rpc.context import ServiceContext
 from seproxy.rpc.executor import CallExecutor
 from seproxy.rpc.handler import NotFoundHandler, RPCHandler
+from seproxy.security.connection_limits import FULL, ConnectionLimits
 from seproxy.security.host_credentials import ServerCredentials, server_credentials
-from seproxy.security.tls import server_context
+from seproxy.security.tls import ServerContext, server_context
 from seproxy.security.tokens import TokenVerifier, TrustedIssuer
 
 log = logging.getLogger("seproxy.service")
@@ -52,30 +58,186 @@ def service_url(settings: Settings, port: int | None = None) -> str:
     return f"https://{url_host(public_host(settings))}:{port or settings.service.port}{settings.route}"
 
 
-class BoundedHTTPServer(tornado.httpserver.HTTPServer):
-    """An HTTPServer that closes connections beyond a fixed number at once."""
+@dataclass
+class _Client:
+    """What the RPC server knows of one open connection, to tell an idle one."""
 
-    def initialize(self, *args: Any, max_connections: int = 1024, **kwargs: Any) -> None:
+    address: str
+    opened: float
+    served: bool = False  # a request head arrived (so the TLS handshake completed)
+    busy: bool = False  # a request is being read or answered
+
+
+class _Watched(tornado.httputil.HTTPMessageDelegate):
+    """Passes a request through, noting on its connection that a request head arrived."""
+
+    def __init__(self, delegate: tornado.httputil.HTTPMessageDelegate, client: _Client | None) -> None:
+        self._delegate = delegate
+        self._client = client
+
+    def headers_received(self, start_line: Any, headers: tornado.httputil.HTTPHeaders) -> Awaitable[None] | None:
+        if self._client is not None:
+            self._client.served = self._client.busy = True
+        return self._delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        self._delegate.finish()
+
+    def on_connection_close(self) -> None:
+        self._delegate.on_connection_close()
+
+
+class BoundedHTTPServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer with connection limits (overall and per address) and a deadline for the first request.
+
+    A connection that has not completed its TLS handshake and sent a request
+    head within ``handshake_timeout`` is closed; when the server is full, the
+    idle connection that never sent a request (else the oldest idle one) makes
+    room for a new one; a connection beyond its address's share is refused.
+    """
+
+    def initialize(
+        self,
+        *args: Any,
+        max_connections: int = 1024,
+        max_per_address: int = 256,
+        handshake_timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
         super().initialize(*args, **kwargs)
-        self.max_connections = max_connections
+        self.limits = ConnectionLimits(max_connections, max_per_address)
+        self.handshake_timeout = handshake_timeout
+        self._clients: dict[Any, _Client] = {}  # by stream
 
     def handle_stream(self, stream: Any, address: Any) -> None:
-        if len(self._connections) >= self.max_connections:
-            log.warning("connection from %s refused: %d connections open", address, len(self._connections))
+        host = str(address[0] if isinstance(address, tuple) else address)
+        refusal = self.limits.admit(host)
+        if refusal == FULL and self._evict_idle():
+            refusal = self.limits.admit(host)
+        if refusal is not None:
+            log.warning("connection from %s refused: %s (%d open)", host, refusal, self.limits.open)
             stream.close()
             return
+        self._clients[stream] = _Client(host, time.monotonic())
+        tornado.ioloop.IOLoop.current().call_later(self.handshake_timeout, self._first_request_due, stream)
         super().handle_stream(stream, address)
 
+    def start_request(self, server_conn: Any, request_conn: tornado.httputil.HTTPConnection) -> Any:
+        # A connection asks for its next request once the previous one was answered.
+        client = self._clients.get(server_conn.stream)
+        if client is not None:
+            client.busy = False
+        return _Watched(super().start_request(server_conn, request_conn), client)
 
-def token_verifier(settings: Settings, audience: str) -> TokenVerifier | None:
+    def on_close(self, server_conn: Any) -> None:
+        super().on_close(server_conn)
+        self._forget(server_conn.stream)
+
+    def _forget(self, stream: Any) -> None:
+        client = self._clients.pop(stream, None)
+        if client is not None:
+            self.limits.release(client.address)
+
+    def _first_request_due(self, stream: Any) -> None:
+        client = self._clients.get(stream)
+        if client is not None and not client.served:
+            log.info("connection from %s closed: no request within %.0f s", client.address, self.handshake_timeout)
+            self._forget(stream)
+            stream.close()
+
+    def _evict_idle(self) -> bool:
+        idle = [(client.served, client.opened, id(stream), stream) for stream, client in self._clients.items() if not client.busy]
+        if not idle:
+            return False
+        stream = min(idle)[3]
+        log.info("connection from %s closed to make room for a new one", self._clients[stream].address)
+        self._forget(stream)
+        stream.close()
+        return True
+
+
+def own_audiences(settings: Settings, port: int) -> list[str]:
+    """The names a token may give this service as ``aud`` (WLCG profile): ``https://host``, and with the port.
+
+    Both the name clients reach this instance by and the load balancer's
+    (``http.public_name``) count; a default port is never written.
+    """
+    names = [(public_host(settings), port)]
+    if settings.http.public_name:
+        names.append((settings.http.public_name, settings.http.public_port or settings.http.port))
+    audiences = []
+    for host, number in names:
+        origin = "https://" + (f"[{host}]" if ":" in host else host)
+        audiences += [origin] if number == 443 else [origin, f"{origin}:{number}"]
+    return audiences
+
+
+def token_verifier(settings: Settings, port: int) -> TokenVerifier | None:
     """The bearer-token checker the config asks for; None when it trusts no issuer."""
     issuers = []
     for name, spec in settings.tokens.issuers.items():
         try:
-            issuers.append(TrustedIssuer.from_files(spec.issuer, spec.keys, spec.algorithms))
+            issuers.append(TrustedIssuer.from_files(spec.issuer, spec.keys, spec.algorithms, spec.base_path))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{settings.source}: tokens.issuers.{name}.keys: {exc}") from None
-    return TokenVerifier(issuers, settings.tokens.audiences or [audience]) if issuers else None
+    audiences = [*own_audiences(settings, port), *settings.tokens.audiences]
+    return TokenVerifier(issuers, audiences) if issuers else None
+
+
+def _problem(settings: Settings, key: str, what: str, exc: BaseException) -> ConfigError:
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return ConfigError(f"{settings.source}: {key}: {what}: {reason}")
+
+
+def _check_cache_root(settings: Settings) -> None:
+    """The cache root must be a directory the service can make and enter."""
+    root = settings.cache_root
+    try:
+        if root.exists() and not root.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it exists and is not a directory")
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _problem(settings, "cache.root", f"cannot use {root} as the cache directory", exc) from None
+
+
+def _credentials_and_context(settings: Settings) -> tuple[ServerCredentials, ServerContext]:
+    """The host credentials and the TLS context, any problem named by the config key of the file at fault."""
+    credentials = server_credentials(settings)
+    try:
+        return credentials, server_context(
+            credentials.host_cert,
+            credentials.host_key,
+            credentials.ca_dir,
+            min_version=settings.tls.min_version,
+            crl_check=settings.tls.crl_check,
+        )
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        places = (("tls.host_key", credentials.host_key), ("tls.host_cert", credentials.host_cert), ("tls.ca_dir", credentials.ca_dir))
+        named = str(exc) + str(getattr(exc, "filename", ""))
+        key = next((key for key, path in places if str(path) in named), "tls")
+        raise _problem(settings, key, "cannot load the host credentials", exc) from None
+
+
+def _check_ports_free(settings: Settings) -> None:
+    """A busy side or metrics port is found before the RPC port is even bound."""
+    http, metrics = settings.http, settings.metrics
+    for key, server, host, port, wanted in (
+        ("http.port", "side server", http.host or settings.service.host, http.port, http.enabled),
+        ("metrics.port", "metrics endpoint", metrics.host, metrics.port, metrics.enabled),
+    ):
+        if wanted and port:  # port 0: any free port, never busy
+            for probe in _bind(settings, key, server, host, port):
+                probe.close()
+
+
+def _bind(settings: Settings, key: str, server: str, host: str, port: int) -> list[socket.socket]:
+    try:
+        return tornado.netutil.bind_sockets(port, host or None, backlog=1024)
+    except OSError as exc:
+        raise _problem(settings, key, f"the {server} cannot listen on {host or '*'}:{port}", exc) from None
 
 
 class Service:
@@ -95,23 +257,29 @@ class Service:
     def url(self) -> str:
         return service_url(self.settings, self.port)
 
-    @property
-    def origin(self) -> str:
-        """``https://host:port``: what bearer tokens name as their audience by default."""
-        return self.url[: -len(self.settings.route)]
-
     def start(self) -> None:
-        """Bind and listen; call from within the running event loop."""
+        """Check and open everything, bind every port, then serve; call from within the running event loop.
+
+        A problem found here is a ``ConfigError`` naming the config file, the
+        key and the problem, raised before any port serves a request.
+        """
+        _check_cache_root(self.settings)
+        self.credentials, self._tls = _credentials_and_context(self.settings)
+        _check_ports_free(self.settings)
+        sockets = _bind(self.settings, "service.port", "RPC service", self.settings.service.host, self.settings.service.port)
+        try:
+            self._serve(sockets, self._tls)
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            if self._context is not None and self._context.shared is not None:
+                self._context.shared.close()
+            raise
+        log.info("seproxy %s serving %s", __version__, self.url)
+
+    def _serve(self, sockets: list[socket.socket], tls: ssl.SSLContext) -> None:
         service = self.settings.service
-        self.credentials = server_credentials(self.settings)
-        self._tls = tls = server_context(
-            self.credentials.host_cert,
-            self.credentials.host_key,
-            self.credentials.ca_dir,
-            min_version=self.settings.tls.min_version,
-            crl_check=self.settings.tls.crl_check,
-        )
-        sockets = tornado.netutil.bind_sockets(service.port, service.host, backlog=1024)
+        assert self.credentials is not None
         self.port = sockets[0].getsockname()[1]
         self._context = ServiceContext(
             settings=self.settings,
@@ -119,7 +287,7 @@ class Service:
             executor=CallExecutor(service.worker_threads, service.call_timeout),
             url=self.url,
             ca_dir=self.credentials.ca_dir,
-            tokens=token_verifier(self.settings, self.origin),
+            tokens=token_verifier(self.settings, self.port),
         )
         self._context.shared = self.handler.initializeHandler(self._context)
         routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]
@@ -138,12 +306,18 @@ class Service:
             max_body_size=1 << 40,
             idle_connection_timeout=service.idle_connection_timeout,
             max_connections=service.max_connections,
+            max_per_address=service.max_connections_per_address,
+            handshake_timeout=service.handshake_timeout,
         )
-        self._server.add_sockets(sockets)
-        if self.settings.metrics.enabled:
+        metrics = self.settings.metrics
+        if metrics.enabled:
             cache = self._context.shared.cache if self._context.shared is not None else None
-            self.metrics = MetricsEndpoint(self.settings.metrics.host, self.settings.metrics.port, cache)
-        log.info("seproxy %s serving %s", __version__, self.url)
+            try:
+                self.metrics = MetricsEndpoint(metrics.host, metrics.port, cache)
+            except OSError as exc:
+                where = f"{metrics.host}:{metrics.port}"
+                raise _problem(self.settings, "metrics.port", f"the metrics endpoint cannot listen on {where}", exc) from None
+        self._server.add_sockets(sockets)
 
     def reload(self) -> None:
         """SIGHUP: re-read the registry, authorization and token keys, and the host certificate.
@@ -159,7 +333,7 @@ class Service:
                 fresh = self.settings  # the embedded default has no file to re-read
             else:
                 fresh = load_settings(self.settings.source)
-            tokens = token_verifier(fresh, self.origin)
+            tokens = token_verifier(fresh, self.port)
             credentials = server_credentials(fresh)
             self._tls.load_cert_chain(str(credentials.host_cert), str(credentials.host_key))
         except (ConfigError, OSError, ValueError, ssl.SSLError) as exc:

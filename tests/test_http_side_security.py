@@ -57,7 +57,9 @@ def test_single_use_url(start_http_service):
 
 
 def test_connection_limit(start_http_service):
-    service = start_http_service(max_connections=2)
+    # Idle connections of other addresses would be evicted to make room (tests/test_connection_limits.py);
+    # one address beyond its share is refused.
+    service = start_http_service(max_connections=2, max_connections_per_address=2)
     url = service.url("/lab/limit.dat", b"y")
     parts = urlsplit(url)
     held = [socket.create_connection((parts.hostname, parts.port), timeout=10) for _ in range(2)]

@@ -11,11 +11,14 @@ calls; file bytes go from the page cache to the socket inside the kernel
 (``os.sendfile``), and every system call releases the GIL, so the workers'
 copying overlaps on all cores.
 
-Limits: at most ``max_connections`` connections over all workers (one
-more is answered 503 and closed); a connection that makes no progress for
-``idle_timeout`` seconds is closed, and a request head must be complete
-within ``idle_timeout`` of the connection becoming idle, however slowly it
-trickles in. A connection sends at most ``TURN`` bytes before the others of
+Limits: at most ``max_connections`` connections over all workers, and
+``max_per_address`` from one client address (one more is answered 503 and
+closed; when the server is full, the accepting worker first closes one of
+its idle connections to make room); a new connection must send its first
+request head within ``handshake_timeout``; a connection that makes no
+progress for ``idle_timeout`` seconds is closed, and a request head must be
+complete within ``idle_timeout`` of the connection becoming idle, however
+slowly it trickles in. A connection sends at most ``TURN`` bytes before the others of
 its worker get their turn.
 
 TLS: Python's ``ssl`` module cannot hand a file to kernel TLS, so over HTTPS
@@ -43,6 +46,7 @@ from seproxy.http_side.body import FileSlice, Piece, piece_length
 from seproxy.http_side.listen import listening_sockets
 from seproxy.http_side.request import RequestHead, head_end, parse_head
 from seproxy.http_side.response import Refused, Response, plain
+from seproxy.security.connection_limits import FULL, ConnectionLimits
 
 log = logging.getLogger("seproxy.http")
 
@@ -77,7 +81,9 @@ class SideServer:
         port: int,
         threads: int,
         max_connections: int,
+        max_per_address: int,
         idle_timeout: float,
+        handshake_timeout: float,
         tls: ssl.SSLContext | None = None,
         niceness: int = 0,
     ) -> None:
@@ -85,13 +91,13 @@ class SideServer:
         self.niceness = niceness
         self.host = host
         self.port = port
-        self.max_connections = max_connections
+        self.limits = ConnectionLimits(max_connections, max_per_address)
         self.idle_timeout = idle_timeout
+        # A new connection's time to send its request head (and complete TLS).
+        self.first_request_timeout = min(idle_timeout, handshake_timeout)
         self.tls = tls
         self.stopping = False
         self.forced = False
-        self._open = 0
-        self._lock = threading.Lock()
         self._listeners: list[socket.socket] = []
         self._workers = [_Worker(self, number) for number in range(threads)]
 
@@ -119,17 +125,6 @@ class SideServer:
             worker.close()
         for listener in self._listeners:
             listener.close()
-
-    def take_slot(self) -> bool:
-        with self._lock:
-            if self._open >= self.max_connections:
-                return False
-            self._open += 1
-            return True
-
-    def free_slot(self) -> None:
-        with self._lock:
-            self._open -= 1
 
 
 class _Worker:
@@ -212,19 +207,33 @@ class _Worker:
             except OSError as exc:  # out of file descriptors, or the client gave up already
                 log.warning("accepting a connection failed: %s", exc)
                 return
-            if not self.server.take_slot():
-                log.warning("connection from %s refused: %d connections open", address[0], self.server.max_connections)
+            limits = self.server.limits
+            refusal = limits.admit(address[0])
+            if refusal == FULL and self._evict_idle():
+                refusal = limits.admit(address[0])
+            if refusal is not None:
+                log.warning("connection from %s refused: %s (%d open)", address[0], refusal, limits.open)
                 _refuse_busy(sock)
                 continue
             try:
                 connection = _Connection(sock, address, self.server, now)
             except OSError:
-                self.server.free_slot()
+                limits.release(address[0])
                 sock.close()
                 continue
             self.connections[connection.fd] = connection
             self._epoll.register(connection.fd, select.EPOLLIN)
             self._advance(connection, now)
+
+    def _evict_idle(self) -> bool:
+        """Close one of this thread's idle connections (first one that never sent a request); False if none."""
+        idle = [c for c in self.connections.values() if not c.busy and not c.lingering]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: (c.request is not None, c.deadline))
+        log.info("%s: connection closed to make room for a new one", victim.client)
+        self._close(victim)
+        return True
 
     def _advance(self, connection: _Connection, now: float) -> None:
         try:
@@ -243,7 +252,7 @@ class _Worker:
             return
         self._epoll.unregister(connection.fd)
         connection.close()
-        self.server.free_slot()
+        self.server.limits.release(connection.client)
 
 
 def _refuse_busy(sock: socket.socket) -> None:
@@ -274,7 +283,7 @@ class _Connection:
         self.handshaking = server.tls is not None
         self.lingering = False
         self.buffer = bytearray()
-        self.deadline = now + server.idle_timeout
+        self.deadline = now + server.first_request_timeout
         self.pending: deque[Piece | memoryview] = deque()
         self.response: Response | None = None
         self.request: RequestHead | None = None

@@ -66,7 +66,9 @@ class HTTPSide:
             port=http.port,
             threads=http.threads,
             max_connections=http.max_connections,
+            max_per_address=http.max_connections_per_address,
             idle_timeout=http.idle_timeout,
+            handshake_timeout=http.handshake_timeout,
             tls=tls,
             niceness=http.niceness,
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import posixpath
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -31,7 +32,7 @@ from seproxy.proxy.file_ids import GET_AREA, PUT_AREA, file_id, parse_file_id
 from seproxy.proxy.lfns import prepare_for_http
 from seproxy.proxy.operations import OPERATIONS, options_of, paths_of, run_bulk
 from seproxy.proxy.resources import ProxyResources
-from seproxy.proxy.rights import check_may_upload
+from seproxy.proxy.rights import check_access, check_may_upload, upload_access
 from seproxy.proxy.uploads import UPLOAD_RULE, StreamUploadHandler
 from seproxy.rpc.executor import check_cancelled
 from seproxy.rpc.handler import RPCHandler, ServiceContext
@@ -113,6 +114,8 @@ class StorageElementProxyHandler(RPCHandler):
         """Push ``putFile/<basename of pfn>`` to ``se`` at ``pfn``, verify it, release it."""
         element = self.resources.stager.element(self.caller, se, write=True)
         path = element.normalize(pfn)
+        if self.caller.scopes is not None:  # storage.create may not replace a file: only scoped callers look
+            check_access(se, self.caller, upload_access(element.exists(path)), path)
         name = file_id(PUT_AREA, posixpath.basename(path))
         cache = self.resources.cache
         entry = cache.resolve_alias(self.caller.username, name)
@@ -136,7 +139,8 @@ class StorageElementProxyHandler(RPCHandler):
             return S_ERROR(errno.EINVAL, f"callProxyMethod {name}: the first argument must be the path(s)")
         paths = paths_of(args[0])
         options = options_of(operation, name, args[1:], kwargs)
-        return S_OK(run_bulk(element, operation, paths, options))
+        check = functools.partial(check_access, se, self.caller, (operation.access,))
+        return S_OK(run_bulk(element, operation, paths, options, check))
 
     def export_prepareFileForHTTP(self, lfns: str | list[Any]) -> dict[str, Any]:
         """Stage files by LFN; answer with one signed ``HttpURL`` for them (a tar archive for several)."""

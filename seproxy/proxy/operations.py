@@ -2,7 +2,7 @@
 
 DIRAC's own proxy called ``getattr(storageElement, name)`` with a name from
 the wire. Here an explicit table is the whole list: a name not in it is
-refused, and each entry says whether it writes (and so needs write rights).
+refused, and each entry says which kind of access it needs (a write needs write rights).
 Every operation takes a path, a list of paths or a dict keyed by paths, and
 answers ``{"Successful": {path: value}, "Failed": {path: message}}`` as
 DIRAC's StorageElement does, so one bad path does not fail the others.
@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from seproxy.security.scopes import Access
 from seproxy.storage.base import FileInfo, StorageElement
 
 MAX_PATHS = 10_000
@@ -27,10 +28,14 @@ class OperationError(ValueError):
 
 @dataclass(frozen=True)
 class Operation:
-    writes: bool
+    access: Access
     run: Callable[..., Any]
     # Keyword options the caller may pass (positionally after the paths too).
     options: tuple[str, ...] = ()
+
+    @property
+    def writes(self) -> bool:
+        return self.access.writes
 
 
 def _file_size(element: StorageElement, path: str) -> int:
@@ -89,16 +94,16 @@ def _create_directory(element: StorageElement, path: str) -> bool:
 
 
 OPERATIONS: dict[str, Operation] = {
-    "exists": Operation(False, lambda element, path: element.exists(path)),
-    "isFile": Operation(False, lambda element, path: not element.stat(path).is_dir),
-    "isDirectory": Operation(False, lambda element, path: element.stat(path).is_dir),
-    "getFileSize": Operation(False, _file_size),
-    "getFileMetadata": Operation(False, lambda element, path: element.stat(path).as_metadata()),
-    "listDirectory": Operation(False, _list_directory),
-    "getDirectorySize": Operation(False, _directory_size),
-    "createDirectory": Operation(True, _create_directory),
-    "removeFile": Operation(True, _remove_file),
-    "removeDirectory": Operation(True, _remove_directory, options=("recursive",)),
+    "exists": Operation(Access.READ, lambda element, path: element.exists(path)),
+    "isFile": Operation(Access.READ, lambda element, path: not element.stat(path).is_dir),
+    "isDirectory": Operation(Access.READ, lambda element, path: element.stat(path).is_dir),
+    "getFileSize": Operation(Access.READ, _file_size),
+    "getFileMetadata": Operation(Access.READ, lambda element, path: element.stat(path).as_metadata()),
+    "listDirectory": Operation(Access.READ, _list_directory),
+    "getDirectorySize": Operation(Access.READ, _directory_size),
+    "createDirectory": Operation(Access.CREATE, _create_directory),
+    "removeFile": Operation(Access.MODIFY, _remove_file),
+    "removeDirectory": Operation(Access.MODIFY, _remove_directory, options=("recursive",)),
 }
 
 
@@ -135,13 +140,21 @@ def options_of(operation: Operation, name: str, extra_args: list[Any], kwargs: d
     return options
 
 
-def run_bulk(element: StorageElement, operation: Operation, paths: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """Run ``operation`` for every path; an ``OSError`` fails that path only."""
+def run_bulk(
+    element: StorageElement,
+    operation: Operation,
+    paths: list[str],
+    options: dict[str, Any],
+    check: Callable[[str], None] = lambda path: None,
+) -> dict[str, Any]:
+    """Run ``operation`` for every path that passes ``check``; an ``OSError`` fails that path only."""
     successful: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for original in paths:
         try:
-            successful[original] = operation.run(element, element.normalize(original), **options)
+            path = element.normalize(original)
+            check(path)
+            successful[original] = operation.run(element, path, **options)
         except OSError as exc:
             failed[original] = str(exc.strerror or exc)
     return {"Successful": successful, "Failed": failed}

@@ -14,9 +14,10 @@ import errno
 
 from seproxy import metrics
 from seproxy.cache import Cache, Entry
-from seproxy.proxy.rights import check_rights
+from seproxy.proxy.rights import check_access, check_rights
 from seproxy.registry import Caller
 from seproxy.rpc.executor import CallCancelled, check_cancelled
+from seproxy.security.scopes import Access
 from seproxy.storage.base import DownloadSink, FileInfo, StorageElement
 from seproxy.transfer import SErrorException
 from seproxy.transfer.checksum_headers import canonical_adler32
@@ -69,6 +70,7 @@ class Stager:
         """
         element = self.element(caller, se)
         path = element.normalize(pfn)
+        check_access(se, caller, (Access.READ, Access.STAGE), path)
         source = element.stat(path)
         if source.is_dir:
             raise IsADirectoryError(errno.EISDIR, f"{se}: {path}: is a directory, not a file")

@@ -167,7 +167,7 @@ def alt_name(hostname: str) -> x509.GeneralName:
 
 def issue_user(
     ca: Credential,
-    dn: str,
+    dn: str | x509.Name,
     *,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
@@ -177,7 +177,7 @@ def issue_user(
     not_before = not_before or _now() - CLOCK_SKEW
     not_after = not_after or not_before + datetime.timedelta(days=days)
     extensions = _end_entity_extensions(ExtendedKeyUsageOID.CLIENT_AUTH)
-    return issue(ca, parse_dn(dn), extensions, not_before, not_after)
+    return issue(ca, parse_dn(dn) if isinstance(dn, str) else dn, extensions, not_before, not_after)
 
 
 def issue_proxy(

@@ -19,6 +19,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 
+from seproxy.security.scopes import ScopeRefused, StorageScopes, parse_scopes
+
 WLCG_ANY_AUDIENCE = "https://wlcg.cern.ch/jwt/v1/any"
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "EdDSA")
 LEEWAY_SECONDS = 60
@@ -35,6 +37,8 @@ class TokenIdentity:
     subject: str
     expires: float
     claims: Mapping[str, Any]
+    # The token's storage.* scopes under its issuer's base path; None: it carries none (groups decide).
+    scopes: StorageScopes | None = None
 
 
 @dataclass(frozen=True)
@@ -44,16 +48,20 @@ class TrustedIssuer:
     issuer: str
     keys: Mapping[str, Any]
     algorithms: tuple[str, ...]
+    # Where the paths of its storage scopes start in the storage elements' namespace.
+    base_path: str = "/"
 
     @classmethod
-    def from_files(cls, issuer: str, key_files: Sequence[Path], algorithms: Sequence[str]) -> TrustedIssuer:
+    def from_files(
+        cls, issuer: str, key_files: Sequence[Path], algorithms: Sequence[str], base_path: str = "/"
+    ) -> TrustedIssuer:
         keys: dict[str, Any] = {}
         for path in key_files:
             keys.update(_load_keys(path))
         unknown = sorted(set(algorithms) - set(ALLOWED_ALGORITHMS))
         if unknown:
             raise ValueError(f"issuer {issuer}: algorithm {unknown[0]!r} is not accepted ({', '.join(ALLOWED_ALGORITHMS)})")
-        return cls(issuer, keys, tuple(algorithms))
+        return cls(issuer, keys, tuple(algorithms), base_path)
 
 
 def _load_keys(path: Path) -> dict[str, Any]:
@@ -108,4 +116,8 @@ class TokenVerifier:
             raise TokenRefused("the token's audience does not name this service") from None
         except jwt.PyJWTError as exc:
             raise TokenRefused(f"the token does not verify: {exc}") from None
-        return TokenIdentity(trusted.issuer, str(claims["sub"]), float(claims["exp"]), claims)
+        try:
+            scopes = parse_scopes(claims.get("scope"), trusted.base_path)
+        except ScopeRefused as exc:
+            raise TokenRefused(str(exc)) from None
+        return TokenIdentity(trusted.issuer, str(claims["sub"]), float(claims["exp"]), claims, scopes)

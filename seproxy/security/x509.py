@@ -73,7 +73,14 @@ class PeerIdentity:
 
 
 def dn_string(name: x509.Name) -> str:
-    """``/DC=org/DC=example/CN=Alice``: the form in which DIRAC compares DNs."""
+    """``/DC=org/DC=example/CN=Alice``: the form in which DIRAC compares DNs.
+
+    The slash form does not escape, so a value that holds what reads as the
+    start of another attribute (``CN=Carol/CN=Ops`` as one value) would give
+    the same string as a different name (``CN=Carol``, then ``CN=Ops``): such
+    a name is refused (``ValueError``) rather than taken for someone else.
+    A ``/`` that starts no attribute (``CN=host/se.example.org``) is kept.
+    """
     return "".join("/" + "+".join(_attribute_string(attribute) for attribute in rdn) for rdn in name.rdns)
 
 
@@ -149,7 +156,14 @@ def peer_chain_der(ssl_sock: Any) -> list[bytes]:
 
 def _attribute_string(attribute: x509.NameAttribute[str | bytes]) -> str:
     name = _NAMES_BY_OID.get(attribute.oid, attribute.oid.dotted_string)
-    value = attribute.value if isinstance(attribute.value, str) else "#" + attribute.value.hex()
+    if not isinstance(attribute.value, str):
+        return f"{name}=#{attribute.value.hex()}"
+    value = attribute.value
+    if _RDN_SEPARATOR.search(value) or _VALUE_SEPARATOR.search(value) or value.startswith("#"):
+        raise ValueError(
+            f"the name's {name} value {value[:200]!r} would read as another name in slash form "
+            "(it holds '/' or '+' followed by an attribute and '=', or starts with '#')"
+        )
     return f"{name}={value}"
 
 

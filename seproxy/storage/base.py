@@ -72,13 +72,16 @@ class FileInfo:
     is_dir: bool
     mtime: float | None
     checksums: dict[str, str] = field(default_factory=dict)
+    # What the entry is when it is neither a regular file nor a directory ("a FIFO", "a socket"...):
+    # such entries are listed and described, never opened (a FIFO's open or read can block forever).
+    special: str = ""
 
     def as_metadata(self) -> dict[str, Any]:
         """The dict DIRAC's getFileMetadata returns, so DIRAC clients read it unchanged."""
         metadata: dict[str, Any] = {
             "Size": self.size,
             "Directory": self.is_dir,
-            "File": not self.is_dir,
+            "File": not self.is_dir and not self.special,
             "ModTime": None
             if self.mtime is None
             else datetime.fromtimestamp(self.mtime, UTC).replace(tzinfo=None),
@@ -167,6 +170,9 @@ class StorageElement(ABC):
         """An OSError whose class follows the errno (ENOENT gives FileNotFoundError, ...)."""
         return OSError(code, f"{self.name}: {path}: {what}")
 
+    def _not_regular(self, path: str, what: str) -> OSError:
+        return self._error(errno.EPERM, path, f"is {what}, not a regular file: only regular files are staged")
+
     def _check_text(self, text: str) -> None:
         problem = path_text_problem(text)
         if problem:
@@ -227,7 +233,7 @@ class StorageElement(ABC):
     def stat(self, path: str) -> FileInfo:
         path = self.normalize(path)
         info = self._stat(path)
-        return info if info.is_dir else replace(info, checksums=self._checksums(path))
+        return info if info.is_dir or info.special else replace(info, checksums=self._checksums(path))
 
     def exists(self, path: str) -> bool:
         try:
@@ -268,8 +274,11 @@ class StorageElement(ABC):
     def download(self, path: str, sink: DownloadSink) -> FileInfo:
         """Stream the file into ``sink``, checking the byte count against what the source announced."""
         path = self.normalize(path)
-        if self._stat(path).is_dir:
+        info = self._stat(path)
+        if info.is_dir:
             raise self._error(errno.EISDIR, path, "is a directory")
+        if info.special:
+            raise self._not_regular(path, info.special)
         received = 0
         with self._open_read(path) as stream:
             sink.expect(stream.size, stream.checksums)

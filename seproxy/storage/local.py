@@ -50,7 +50,8 @@ class LocalStorage(StorageElement):
 
     def _info(self, path: str, result: os.stat_result) -> FileInfo:
         is_dir = stat.S_ISDIR(result.st_mode)
-        return FileInfo(path, 0 if is_dir else result.st_size, is_dir, result.st_mtime)
+        special = "" if is_dir or stat.S_ISREG(result.st_mode) else _kind(result.st_mode)
+        return FileInfo(path, 0 if is_dir else result.st_size, is_dir, result.st_mtime, special=special)
 
     def _stat(self, path: str) -> FileInfo:
         with self._posix(path):
@@ -88,10 +89,14 @@ class LocalStorage(StorageElement):
     @contextmanager
     def _open_read(self, path: str) -> Iterator[ReadStream]:
         with self._posix(path):
-            # The path was resolved and checked; O_NOFOLLOW keeps a link swapped in since from being followed.
-            fd = os.open(self._resolve(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # The path was resolved and checked; O_NOFOLLOW keeps a link swapped in since from being followed,
+            # O_NONBLOCK a FIFO swapped in from blocking the open (it is refused below, before any read).
+            fd = os.open(self._resolve(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         with os.fdopen(fd, "rb", buffering=0) as stream:
             info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise self._not_regular(path, _kind(info.st_mode))
+            os.set_blocking(fd, True)
             yield ReadStream(info.st_size, {}, info.st_mtime, self._chunks(stream, path))
 
     def _chunks(self, stream: BinaryIO, path: str) -> Iterator[bytes]:
@@ -118,3 +123,16 @@ class LocalStorage(StorageElement):
         except BaseException:
             os.unlink(temporary)
             raise
+
+
+def _kind(mode: int) -> str:
+    """What a non-regular entry is, for messages."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a special file"

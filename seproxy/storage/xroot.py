@@ -118,7 +118,9 @@ class XRootStorage(StorageElement):
 
     def _info(self, path: str, stat: Any) -> FileInfo:
         is_dir = bool(stat.flags & self._flags.StatInfoFlags.IS_DIR)
-        return FileInfo(path, 0 if is_dir else stat.size, is_dir, float(stat.modtime))
+        # The server flags what is neither a file nor a directory (a FIFO, a device) as "other".
+        special = "a special file (FIFO, device or the like)" if stat.flags & self._flags.StatInfoFlags.OTHER else ""
+        return FileInfo(path, 0 if is_dir else stat.size, is_dir, float(stat.modtime), special=special)
 
     # -- the primitives ----------------------------------------------------
 
