@@ -139,7 +139,6 @@ class Cache:
         """
         return self._writing(
             "upload",
-            always_adler32=True,  # compared with the storage's checksum after the push
             expected_size=expected_size,
             expected_checksums=expected_checksums,
             alias=(owner, name),
@@ -163,20 +162,19 @@ class Cache:
         expected_size: int | None = None,
         expected_checksums: Mapping[str, str] | None = None,
         alias: tuple[str, str] | None = None,
-        always_adler32: bool = False,
         **fields: Any,
     ) -> Iterator[StagingWriter]:
         entry_id = new_entry_id()
         with self._leased(entry_id, "write"):
             path = self.layout.tmp_path(entry_id)
-            writer = StagingWriter(path, self.space, self._make_room, always_adler32=always_adler32)
+            writer = StagingWriter(path, self.space, self._make_room)
             try:
                 writer.expect(expected_size, expected_checksums)  # checks free space before any byte
                 yield writer
                 size, xxh3, adler32 = writer.finish()
                 now = time.time()
                 entry = Entry(
-                    entry_id, area, size, xxh3, adler32, created=now, last_access=now,
+                    entry_id, area, size, xxh3, adler32, created=now, last_access=now, source_mtime=writer.source_mtime,
                     path=self.layout.entry_path(entry_id), **{**_NEW_ENTRY, **fields},
                 )  # fmt: skip
                 writer.entry = self._commit(writer.path, entry, alias)
@@ -219,6 +217,10 @@ class Cache:
 
     def get(self, entry_id: str) -> Entry | None:
         return self._index.get(check_entry_id(entry_id))
+
+    def record_digest(self, entry_id: str, algorithm: str, value: str) -> None:
+        """Keep a checksum computed after the entry was written (md5, sha256: asked for, once)."""
+        self._index.record_digest(check_entry_id(entry_id), algorithm, value)
 
     @contextmanager
     def open_read(self, entry_id: str) -> Iterator[ReadLease]:
