@@ -67,8 +67,9 @@ _ADDED_COLUMNS = {
     "sha256": "TEXT",
 }
 _VERSION = 2
-# The checksums that may be recorded after the entry was written (column names).
-_RECORDED_DIGESTS = ("md5", "sha256")
+# The checksums that may be recorded after the entry was written (column names): adler32 for
+# entries written before it was always computed.
+_RECORDED_DIGESTS = ("adler32", "md5", "sha256")
 
 # The columns of an entry, in the order of the Entry fields (path is derived).
 _FIELDS = (

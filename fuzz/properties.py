@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlencode
 
 from seproxy.byte_range import RangeNotSatisfiable, parse_range
 from seproxy.file_ids import parse_file_id
-from seproxy.http_side.request import MAX_HEAD, METHODS, head_end, parse_head
+from seproxy.http_side.request import MAX_BODY, MAX_HEAD, METHODS, head_end, parse_head
 from seproxy.http_side.response import Refused
 from seproxy.http_side.signing import CLOCK_SKEW, SignedKey, Signer
 from seproxy.rpc.arguments import check_arguments
@@ -263,11 +263,11 @@ def _assert_refused(signer: Signer, key: str, name: str, now: float, route: str,
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 _FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 _TARGET_PATH = re.compile(r"/[^\x00-\x20\x7f-\xa0?#]*")
-_REFUSALS = (400, 405, 414, 431, 505)
+_REFUSALS = (400, 405, 411, 413, 414, 431, 505)
 
 
 def check_request_head(buffer: bytes) -> None:
-    """What arrives on a connection is one sane GET/HEAD head, not yet a head, or refused with a 4xx/505."""
+    """What arrives on a connection is one sane head of a served method, not yet a head, or refused with a 4xx/505."""
     try:
         length = head_end(buffer)
         if length is None:
@@ -285,7 +285,11 @@ def check_request_head(buffer: bytes) -> None:
         assert _TOKEN.fullmatch(field), f"header name {field!r}"
         assert _FIELD_VALUE.fullmatch(value), f"header {field}: value {value!r}"
     assert head.version < (1, 1) or "host" in head.headers, "an HTTP/1.1 request without Host"
-    assert "transfer-encoding" not in head.headers and head.headers.get("content-length", "0") == "0", "a body"
+    assert "transfer-encoding" not in head.headers, "a chunked body"
+    if head.method == "PROPFIND":
+        assert 0 <= head.body_length <= MAX_BODY and head.headers.get("content-length", "0").isdigit(), head
+    else:
+        assert head.body_length == 0 and head.headers.get("content-length", "0") == "0", "a body"
     assert isinstance(head.keep_alive, bool)
 
 
