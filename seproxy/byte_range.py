@@ -47,6 +47,8 @@ class ByteRange:
 
 
 def _number(text: str) -> int:
+    if len(text) <= _MAX_DIGITS:
+        return int(text)
     digits = text.lstrip("0")  # 1*DIGIT: leading zeros are allowed and say nothing
     return int(digits or "0") if len(digits) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
@@ -60,7 +62,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if specs is None or "," in specs:
         return None
     match = _spec(specs)
-    return None if match is None else _satisfiable(match, size)
+    return None if match is None else ByteRange(*_bounds(match, size))
 
 
 def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
@@ -76,17 +78,17 @@ def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
     matches = [_spec(spec) for spec in specs.split(",") if spec.strip(_BLANKS)]
     if not matches or not all(matches):
         return None
-    ranges: list[ByteRange] = []
+    bounds: list[tuple[int, int]] = []
     refusal: RangeNotSatisfiable | None = None
     for match in matches:
         try:
-            ranges.append(_satisfiable(match, size))  # type: ignore[arg-type]
+            bounds.append(_bounds(match, size))  # type: ignore[arg-type]
         except RangeNotSatisfiable as exc:
             refusal = exc
-    if not ranges:
+    if not bounds:
         assert refusal is not None
         raise refusal
-    return _merged(ranges)
+    return _merged(bounds)
 
 
 def _specs(header: str | None) -> str | None:
@@ -105,28 +107,28 @@ def _spec(text: str) -> re.Match[str] | None:
     return None if match is None or match.groups() == ("", "") else match
 
 
-def _satisfiable(match: re.Match[str], size: int) -> ByteRange:
-    """The bytes one ``first-last`` spec designates in a file of ``size`` bytes."""
+def _bounds(match: re.Match[str], size: int) -> tuple[int, int]:
+    """The first and last byte one ``first-last`` spec designates in a file of ``size`` bytes."""
     first, last = match.groups()
     if not first:  # suffix: the last N bytes
         count = _number(last)
         if count == 0 or size == 0:
             raise RangeNotSatisfiable(f"cannot send the last {last[:20]} bytes of a {size}-byte file")
-        return ByteRange(max(0, size - count), size - 1)
+        return max(0, size - count), size - 1
     start = _number(first)
     end = _number(last) if last else size - 1
     if last and end < start:  # an open range ("a-") past the end is told as such, below
         raise RangeNotSatisfiable(f"range {first[:20]}-{last[:20]} ends before it starts")
     if start >= size:
         raise RangeNotSatisfiable(f"range starts at byte {first[:20]}, the file has {size} bytes")
-    return ByteRange(start, min(end, size - 1))
+    return start, min(end, size - 1)
 
 
-def _merged(ranges: list[ByteRange]) -> list[ByteRange]:
-    merged: list[ByteRange] = []
-    for current in sorted(ranges, key=lambda r: r.start):
-        if merged and current.start <= merged[-1].end + 1:
-            merged[-1] = ByteRange(merged[-1].start, max(merged[-1].end, current.end))
+def _merged(bounds: list[tuple[int, int]]) -> list[ByteRange]:
+    merged: list[list[int]] = []
+    for start, end in sorted(bounds):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
         else:
-            merged.append(current)
-    return merged
+            merged.append([start, end])
+    return [ByteRange(start, end) for start, end in merged]
