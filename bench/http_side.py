@@ -175,7 +175,8 @@ def vector_range() -> str:
 def paired_rounds(
     plan: Plan, targets: dict[str, tuple[Any, str, Any]], connections: int, label: str, loader: Any = load
 ) -> list[Measurement]:
-    """Both targets loaded back to back in each round, which goes first alternating."""
+    """Both targets loaded back to back in each round; each goes first in every other round, so that a
+    drift in the machine's speed evens out."""
     measurements = []
     for round_number in range(plan.rounds):
         order = list(targets) if round_number % 2 == 0 else list(reversed(targets))
@@ -227,21 +228,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"server processes: nginx {nginx.process.pid}, seproxy {seproxy.pid} (py-spy record --pid PID)",
                 flush=True,
             )
-            measurements = []
-            for round_number in range(plan.rounds):
-                for connections in CONNECTIONS:
-                    # Each server goes first in every other round, so that a drift in the machine's speed evens out.
-                    order = list(targets) if round_number % 2 == 0 else list(reversed(targets))
-                    for name in order:
-                        server, base, script = targets[name]
-                        load(name, server, base, script, connections, plan.warmup)
-                        done = load(name, server, base, script, connections, plan.duration)
-                        measurements.append(done)
-                        print(
-                            f"  round {round_number + 1}: {name:8} {connections:3} connections "
-                            f"{done.bytes_per_second / 1e9:6.2f} GB/s  {done.errors} errors",
-                            flush=True,
-                        )
+            measurements = [
+                done for connections in CONNECTIONS
+                for done in paired_rounds(plan, targets, connections, f"{connections} connections")
+            ]  # fmt: skip
             head_url = seproxy_base + seproxy_paths[0]
             heads = {"HEAD": (seproxy, head_url, []), "HEAD adler32": (seproxy, head_url, ["Want-Digest: adler32"])}
             head_measurements = paired_rounds(plan, heads, HEAD_CONNECTIONS, "HEAD", load_heads)
