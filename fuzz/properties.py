@@ -20,7 +20,7 @@ import unicodedata
 from typing import Any
 from urllib.parse import unquote, urlencode
 
-from seproxy.byte_range import RangeNotSatisfiable, parse_range
+from seproxy.byte_range import MAX_RANGES, RangeNotSatisfiable, parse_range, parse_ranges
 from seproxy.file_ids import parse_file_id
 from seproxy.http_side.request import MAX_BODY, MAX_HEAD, METHODS, head_end, parse_head
 from seproxy.http_side.response import Refused
@@ -108,6 +108,21 @@ def check_range(header: str, size: int) -> None:
     content_range = _CONTENT_RANGE.fullmatch(wanted.content_range(size))
     assert content_range, f"malformed Content-Range {wanted.content_range(size)!r}"
     assert tuple(map(int, content_range.groups())) == (wanted.start, wanted.end, size)
+
+
+def check_range_list(header: str, size: int) -> None:
+    """A range list gives ranges inside the file, ascending, apart (merged), at most ``MAX_RANGES``."""
+    try:
+        ranges = parse_ranges(header, size)
+    except RangeNotSatisfiable:
+        assert "bytes" in header.lower(), f"416 for {header!r}, which names no byte range"
+        return
+    if ranges is None:
+        return
+    assert 1 <= len(ranges) <= MAX_RANGES, f"{len(ranges)} ranges from {header[:100]!r}"
+    for before, after in zip(ranges, ranges[1:]):
+        assert before.end + 1 < after.start, f"{before} and {after} overlap or touch: they should be merged"
+    assert all(0 <= r.start <= r.end < size for r in ranges), f"{ranges} outside a {size}-byte file"
 
 
 def _digits(number: int | None, zeros: int) -> str:

@@ -38,8 +38,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import tornado.netutil
-
 from seproxy import metrics
 from seproxy.http_side.body import FileSlice, Piece, piece_length
 from seproxy.http_side.request import ALLOW, RequestHead, head_end, parse_head
@@ -98,7 +96,7 @@ class SideServer:
 
     def start(self) -> None:
         """Bind, listen and start the workers (port 0: any free port, then ``self.port`` tells which)."""
-        self._listeners = tornado.netutil.bind_sockets(self.port, self.host or None, backlog=1024)
+        self._listeners = _listen(self.host or None, self.port)
         self.port = self._listeners[0].getsockname()[1]
         for worker in self._workers:
             worker.start(self._listeners)
@@ -245,6 +243,36 @@ class _Worker:
         self._epoll.unregister(connection.fd)
         connection.close()
         self.server.free_slot()
+
+
+def _listen(host: str | None, port: int, backlog: int = 1024) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address of ``host`` (all interfaces if None), IPv4 and
+    IPv6 apart; with port 0 the first gets a free port and the others the same one."""
+    sockets: list[socket.socket] = []
+    try:
+        found = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        for family, kind, protocol, _, address in sorted(set(found), key=lambda item: item[0]):
+            sock = socket.socket(family, kind, protocol)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if address[1] == 0 and len(sockets) > 1:
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.setblocking(False)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL or family != socket.AF_INET6 or len(found) == 1:
+                    raise
+                sockets.pop().close()  # "localhost" names ::1, but IPv6 is off here: IPv4 serves it
+                continue
+            sock.listen(backlog)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _refuse_busy(sock: socket.socket) -> None:
