@@ -164,7 +164,6 @@ class Cache:
         """
         return self._begin(
             "upload",
-            always_adler32=True,  # compared with the storage's checksum after the push
             expected_size=expected_size,
             expected_checksums=expected_checksums,
             alias=(owner, name),
@@ -210,12 +209,11 @@ class Cache:
         expected_size: int | None = None,
         expected_checksums: Mapping[str, str] | None = None,
         alias: tuple[str, str] | None = None,
-        always_adler32: bool = False,
         **fields: Any,
     ) -> NewEntry:
         entry_id = new_entry_id()
         lease = self._take_lease(entry_id, "write")
-        writer = StagingWriter(self.layout.tmp_path(entry_id), self.space, self._make_room, always_adler32=always_adler32)
+        writer = StagingWriter(self.layout.tmp_path(entry_id), self.space, self._make_room)
         new = NewEntry(entry_id, area, writer, lease, alias, fields)
         try:
             writer.expect(expected_size, expected_checksums)  # checks free space before any byte
@@ -230,7 +228,7 @@ class Cache:
             size, xxh3, adler32 = new.writer.finish()
             now = time.time()
             entry = Entry(
-                new.id, new.area, size, xxh3, adler32, created=now, last_access=now,
+                new.id, new.area, size, xxh3, adler32, created=now, last_access=now, source_mtime=new.writer.source_mtime,
                 path=self.layout.entry_path(new.id), **{**_NEW_ENTRY, **new.fields},
             )  # fmt: skip
             new.writer.entry = self._commit(new.writer.path, entry, new.alias)
@@ -284,6 +282,10 @@ class Cache:
 
     def get(self, entry_id: str) -> Entry | None:
         return self._index.get(check_entry_id(entry_id))
+
+    def record_digest(self, entry_id: str, algorithm: str, value: str) -> None:
+        """Keep a checksum computed after the entry was written (md5, sha256: asked for, once)."""
+        self._index.record_digest(check_entry_id(entry_id), algorithm, value)
 
     def acquire_read(self, entry_id: str) -> ReadLease:
         """Keep the entry's file on disk (for every process) until ``release(lease)``.

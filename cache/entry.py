@@ -33,6 +33,16 @@ class Entry:
     pinned_until: float
     upload_pending: bool
     path: Path
+    # When the source last modified the file (staged entries whose storage told it).
+    source_mtime: float | None = None
+    # Checksums computed on first request (the HTTP side's Want-Digest), hex.
+    md5: str | None = None
+    sha256: str | None = None
+
+    @property
+    def modified(self) -> float:
+        """The file's modification time as served: the source's where known, else when it was cached."""
+        return self.source_mtime if self.source_mtime is not None else self.created
 
 
 @dataclass(frozen=True)

@@ -58,13 +58,23 @@ CREATE TABLE IF NOT EXISTS leases (
     expires REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS leases_entry ON leases (entry_id);
-PRAGMA user_version = 1;
 """
+# Columns added to ``entries`` after version 1: an index file of an older version gets them when
+# opened (NULL for its entries), so old and new files alike end up in the current shape.
+_ADDED_COLUMNS = {
+    "source_mtime": "REAL",  # when the source last modified the file, if it said
+    "md5": "TEXT",  # checksums computed on first request (hex)
+    "sha256": "TEXT",
+}
+_VERSION = 2
+# The checksums that may be recorded after the entry was written (column names): adler32 for
+# entries written before it was always computed.
+_RECORDED_DIGESTS = ("adler32", "md5", "sha256")
 
 # The columns of an entry, in the order of the Entry fields (path is derived).
 _FIELDS = (
     "id", "area", "size", "xxh3", "adler32", "se", "source_path", "owner", "name",
-    "created", "last_access", "pinned_until", "upload_pending",
+    "created", "last_access", "pinned_until", "upload_pending", *_ADDED_COLUMNS,
 )  # fmt: skip
 _COLUMNS = ", ".join(_FIELDS)
 _ENTRY_COLUMNS = ", ".join(f"e.{field}" for field in _FIELDS)
@@ -108,6 +118,16 @@ class Index:
         self._db.execute("PRAGMA synchronous = NORMAL")
         with self._lock:
             self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
+            with self.transaction():
+                self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns an index file of an older version lacks."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
+        self._db.execute(f"PRAGMA user_version = {_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -141,8 +161,9 @@ class Index:
         return [self._entry(row) for row in rows]
 
     def _entry(self, row: tuple[Any, ...]) -> Entry:
-        *fields, upload_pending = row
-        return Entry(*fields, upload_pending=bool(upload_pending), path=self._path_of(row[0]))  # type: ignore[misc]
+        fields = dict(zip(_FIELDS, row))
+        fields["upload_pending"] = bool(fields["upload_pending"])
+        return Entry(**fields, path=self._path_of(fields["id"]))
 
     # --- entries
 
@@ -173,6 +194,11 @@ class Index:
 
     def ids(self) -> set[str]:
         return {row[0] for row in self._rows("SELECT id FROM entries")}
+
+    def record_digest(self, entry_id: str, algorithm: str, value: str) -> None:
+        if algorithm not in _RECORDED_DIGESTS:
+            raise ValueError(f"no {algorithm!r} checksum is kept in the index")
+        self._change(f"UPDATE entries SET {algorithm} = ? WHERE id = ?", (value, entry_id))
 
     def touch(self, entry_id: str, now: float) -> None:
         self._change("UPDATE entries SET last_access = ? WHERE id = ?", (now, entry_id))

@@ -2,9 +2,9 @@
 
 The checksums are computed on the chunks as they are written, never by
 reading the file again: a second pass over a 1 GiB staging would double its
-disk traffic. xxh3-64 is always computed (it is nearly free); ADLER32, which
-grid catalogues store, only when the source offers a value to compare with,
-or when the file will be pushed to a storage that reports one (uploads).
+disk traffic. xxh3-64 (the cache's own) and ADLER32 (what grid catalogues
+store, and what clients ask the HTTP side for) are both always computed,
+so every entry can be described and verified without reading it again.
 
 The writer owns its temporary file until it is complete; the cache decides
 where that file lives and commits it by renaming.
@@ -53,9 +53,7 @@ class StagingWriter:
     file, ``entry`` is the new cache entry.
     """
 
-    def __init__(
-        self, path: Path, space: DiskSpace, make_room: Callable[[int], None], *, always_adler32: bool = False
-    ) -> None:
+    def __init__(self, path: Path, space: DiskSpace, make_room: Callable[[int], None]) -> None:
         self.path = path
         self.written = 0
         self.entry: Entry | None = None
@@ -63,12 +61,15 @@ class StagingWriter:
         self._make_room = make_room
         self._file = open(path, "xb")
         self._xxh3 = xxhash.xxh3_64()
-        self._adler32: int | None = None
+        self._adler32 = 1  # the ADLER32 of no bytes
         self._size: int | None = None
         self._expected: dict[str, int] = {}
-        self._always_adler32 = always_adler32
+        # When the source last modified the file, if it said (served as Last-Modified).
+        self.source_mtime: float | None = None
 
-    def expect(self, size: int | None, checksums: Mapping[str, str] | None = None) -> None:
+    def expect(
+        self, size: int | None, checksums: Mapping[str, str] | None = None, mtime: float | None = None
+    ) -> None:
         """Announce what the source says the file is; checked at the end, and the
         size is checked against free space right now (``OSError(ENOSPC)``)."""
         if self.written:
@@ -77,8 +78,7 @@ class StagingWriter:
             raise ValueError(f"negative expected size {size}")
         self._size = size
         self._expected = _expected_checksums(checksums or {})
-        wanted = self._always_adler32 or "adler32" in self._expected
-        self._adler32 = 1 if wanted else None  # 1: ADLER32 of no bytes
+        self.source_mtime = mtime
         self._make_room(size or 0)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -87,11 +87,10 @@ class StagingWriter:
             raise VerificationError(f"the source sent more than the {self._size} bytes it announced")
         self._guard_disk(count, self._file.write, data)
         self._xxh3.update(data)
-        if self._adler32 is not None:
-            self._adler32 = zlib.adler32(data, self._adler32)
+        self._adler32 = zlib.adler32(data, self._adler32)
         self.written += count
 
-    def finish(self) -> tuple[int, str, str | None]:
+    def finish(self) -> tuple[int, str, str]:
         """Make the bytes durable and verify them; return (size, xxh3, adler32) in hex."""
         self._guard_disk(0, self._file.flush)
         # Durable before the rename, so that a power cut cannot leave a whole-looking empty file.
@@ -103,8 +102,7 @@ class StagingWriter:
         for algorithm, value in self._expected.items():
             if actual[algorithm] != value:
                 raise VerificationError(f"{algorithm} mismatch: expected {value:x}, computed {actual[algorithm]:x}")
-        adler32 = None if self._adler32 is None else f"{self._adler32:08x}"
-        return self.written, self._xxh3.hexdigest(), adler32
+        return self.written, self._xxh3.hexdigest(), f"{self._adler32:08x}"
 
     def discard(self) -> None:
         """Remove the partial file (a failed or refused write leaves nothing behind)."""

@@ -16,3 +16,4 @@ def TestOneInput(data: bytes) -> None:
     size_text, header = fields(data, 2)
     size = number(size_text, 2**63)
     properties.check_range(header, len(header) if size is None else size)
+    properties.check_range_list(header, len(header) if size is None else size)

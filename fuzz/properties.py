@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import errno
+import itertools
 import math
 import posixpath
 import re
@@ -20,8 +21,8 @@ import unicodedata
 from typing import Any
 from urllib.parse import unquote, urlencode
 
-from seproxy.byte_range import RangeNotSatisfiable, parse_range
-from seproxy.http_side.request import MAX_HEAD, METHODS, head_end, parse_head
+from seproxy.byte_range import MAX_RANGES, RangeNotSatisfiable, parse_range, parse_ranges
+from seproxy.http_side.request import MAX_BODY, MAX_HEAD, METHODS, head_end, parse_head
 from seproxy.http_side.response import Refused
 from seproxy.http_side.signing import CLOCK_SKEW, SignedKey, Signer
 from seproxy.proxy.file_ids import parse_file_id
@@ -108,6 +109,21 @@ def check_range(header: str, size: int) -> None:
     content_range = _CONTENT_RANGE.fullmatch(wanted.content_range(size))
     assert content_range, f"malformed Content-Range {wanted.content_range(size)!r}"
     assert tuple(map(int, content_range.groups())) == (wanted.start, wanted.end, size)
+
+
+def check_range_list(header: str, size: int) -> None:
+    """A range list gives ranges inside the file, ascending, apart (merged), at most ``MAX_RANGES``."""
+    try:
+        ranges = parse_ranges(header, size)
+    except RangeNotSatisfiable:
+        assert "bytes" in header.lower(), f"416 for {header!r}, which names no byte range"
+        return
+    if ranges is None:
+        return
+    assert 1 <= len(ranges) <= MAX_RANGES, f"{len(ranges)} ranges from {header[:100]!r}"
+    for before, after in itertools.pairwise(ranges):
+        assert before.end + 1 < after.start, f"{before} and {after} overlap or touch: they should be merged"
+    assert all(0 <= r.start <= r.end < size for r in ranges), f"{ranges} outside a {size}-byte file"
 
 
 def _digits(number: int | None, zeros: int) -> str:
@@ -263,11 +279,11 @@ def _assert_refused(signer: Signer, key: str, name: str, now: float, route: str,
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 _FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 _TARGET_PATH = re.compile(r"/[^\x00-\x20\x7f-\xa0?#]*")
-_REFUSALS = (400, 405, 414, 431, 505)
+_REFUSALS = (400, 405, 411, 413, 414, 431, 505)
 
 
 def check_request_head(buffer: bytes) -> None:
-    """What arrives on a connection is one sane GET/HEAD head, not yet a head, or refused with a 4xx/505."""
+    """What arrives on a connection is one sane head of a served method, not yet a head, or refused with a 4xx/505."""
     try:
         length = head_end(buffer)
         if length is None:
@@ -285,7 +301,11 @@ def check_request_head(buffer: bytes) -> None:
         assert _TOKEN.fullmatch(field), f"header name {field!r}"
         assert _FIELD_VALUE.fullmatch(value), f"header {field}: value {value!r}"
     assert head.version < (1, 1) or "host" in head.headers, "an HTTP/1.1 request without Host"
-    assert "transfer-encoding" not in head.headers and head.headers.get("content-length", "0") == "0", "a body"
+    assert "transfer-encoding" not in head.headers, "a chunked body"
+    if head.method == "PROPFIND":
+        assert 0 <= head.body_length <= MAX_BODY and head.headers.get("content-length", "0").isdigit(), head
+    else:
+        assert head.body_length == 0 and head.headers.get("content-length", "0") == "0", "a body"
     assert isinstance(head.keep_alive, bool)
 
 

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from fixtures.bad_input import (
     FORM_LIMIT,
+    RANGE_LISTS,
     RANGED_SIZE,
     RANGES,
     RPC,
@@ -413,7 +414,7 @@ def prepared(bad_input_service: BadInputService) -> tuple[str, bytes]:
     return ok(bad_input_service.proxy.call("prepareFile", FILE_SE, f"/{name}"))["FileId"], data
 
 
-@pytest.mark.parametrize("header, status, expected", RANGES)
+@pytest.mark.parametrize("header, status, expected", [*RANGES, *(pytest.param(p.values[0], 200, None, id=p.id) for p in RANGE_LISTS)])
 def test_unusable_ranges(target: BadInputService, prepared: tuple[str, bytes], header: str, status: int, expected: Any):
     file_id, data = prepared
     response = send_form(target, rpc_fields("streamToClient", file_id, "", **RAW), Range=header)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from fixtures.bad_input import (
+    RANGE_LISTS,
     RANGES,
     SIDE,
     BadInputService,
@@ -32,7 +33,7 @@ from fixtures.bad_input import (
     side_get,
     trickle,
 )
-from fixtures.http_side import SECRET
+from fixtures.http_side import SECRET, multipart_parts
 
 from seproxy.http_side.signing import CLOCK_SKEW, Signer
 
@@ -189,7 +190,7 @@ def test_malformed_requests(target: BadInputService, raw: bytes, status: int, wo
     assert_side_refused(answered, headers, body, status, word)
     assert headers["connection"] == "close"
     if status == 405:
-        assert headers["allow"] == "GET, HEAD"
+        assert headers["allow"] == "GET, HEAD, OPTIONS, PROPFIND"
     assert_serving(target)
 
 
@@ -202,6 +203,151 @@ def test_unusable_ranges(target: BadInputService, header: str, status: int, expe
     assert_range_answer(response, target.download, status, expected)
     if status == 416:
         assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert_serving(target)
+
+
+@pytest.mark.parametrize("header, expected", RANGE_LISTS)
+def test_range_lists(target: BadInputService, header: str, expected: list[tuple[int, int]] | None):
+    """Several ranges: their parts, never a byte twice; malformed lists and too many ranges: the whole file."""
+    response = side_get(target.download_url, Range=header)
+    data = target.download
+    if expected is None:
+        assert response.status_code == 200 and response.content == data
+    elif len(expected) == 1:
+        ((first, last),) = expected
+        assert response.status_code == 206 and response.content == data[first : last + 1]
+        assert response.headers["Content-Range"] == f"bytes {first}-{last}/{len(data)}"
+    else:
+        assert response.status_code == 206, response.content[:300]
+        assert int(response.headers["Content-Length"]) == len(response.content)
+        parts = multipart_parts(response.headers["Content-Type"], response.content)
+        assert [(first, last) for first, last, _, _ in parts] == expected
+        assert all(size == len(data) and part == data[first : last + 1] for first, last, size, part in parts)
+    assert_serving(target)
+
+
+# -- checksums and conditions asked in odd ways -------------------------------------------------
+
+ODD_HEADERS = [
+    pytest.param({"Want-Digest": ""}, None, id="empty Want-Digest"),
+    pytest.param({"Want-Digest": ";;;,,,=="}, None, id="punctuation"),
+    pytest.param({"Want-Digest": "crc32c, UNIXsum, sha-512"}, None, id="algorithms we do not offer"),
+    pytest.param({"Want-Digest": "adler32;q=0"}, None, id="refused by weight"),
+    pytest.param({"Want-Digest": "adler32;q=nonsense"}, "adler32=", id="a weight that is no number"),
+    pytest.param({"Want-Digest": "x" * 8000 + ",adler32"}, "adler32=", id="one huge item"),
+    pytest.param({"Want-Digest": "md5," * 2000 + "adler32"}, "md5=", id="two thousand items"),
+    pytest.param({"Want-Repr-Digest": "sha-256=0, banana=3, =, ;"}, None, id="repr refused by weight, and garbage"),
+    pytest.param({"If-Modified-Since": "yesterday"}, None, id="If-Modified-Since not a date"),
+    pytest.param({"If-Modified-Since": "Sun, 99 Zzz 99999 99:99:99 GMT"}, None, id="impossible date"),
+    pytest.param({"If-Modified-Since": "Sat, 01 Jan 10000 00:00:00 GMT"}, None, id="year 10000"),
+    pytest.param({"If-Unmodified-Since": "\xff\xfe"}, None, id="If-Unmodified-Since not text"),
+    pytest.param({"If-None-Match": 'W/"unterminated'}, None, id="unterminated entity tag"),
+    pytest.param({"If-None-Match": '"a", , ,"b"' * 500}, None, id="long list of tags"),
+    pytest.param({"If-Range": "not a date nor a tag", "Range": "bytes=0-9"}, None, id="If-Range garbage"),
+    pytest.param({"If-Range": 'W/"weak"', "Range": "bytes=0-9"}, None, id="If-Range weak tag"),
+]
+
+
+@pytest.mark.parametrize("headers, digest", ODD_HEADERS)
+def test_odd_checksum_and_condition_headers_serve_the_whole_file(target: BadInputService, headers, digest):
+    """Headers that cannot be used are ignored (RFC 9110): the whole file, a Digest only for what was
+    understood, never an error."""
+    response = side_get(target.download_url, **headers)
+    assert response.status_code == 200 and response.content == target.download
+    answered = response.headers.get("Digest")
+    if digest is None and "Want-Digest" in headers:
+        assert answered is None, answered
+    elif digest is not None:
+        assert answered is not None and answered.startswith(digest), answered
+        assert len(answered) < 200  # each algorithm once, however often asked
+    assert "Repr-Digest" not in response.headers
+    assert_serving(target)
+
+
+# -- PROPFIND and OPTIONS -----------------------------------------------------------------------
+
+LAUGHS = b"""<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<D:propfind xmlns:D="DAV:"><D:prop><D:getetag>&lol3;</D:getetag></D:prop></D:propfind>"""
+EXTERNAL = b"""<?xml version="1.0"?><!DOCTYPE p [<!ENTITY x SYSTEM "file:///etc/passwd">]>
+<D:propfind xmlns:D="DAV:"><D:prop><D:getetag>&x;</D:getetag></D:prop></D:propfind>"""
+DEEP = b'<D:propfind xmlns:D="DAV:"><D:prop>' + b"<a>" * 100 + b"</a>" * 100 + b"</D:prop></D:propfind>"
+
+
+def propfind(path: str, body: bytes, *headers: str) -> bytes:
+    extra = "".join(f"{header}\r\n" for header in headers)
+    head = f"PROPFIND {path} HTTP/1.1\r\nHost: x\r\nDepth: 0\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+PROPFIND_BODIES = [
+    pytest.param(b"<D:propfind xmlns:D='DAV:'><D:prop>", 400, "not well-formed", id="unclosed"),
+    pytest.param(b"\xff\xfe<not xml", 400, "not well-formed", id="binary"),
+    pytest.param(b"<propfind><prop/></propfind>", 400, "DAV: propfind element", id="no DAV namespace"),
+    pytest.param(b"<D:lockinfo xmlns:D='DAV:'/>", 400, "DAV: propfind element", id="another document"),
+    pytest.param(b"<D:propfind xmlns:D='DAV:'/>", 400, "names none of", id="empty propfind"),
+    pytest.param(b"<D:propfind xmlns:D='DAV:'><D:allprop/><D:propname/></D:propfind>", 400, "holds one of",
+                 id="allprop and propname"),  # fmt: skip
+    pytest.param(LAUGHS, 400, "must not declare", id="billion laughs"),
+    pytest.param(EXTERNAL, 400, "must not declare", id="external entity"),
+    pytest.param(DEEP, 400, "nests deeper", id="deep nesting"),
+]
+
+
+@pytest.mark.parametrize("body, status, word", PROPFIND_BODIES)
+def test_bad_propfind_bodies(target: BadInputService, body: bytes, status: int, word: str):
+    path = urlsplit(target.download_url).path
+    ((answered, headers, text),) = answers(send_side(target, propfind(path, body, "Connection: close")))
+    assert_side_refused(answered, headers, text, status, word)
+    assert b"root:" not in text
+    assert_serving(target)
+
+
+@pytest.mark.parametrize(
+    "raw, status, word",
+    [
+        (propfind("/x", b"a" * 70000), 413, "at most 65536 bytes"),
+        (b"PROPFIND /x HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400, "malformed Content-Length"),
+        (b"PROPFIND /x HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400, "malformed Content-Length"),
+        (b"PROPFIND /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411, "Content-Length"),
+        (b"OPTIONS /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello", 400, "OPTIONS request has no body"),
+    ],
+    ids=["huge body", "absurd length", "negative length", "chunked", "OPTIONS with a body"],
+)
+def test_propfind_bodies_refused_before_reading(target: BadInputService, raw: bytes, status: int, word: str):
+    answered, headers, body = refusal_of(send_side(target, raw))
+    assert_side_refused(answered, headers, body, status, word)
+    assert headers["connection"] == "close"
+    assert_serving(target)
+
+
+def test_bad_depth_and_a_forged_propfind(target: BadInputService):
+    path = urlsplit(target.download_url).path
+    ((status, headers, body),) = answers(send_side(target, propfind(path, b"", "Depth: 7", "Connection: close")))
+    assert_side_refused(status, headers, body, 400, "Depth header must be 0, 1 or infinity")
+    key, name = path.split("/")[1:]
+    forged = f"/{key[:-4]}AAAA/{name}"
+    ((status, headers, body),) = answers(send_side(target, propfind(forged, b"", "Connection: close")))
+    assert status == 403 and target.download not in body  # a PROPFIND needs a good key as a GET does
+    assert_serving(target)
+
+
+def test_a_propfind_body_that_never_comes_is_cut_off(target: BadInputService):
+    """A PROPFIND announcing more body than it sends holds only its own connection, until the idle timeout."""
+    path = urlsplit(target.download_url).path
+    with socket.create_connection(("127.0.0.1", urlsplit(target.download_url).port), timeout=10) as sock:
+        sock.sendall(f"PROPFIND {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n<D:propfind".encode())
+        assert_serving(target)  # others are served meanwhile
+        started = time.monotonic()
+        assert read_until_closed(sock) == b""
+        assert time.monotonic() - started < 8
+
+
+def test_options_tells_what_is_served(target: BadInputService):
+    ((status, headers, body),) = answers(send_side(target, b"OPTIONS /anything HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert status == 200 and body == b""
+    assert headers["dav"] == "1" and headers["allow"] == "GET, HEAD, OPTIONS, PROPFIND"
     assert_serving(target)
 
 

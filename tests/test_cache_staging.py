@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -52,10 +53,43 @@ def test_round_trip_with_checksums(cache: Cache) -> None:
     assert cache.lookup("CERN-DST", "/lhcb/file.dst") == entry
 
 
-def test_adler32_only_when_the_source_offers_one(cache: Cache) -> None:
+def test_adler32_always_even_when_the_source_offers_none(cache: Cache) -> None:
     entry = cache.stage("SE", "/f", source(b"abc", 3))
-    assert entry.adler32 is None
+    assert entry.adler32 == f"{zlib.adler32(b'abc'):08x}"
     assert entry.xxh3 == xxhash.xxh3_64_hexdigest(b"abc")
+    assert cache.get(entry.id) == entry
+
+
+def test_source_mtime_and_recorded_digests_are_kept(cache: Cache) -> None:
+    def fetch(writer: StagingWriter) -> None:
+        writer.expect(3, {}, 1_234_567_890.5)
+        writer.write(b"abc")
+
+    entry = cache.stage("SE", "/f", fetch)
+    assert entry.source_mtime == 1_234_567_890.5 and entry.modified == 1_234_567_890.5
+    cache.record_digest(entry.id, "md5", "900150983cd24fb0d6963f7d28e17f72")
+    again = cache.get(entry.id)
+    assert again is not None and again.md5 == "900150983cd24fb0d6963f7d28e17f72" and again.sha256 is None
+    with pytest.raises(ValueError, match="no 'xxh3' checksum"):
+        cache.record_digest(entry.id, "xxh3", "00")
+    upload = cache.stage("SE", "/g", source(b"x", 1))
+    assert upload.source_mtime is None and upload.modified == upload.created
+
+
+def test_an_index_of_the_first_version_gets_the_new_columns(tmp_path: Path) -> None:
+    """An index file written before source_mtime, md5 and sha256 existed opens, and its entries stay."""
+    with Cache(tmp_path / "cache", quota=1 << 30, min_free=0) as cache:
+        entry = cache.stage("SE", "/f", source(b"abc", 3))
+    db = sqlite3.connect(tmp_path / "cache" / "index.sqlite3")
+    for column in ("source_mtime", "md5", "sha256"):
+        db.execute(f"ALTER TABLE entries DROP COLUMN {column}")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with Cache(tmp_path / "cache", quota=1 << 30, min_free=0) as cache:
+        assert cache.get(entry.id) == entry
+        cache.record_digest(entry.id, "sha256", "ab" * 32)
+        assert cache.get(entry.id).sha256 == "ab" * 32  # type: ignore[union-attr]
 
 
 def test_a_cached_source_is_not_fetched_again(cache: Cache) -> None:

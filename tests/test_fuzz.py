@@ -151,6 +151,17 @@ def test_range_parser_stays_inside_the_file(header, size):
     properties.check_range(header, size)
 
 
+_range_lists = st.lists(
+    st.tuples(st.integers(0, 2000) | st.just(""), st.integers(0, 2000) | st.just("")), min_size=1, max_size=600
+).map(lambda specs: "bytes=" + ",".join(f"{a}-{b}" for a, b in specs))
+
+
+@fuzz
+@given(_range_lists | _range_headers, _sizes)
+def test_range_lists_stay_inside_the_file_and_are_merged(header, size):
+    properties.check_range_list(header, size)
+
+
 @fuzz
 @given(
     st.none() | st.integers(0, 2**70),

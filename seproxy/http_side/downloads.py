@@ -1,4 +1,9 @@
-"""The side server's only route: ``GET``/``HEAD /<key>/<name>``, the file or archive a link designates.
+"""The side server's only route: ``/<key>/<name>``, the file or archive a link designates.
+
+``GET`` and ``HEAD`` serve it as grid storage does (checksums on request,
+validators, conditional and multi-range requests: ``representation``);
+``PROPFIND`` describes it as a WebDAV server would (``propfind``), and
+``OPTIONS`` tells what is served, on any path.
 
 Behind a load balancer the path starts with the route of the instance that
 made the link (``/<route>/<key>/<name>``); another instance checks the key
@@ -21,18 +26,22 @@ import hashlib
 import logging
 import time
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
-from seproxy.byte_range import RangeNotSatisfiable, parse_range
 from seproxy.cache import Cache, Entry
-from seproxy.http_side.body import FileSlice, Piece, body_length, select
-from seproxy.http_side.checksums import checksum_headers
+from seproxy.http_side.body import FileSlice, Piece, body_length
+from seproxy.http_side.conditional import Validators
+from seproxy.http_side.digests import ALGORITHMS, DigestOf, checksum_values, file_digest
 from seproxy.http_side.links import Link, LinkStore
-from seproxy.http_side.request import RequestHead
-from seproxy.http_side.response import Refused, Response, http_date, plain
+from seproxy.http_side.propfind import DEPTHS, MULTISTATUS_TYPE, BadPropfind, FileProperties, multistatus, read_request
+from seproxy.http_side.representation import Representation, framed, plan
+from seproxy.http_side.request import ALLOW, RequestHead
+from seproxy.http_side.response import Refused, Response, plain
 from seproxy.http_side.shared_leases import OutsideCache, SharedLeases
 from seproxy.http_side.signing import Signer
 from seproxy.http_side.tar_stream import tar_body
+from seproxy.transfer.checksum_headers import XXH3_HEADER
 
 log = logging.getLogger("seproxy.http")
 
@@ -45,10 +54,13 @@ class Downloads:
     def __init__(self, signer: Signer, links: LinkStore, cache: Cache, route: str = "") -> None:
         self._signer = signer
         self._links = links
+        self._cache = cache
         self._leases = SharedLeases(cache)
         self._route = route
 
     def answer(self, request: RequestHead) -> Response:
+        if request.method == "OPTIONS":
+            return Response(200, [("DAV", "1"), ("Allow", ALLOW), ("Accept-Ranges", "bytes"), ("Content-Length", "0")])
         # /<key>/<name>, or /<route>/<key>/<name> from an instance behind a load balancer.
         parts = request.path.split("/")
         if len(parts) not in (3, 4) or not all(parts[1:]):
@@ -87,38 +99,65 @@ class Downloads:
 
     def _file_response(self, request: RequestHead, link: Link, entries: list[Entry]) -> Response:
         body: list[Piece]
+        extra = {}
         if link.archive:
             body = tar_body([(member.name, entry) for member, entry in zip(link.members, entries)])
-            headers = {"ETag": _archive_etag(link, entries)}
+            validators = Validators(_archive_etag(link, entries), max(entry.modified for entry in entries))
+            representation = Representation(body_length(body), validators)
         else:
             (entry,) = entries
             body = [FileSlice(entry.path, 0, entry.size)]
-            headers = checksum_headers(entry)
-        size = body_length(body)
-        last_modified = http_date(max(entry.created for entry in entries))
-        if_range = request.headers.get("if-range")
-        wanted_range = request.headers.get("range") if if_range in (None, headers["ETag"], last_modified) else None
-        try:
-            wanted = parse_range(wanted_range, size)
-        except RangeNotSatisfiable as exc:
-            return plain(416, str(exc), extra=[("Content-Range", f"bytes */{size}")])
+            validators = Validators(f'"{entry.xxh3}"', entry.modified)
+            representation = Representation(entry.size, validators, self._digest_of(entry))
+            extra[XXH3_HEADER] = entry.xxh3
+        if request.method == "PROPFIND":
+            return self._propfind(request, link, entries, representation)
+        chosen = plan(request.method, request.headers, representation)
+        if chosen.status in (412, 416):
+            return plain(chosen.status, chosen.message, extra=list(chosen.headers.items()))
+        if chosen.status == 304:
+            return Response(304, list(chosen.headers.items()))
         if request.method == "GET" and link.single_use and not self._links.claim(link.id, time.time()):
             return plain(403, "this single-use link was already used")
-        status, length = 200, size
-        headers.update(
-            {
-                "Content-Type": "application/octet-stream",
-                "Content-Disposition": _attachment(link.name),
-                "Last-Modified": last_modified,
-                "Accept-Ranges": "bytes",
-            }
+        pieces = framed(chosen, body, representation)
+        headers = {**chosen.headers, **extra, "Content-Disposition": _attachment(link.name)}
+        return Response(chosen.status, list(headers.items()), pieces)
+
+    def _digest_of(self, entry: Entry) -> DigestOf:
+        """The checksums of ``entry``: as the index keeps them, else computed now and kept from then on."""
+
+        def digest_of(algorithm: str) -> str:
+            value: str | None = getattr(entry, algorithm)
+            if not value:  # md5, sha256 until first asked; adler32 of entries older than its column
+                value = file_digest(entry.path, algorithm)
+                self._cache.record_digest(entry.id, algorithm, value)
+            return value
+
+        return digest_of
+
+    def _propfind(
+        self, request: RequestHead, link: Link, entries: list[Entry], representation: Representation
+    ) -> Response:
+        if request.headers.get("depth", "infinity").strip(" \t").lower() not in DEPTHS:
+            return plain(400, "the Depth header must be 0, 1 or infinity")
+        try:
+            asked = read_request(request.body)
+        except BadPropfind as exc:
+            return plain(400, str(exc))
+        digest_of = representation.digest_of
+        known = tuple(a for a in ALGORITHMS if a == "adler32" or getattr(entries[0], a))
+        created = datetime.fromtimestamp(min(entry.created for entry in entries), UTC)
+        properties = FileProperties(
+            size=representation.size,
+            last_modified=representation.validators.last_modified,
+            created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            etag=representation.validators.etag,
+            content_type=representation.content_type,
+            display_name=link.name,
+            checksums=None if digest_of is None else lambda: checksum_values(digest_of, known),
         )
-        if wanted is not None:
-            status, length = 206, wanted.length
-            headers["Content-Range"] = wanted.content_range(size)
-            body = select(body, wanted.start, wanted.length)
-        headers["Content-Length"] = str(length)
-        return Response(status, list(headers.items()), body)
+        answer = multistatus(request.path, properties, asked)
+        return Response(207, [("Content-Type", MULTISTATUS_TYPE), ("Content-Length", str(len(answer)))], [answer])
 
 
 def _elsewhere(route: str) -> Response:

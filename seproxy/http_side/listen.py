@@ -8,6 +8,7 @@ the IPv4 socket beside them can bind the same port.
 
 from __future__ import annotations
 
+import errno
 import socket
 
 
@@ -28,7 +29,13 @@ def listening_sockets(host: str | None, port: int, backlog: int = 1024) -> list[
             if port == 0 and len(sockets) > 1:
                 address = (address[0], sockets[0].getsockname()[1], *address[2:])
             sock.setblocking(False)
-            sock.bind(address)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL or family != socket.AF_INET6 or len(found) == 1:
+                    raise
+                sockets.pop().close()  # "localhost" names ::1, but IPv6 is off here: IPv4 serves it
+                continue
             sock.listen(backlog)
             bound.add((family, address[0]))
     except BaseException:

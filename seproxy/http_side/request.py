@@ -1,12 +1,14 @@
 """Reading one HTTP/1.x request head, strictly and within fixed limits.
 
-The side server only serves ``GET`` and ``HEAD`` of short paths, so a head is
-small: anything larger, oddly shaped or ambiguous is refused with the status
-RFC 9110/9112 give for it (400 malformed, 414 request line too long, 431
-headers too large, 405 another method, 505 another HTTP version) rather than
-guessed at. Bodies are never read: a request that announces one is refused,
-and the connection is closed after every refusal, since what follows on it
-cannot be trusted to start a request.
+The side server serves ``GET``, ``HEAD``, ``OPTIONS`` and ``PROPFIND`` of short
+paths, so a head is small: anything larger, oddly shaped or ambiguous is
+refused with the status RFC 9110/9112 give for it (400 malformed, 414
+request line too long, 431 headers too large, 405 another method, 505
+another HTTP version) rather than guessed at. Only a ``PROPFIND`` has a
+body, of at most ``MAX_BODY`` bytes announced by ``Content-Length`` (413
+if larger, 411 if sent chunked); a body on another method is refused. The
+connection is closed after every refusal, since what follows on it cannot
+be trusted to start a request.
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from seproxy.http_side.response import Refused
 MAX_REQUEST_LINE = 8192
 MAX_HEAD = 16384
 MAX_HEADERS = 64
-METHODS = ("GET", "HEAD")
+METHODS = ("GET", "HEAD", "OPTIONS", "PROPFIND")
+ALLOW = ", ".join(METHODS)
+# A PROPFIND body names a few properties; davix sends some 300 bytes.
+MAX_BODY = 65536
+_WITH_BODY = ("PROPFIND",)
+_DIGITS = re.compile(r"[0-9]{1,20}")
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _LINE_END = re.compile(r"\r?\n")
@@ -41,6 +48,9 @@ class RequestHead:
     path: str
     version: tuple[int, int]
     headers: dict[str, str]  # lowercased names; repeated headers joined with ", "
+    # Bytes of body that follow the head (read by the server into ``body``).
+    body_length: int = 0
+    body: bytes = b""
 
     @property
     def keep_alive(self) -> bool:
@@ -94,10 +104,25 @@ def parse_head(raw: bytes) -> RequestHead:
     if version >= (1, 1) and "host" not in headers:
         raise Refused(400, "an HTTP/1.1 request needs a Host header")
     if method not in METHODS:
-        raise Refused(405, f"method {method[:20]} is not served here: GET or HEAD")
-    if "transfer-encoding" in headers or headers.get("content-length", "0") != "0":
-        raise Refused(400, f"a {method} request has no body")
-    return RequestHead(method, _origin_path(target), version, headers)
+        raise Refused(405, f"method {method[:20]} is not served here: {ALLOW}")
+    return RequestHead(method, _origin_path(target), version, headers, _body_length(method, headers))
+
+
+def _body_length(method: str, headers: dict[str, str]) -> int:
+    """The length of the body the head announces, refused unless the method takes one."""
+    declared = headers.get("content-length", "0")
+    if method not in _WITH_BODY:
+        if "transfer-encoding" in headers or declared != "0":
+            raise Refused(400, f"a {method} request has no body")
+        return 0
+    if "transfer-encoding" in headers:
+        raise Refused(411, f"send the {method} body with a Content-Length")
+    if not _DIGITS.fullmatch(declared):
+        raise Refused(400, "malformed Content-Length")
+    length = int(declared)
+    if length > MAX_BODY:
+        raise Refused(413, f"a {method} body is at most {MAX_BODY} bytes")
+    return length
 
 
 def _origin_path(target: str) -> str:

@@ -44,7 +44,7 @@ from pathlib import Path
 from seproxy import metrics
 from seproxy.http_side.body import FileSlice, Piece, piece_length
 from seproxy.http_side.listen import listening_sockets
-from seproxy.http_side.request import RequestHead, head_end, parse_head
+from seproxy.http_side.request import ALLOW, RequestHead, head_end, parse_head
 from seproxy.http_side.response import Refused, Response, plain
 from seproxy.security.connection_limits import FULL, ConnectionLimits
 
@@ -287,6 +287,7 @@ class _Connection:
         self.pending: deque[Piece | memoryview] = deque()
         self.response: Response | None = None
         self.request: RequestHead | None = None
+        self.incoming: RequestHead | None = None  # a head read, its body still arriving
         self.keep_alive = False
         self.started = 0.0
         self.head_length = 0
@@ -296,7 +297,7 @@ class _Connection:
     @property
     def busy(self) -> bool:
         """Whether a request is being read or answered (a graceful stop waits for these)."""
-        return self.response is not None or bool(self.buffer)
+        return self.response is not None or self.incoming is not None or bool(self.buffer)
 
     def step(self, now: float) -> int | None:
         """Go as far as the socket allows; return the epoll events to wait for, or None to close."""
@@ -347,14 +348,20 @@ class _Connection:
         return select.EPOLLIN
 
     def _read_request(self, now: float) -> bool:
-        """Read until a whole request head is there and its answer is ready to send; False to wait."""
+        """Read until a whole request (head, and body if any) is there and its answer is ready to send;
+        False to wait."""
         while True:
             try:
-                length = head_end(self.buffer)
-                if length is not None:
+                if self.incoming is None and (length := head_end(self.buffer)) is not None:
                     head = bytes(self.buffer[:length])
                     del self.buffer[:length]
-                    self._respond(parse_head(head), now)
+                    self.incoming = parse_head(head)
+                if self.incoming is not None and len(self.buffer) >= self.incoming.body_length:
+                    request, self.incoming = self.incoming, None
+                    if request.body_length:
+                        request = replace(request, body=bytes(self.buffer[: request.body_length]))
+                        del self.buffer[: request.body_length]
+                    self._respond(request, now)
                     return True
             except Refused as refused:
                 self._respond_refusal(refused, now)
@@ -379,7 +386,7 @@ class _Connection:
 
     def _respond_refusal(self, refused: Refused, now: float) -> None:
         self.request = None
-        extra = [("Allow", "GET, HEAD")] if refused.status == 405 else None
+        extra = [("Allow", ALLOW)] if refused.status == 405 else None
         self._start(plain(refused.status, str(refused), close=True, extra=extra), False, now, with_body=True)
 
     def _start(self, response: Response, keep_alive: bool, now: float, *, with_body: bool) -> None:

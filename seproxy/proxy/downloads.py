@@ -18,11 +18,19 @@ import tornado.web
 from seproxy import metrics
 from seproxy.byte_range import RangeNotSatisfiable, parse_range
 from seproxy.cache import Entry
-from seproxy.http_side.checksums import checksum_headers
+from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, format_digest
 
 log = logging.getLogger("seproxy.streams")
 
 CHUNK = 1024 * 1024
+
+
+def _checksum_headers(entry: Entry) -> dict[str, str]:
+    """What seproxy's client checks the bytes against: xxh3 always, ADLER32 when the entry has it."""
+    headers = {XXH3_HEADER: entry.xxh3, "ETag": f'"{entry.xxh3}"'}
+    if entry.adler32:
+        headers[DIGEST_HEADER] = format_digest(entry.adler32)
+    return headers
 
 
 async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, path: Path) -> None:
@@ -45,7 +53,7 @@ async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, pa
     handler.set_header("Content-Type", "application/octet-stream")
     handler.set_header("Accept-Ranges", "bytes")
     handler.set_header("Content-Length", str(length))
-    for name, value in checksum_headers(entry).items():
+    for name, value in _checksum_headers(entry).items():
         handler.set_header(name, value)
     sent = metrics.BYTES_SENT.labels("stream")
     try:

@@ -29,8 +29,8 @@ class _CancellableSink:
     def __init__(self, sink: DownloadSink) -> None:
         self._sink = sink
 
-    def expect(self, size: int | None, checksums: dict[str, str]) -> None:
-        self._sink.expect(size, checksums)
+    def expect(self, size: int | None, checksums: dict[str, str], mtime: float | None = None) -> None:
+        self._sink.expect(size, checksums, mtime)
 
     def write(self, data: bytes | memoryview) -> None:
         check_cancelled()

@@ -96,7 +96,7 @@ class FileInfo:
 class DownloadSink(Protocol):
     """Where a download goes (the cache's staging writer)."""
 
-    def expect(self, size: int | None, checksums: dict[str, str]) -> None: ...
+    def expect(self, size: int | None, checksums: dict[str, str], mtime: float | None = None) -> None: ...
 
     def write(self, data: bytes | memoryview) -> None: ...
 
@@ -281,7 +281,7 @@ class StorageElement(ABC):
             raise self._not_regular(path, info.special)
         received = 0
         with self._open_read(path) as stream:
-            sink.expect(stream.size, stream.checksums)
+            sink.expect(stream.size, stream.checksums, stream.mtime)
             for chunk in stream.chunks:
                 received += len(chunk)
                 if stream.size is not None and received > stream.size:

@@ -4,6 +4,12 @@ The path checks of the base class are lexical; here symlinks can still lead
 out, so every path is also resolved and must stay under the resolved base.
 Uploads land under a temporary name in the target directory and are renamed
 into place, so a crash never leaves a half file under the final name.
+
+Checksums: the ADLER32 recorded in the file's extended attributes (as XRootD
+or StoRM keep it) is reported by ``stat`` and announced to a staging, which
+then verifies the bytes it receives. A file without one has it computed
+once, when first asked, and recorded (unless the element is read-only): so
+an upload is verified against what really landed on the disk.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import os
 import shutil
 import stat
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 from seproxy.storage.base import CHUNK_SIZE, FileInfo, PathRefused, ReadStream, StorageElement
+from seproxy.storage.checksum_xattrs import record_adler32, recorded_adler32
 
 
 class LocalStorage(StorageElement):
@@ -57,6 +65,34 @@ class LocalStorage(StorageElement):
         with self._posix(path):
             return self._info(path, os.stat(self._storage_path(path)))
 
+    def _checksums(self, path: str) -> dict[str, str]:
+        with self._opened(path) as fd:
+            adler32 = recorded_adler32(fd)
+            if adler32 is None:
+                checksum = 1
+                while chunk := os.read(fd, CHUNK_SIZE):
+                    checksum = zlib.adler32(chunk, checksum)
+                adler32 = f"{checksum:08x}"
+                if not self.settings.read_only:
+                    record_adler32(fd, adler32)
+        return {"adler32": adler32}
+
+    @contextmanager
+    def _opened(self, path: str) -> Iterator[int]:
+        """A read descriptor of the regular file at ``path``, errors naming the element path."""
+        with self._posix(path):
+            # The path was resolved and checked; O_NOFOLLOW keeps a link swapped in since from being followed,
+            # O_NONBLOCK a FIFO swapped in from blocking the open (it is refused below, before any read).
+            fd = os.open(self._resolve(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                mode = os.fstat(fd).st_mode
+                if not stat.S_ISREG(mode):
+                    raise self._not_regular(path, _kind(mode))
+                os.set_blocking(fd, True)
+                yield fd
+            finally:
+                os.close(fd)
+
     def _listdir(self, path: str) -> list[FileInfo]:
         prefix = path.rstrip("/")
         entries = []
@@ -88,16 +124,11 @@ class LocalStorage(StorageElement):
 
     @contextmanager
     def _open_read(self, path: str) -> Iterator[ReadStream]:
-        with self._posix(path):
-            # The path was resolved and checked; O_NOFOLLOW keeps a link swapped in since from being followed,
-            # O_NONBLOCK a FIFO swapped in from blocking the open (it is refused below, before any read).
-            fd = os.open(self._resolve(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb", buffering=0) as stream:
+        with self._opened(path) as fd, os.fdopen(fd, "rb", buffering=0, closefd=False) as stream:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise self._not_regular(path, _kind(info.st_mode))
-            os.set_blocking(fd, True)
-            yield ReadStream(info.st_size, {}, info.st_mtime, self._chunks(stream, path))
+            adler32 = recorded_adler32(fd)
+            checksums = {"adler32": adler32} if adler32 else {}
+            yield ReadStream(info.st_size, checksums, info.st_mtime, self._chunks(stream, path))
 
     def _chunks(self, stream: BinaryIO, path: str) -> Iterator[bytes]:
         with self._posix(path):
