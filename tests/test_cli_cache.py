@@ -202,8 +202,8 @@ def test_wide_names_keep_the_columns_aligned(config, cache):
 
 
 def test_a_reader_gone_away_ends_the_listing_quietly(config, cache, tmp_path):
-    for number in range(400):
-        put(cache, "SE1", f"/piped/{number}", b"p")
+    for number in range(400):  # long names: either listing is larger than a pipe's buffer (64 KiB)
+        put(cache, "SE1", f"/piped/{'long-name-' * 20}{number}", b"p")
     for listing in ("ls --json", "ls"):
         script = (f"{sys.executable} -m seproxy cache {listing} --config {config} 2>stderr.txt | head -c 10 >/dev/null; "
                   'echo "${PIPESTATUS[0]}"')

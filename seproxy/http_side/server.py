@@ -91,7 +91,7 @@ class SideServer:
         self.niceness = niceness
         self.host = host
         self.port = port
-        self.limits = ConnectionLimits(max_connections, max_per_address)
+        self.limits = ConnectionLimits(max_connections, max_per_address, slack=threads)
         self.idle_timeout = idle_timeout
         # A new connection's time to send its request head (and complete TLS).
         self.first_request_timeout = min(idle_timeout, handshake_timeout)
@@ -126,6 +126,20 @@ class SideServer:
         for listener in self._listeners:
             listener.close()
 
+    def evict_elsewhere(self, asker: _Worker) -> bool:
+        """Ask the thread holding the most connections (not ``asker``) to close an idle one; False if none holds any.
+
+        Connections belong to the thread that accepted them, so the one that
+        needs room cannot close another's: it admits its new connection a
+        little over the limit (``ConnectionLimits.admit(over=True)``) while
+        the other thread makes the room back.
+        """
+        others = [worker for worker in self._workers if worker is not asker and worker.connections]
+        if not others:
+            return False
+        max(others, key=lambda worker: len(worker.connections)).request_eviction()
+        return True
+
 
 class _Worker:
     """One thread's epoll loop and the connections it owns."""
@@ -137,6 +151,9 @@ class _Worker:
         self._epoll = select.epoll()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name=f"http-side-{number}", daemon=True)
+        # Idle connections other threads asked this one to close (to make room for theirs).
+        self._evictions_asked = 0
+        self._evictions_lock = threading.Lock()
 
     def start(self, listeners: list[socket.socket]) -> None:
         self._listeners = {listener.fileno(): listener for listener in listeners}
@@ -150,6 +167,18 @@ class _Worker:
             os.write(self._wake_write, b"x")
         except BlockingIOError:
             pass  # already woken
+
+    def request_eviction(self) -> None:
+        with self._evictions_lock:
+            self._evictions_asked += 1
+        self.wake()
+
+    def _evict_as_asked(self) -> None:
+        with self._evictions_lock:
+            asked, self._evictions_asked = self._evictions_asked, 0
+        for _ in range(asked):
+            if not self._evict_idle():
+                return
 
     def join(self, timeout: float | None) -> None:
         self._thread.join(timeout)
@@ -174,6 +203,7 @@ class _Worker:
                         self._accept(self._listeners[fd], now)
                     elif fd == self._wake_read:
                         os.read(self._wake_read, 4096)
+                        self._evict_as_asked()
                     elif (connection := self.connections.get(fd)) is not None:
                         self._advance(connection, now)
                 if self.server.stopping and self._wind_down():
@@ -211,6 +241,8 @@ class _Worker:
             refusal = limits.admit(address[0])
             if refusal == FULL and self._evict_idle():
                 refusal = limits.admit(address[0])
+            elif refusal == FULL and self.server.evict_elsewhere(self):
+                refusal = limits.admit(address[0], over=True)
             if refusal is not None:
                 log.warning("connection from %s refused: %s (%d open)", address[0], refusal, limits.open)
                 _refuse_busy(sock)

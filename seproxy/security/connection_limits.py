@@ -23,23 +23,26 @@ ADDRESS_FULL = "too many connections from this address"
 class ConnectionLimits:
     """Counts of open connections, overall and per address; safe to use from several threads."""
 
-    def __init__(self, max_connections: int, max_per_address: int) -> None:
+    def __init__(self, max_connections: int, max_per_address: int, slack: int = 0) -> None:
         self.max_connections = max_connections
+        # How far over ``max_connections`` an admission with ``over`` may go (room being made elsewhere).
+        self.slack = slack
         self.max_per_address = max_per_address
         self._lock = threading.Lock()
         self._by_address: Counter[str] = Counter()
         self._open = 0
 
-    def admit(self, address: str) -> str | None:
+    def admit(self, address: str, *, over: bool = False) -> str | None:
         """None, counting a new connection from ``address``; else why it may not open (nothing counted).
 
         ``FULL`` is worth an eviction and a second try; ``ADDRESS_FULL`` is not:
-        that address already holds its share.
+        that address already holds its share. ``over`` admits up to ``slack``
+        beyond the limit, for a server whose eviction happens elsewhere.
         """
         with self._lock:
             if self._by_address[address] >= self.max_per_address:
                 return ADDRESS_FULL
-            if self._open >= self.max_connections:
+            if self._open >= self.max_connections + (self.slack if over else 0):
                 return FULL
             self._by_address[address] += 1
             self._open += 1
