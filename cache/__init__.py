@@ -2,7 +2,7 @@
 
 from seproxy.cache.cache import Cache, Fetch
 from seproxy.cache.entry import Area, Entry, ReadLease, Usage
-from seproxy.cache.purge import PurgeReport, PurgeRule, purge
+from seproxy.cache.purge import PurgeReport, PurgeRule, purge, purging
 from seproxy.cache.writer import StagingWriter, VerificationError
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "Usage",
     "VerificationError",
     "purge",
+    "purging",
 ]

@@ -9,9 +9,9 @@ owed to a storage element.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from seproxy.cache.cache import Cache
 from seproxy.cache.entry import Entry
@@ -33,12 +33,9 @@ class PurgeRule:
         if not self.everything and all(c is None for c in conditions):
             raise ValueError("a purge needs a condition (older than, unused for, SE, to size) or 'everything'")
 
-    def matches(self, entry: Entry, now: float) -> bool:
-        return (
-            (self.se is None or entry.se == self.se)
-            and (self.older_than is None or now - entry.created >= self.older_than)
-            and (self.unused_for is None or now - entry.last_access >= self.unused_for)
-        )
+    def selected(self, cache: Cache) -> Iterator[Entry]:
+        """The entries the conditions select, least recently used first, read as consumed."""
+        return cache.scan(se=self.se, older_than=self.older_than, unused_for=self.unused_for)
 
 
 @dataclass(frozen=True)
@@ -52,18 +49,21 @@ class PurgeReport:
         return sum(entry.size for entry in self.removed)
 
 
-def purge(cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool = False) -> PurgeReport:
-    """Remove what ``rule`` selects, least recently used first.
+def purging(cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool = False) -> Iterator[tuple[Entry, bool]]:
+    """Remove what ``rule`` selects, least recently used first; yield each entry
+    tried and whether it went (or would go, with ``dry_run``) as it happens.
 
-    Each entry goes in its own transaction, so a purge killed half-way leaves
-    a consistent cache with part of the work done.
+    Entries go a batch per transaction, so a purge killed half-way leaves a
+    consistent cache with part of the work done; memory stays constant.
     """
-    now = time.time()
-    selected: Iterable[Entry] = (entry for entry in cache.entries() if rule.matches(entry, now))
-    removed, kept = give_up_lru(
-        selected,
-        cache.usage().total,
-        rule.to_size,
-        lambda entry: dry_run or cache.remove(entry.id, force=force),
-    )
+    remove = (lambda batch: batch) if dry_run else partial(cache.delete_batch, force=force)
+    return give_up_lru(rule.selected(cache), cache.usage().total, rule.to_size, remove)
+
+
+def purge(cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool = False) -> PurgeReport:
+    """``purging`` with the outcome collected (for callers that want it all at once)."""
+    removed: list[Entry] = []
+    kept: list[Entry] = []
+    for entry, gone in purging(cache, rule, dry_run=dry_run, force=force):
+        (removed if gone else kept).append(entry)
     return PurgeReport(removed, kept, dry_run)
