@@ -2,6 +2,7 @@
 
 from seproxy.cache.cache import Cache, Fetch
 from seproxy.cache.entry import Area, Entry, ReadLease, Usage
+from seproxy.cache.index import OutdatedIndex
 from seproxy.cache.purge import PurgeReport, PurgeRule, purge, purging
 from seproxy.cache.writer import StagingWriter, VerificationError
 
@@ -10,6 +11,7 @@ __all__ = [
     "Cache",
     "Entry",
     "Fetch",
+    "OutdatedIndex",
     "PurgeReport",
     "PurgeRule",
     "ReadLease",

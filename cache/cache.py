@@ -87,7 +87,9 @@ class Cache:
         if read_only:
             if not self.layout.index.is_file():
                 raise FileNotFoundError(errno.ENOENT, "no cache here yet", str(self.layout.root))
-            self._index = Index(self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime, read_only=True)
+            self._index = Index(
+                self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime, read_only=True
+            )
             return
         self.layout.create()
         self._index = Index(self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime)

@@ -189,7 +189,9 @@ class Index:
         self._lock = threading.RLock()
         if read_only:
             uri = f"{path.resolve().as_uri()}?mode=ro"
-            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+            self._db = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
             self.upgraded_from = self._version()
             if self.upgraded_from != SCHEMA_VERSION:
                 self._db.close()
@@ -241,9 +243,15 @@ class Index:
             return self._db.execute(sql, params).rowcount
 
     def _entries(
-        self, where: str, params: Any = (), order: str = "e.last_access, e.id", limit: int = -1, table: str = "entries e"
+        self,
+        where: str,
+        params: Any = (),
+        order: str = "e.last_access, e.id",
+        limit: int = -1,
+        table: str = "entries e",
     ) -> list[Entry]:
-        rows = self._rows(f"SELECT {_ENTRY_COLUMNS} FROM {table} WHERE {where} ORDER BY {order} LIMIT {int(limit)}", params)
+        sql = f"SELECT {_ENTRY_COLUMNS} FROM {table} WHERE {where} ORDER BY {order} LIMIT {int(limit)}"
+        rows = self._rows(sql, params)
         return [self._entry(row) for row in rows]
 
     def _entry(self, row: tuple[Any, ...]) -> Entry:
@@ -304,7 +312,8 @@ class Index:
         while remaining is None or remaining > 0:
             size = page if remaining is None else min(page, remaining)
             # Along the LRU index even with an SE or owner given: another index would sort all their rows per page.
-            found = self._entries(" AND ".join(conditions) or "1", params, limit=size, table="entries e INDEXED BY entries_lru")
+            where = " AND ".join(conditions) or "1"
+            found = self._entries(where, params, limit=size, table="entries e INDEXED BY entries_lru")
             yield from found
             if len(found) < size:
                 return
@@ -446,7 +455,8 @@ class Index:
         """The holder's heartbeat: its leases stay valid, and it still has the cache open."""
         with self.transaction():
             self._db.execute(
-                "UPDATE leases SET expires = ? WHERE pid = ? AND pid_start IS ?", (lease_expires, holder.pid, holder.start)
+                "UPDATE leases SET expires = ? WHERE pid = ? AND pid_start IS ?",
+                (lease_expires, holder.pid, holder.start),
             )
             self._db.execute("UPDATE openers SET seen = ? WHERE id = ?", (now, opener))
 

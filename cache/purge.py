@@ -49,7 +49,9 @@ class PurgeReport:
         return sum(entry.size for entry in self.removed)
 
 
-def purging(cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool = False) -> Iterator[tuple[Entry, bool]]:
+def purging(
+    cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool = False
+) -> Iterator[tuple[Entry, bool]]:
     """Remove what ``rule`` selects, least recently used first; yield each entry
     tried and whether it went (or would go, with ``dry_run``) as it happens.
 

@@ -172,3 +172,27 @@ def test_killed_while_purging(tmp_path: Path) -> None:
         assert 0 < len(entries) < count
         on_disk = {p.name: p.stat().st_size for p in cache.layout.data.rglob("*") if p.is_file()}
         assert on_disk == {e.id: 1000 for e in entries}
+
+
+def test_an_open_after_a_clean_close_recovers_nothing_and_after_a_kill_what_was_in_progress(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    with open_cache(root) as cache:
+        kept = cache.stage("SE", "/kept", lambda w: w.write(b"kept"))
+    stray = root / "tmp" / ("cd" * 16)  # no process of ours left it: only a crash may make it ours to remove
+    stray.write_bytes(b"stray")
+    open_cache(root).close()
+    assert stray.exists()
+
+    command = [sys.executable, "-c", STAGE_AND_HANG, str(root)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None and child.stdout.readline() == "writing\n"
+        child.send_signal(signal.SIGKILL)
+    with closing(sqlite3.connect(root / "index.sqlite3")) as db:
+        assert db.execute("SELECT kind, pid FROM leases").fetchall() == [("write", child.pid)]
+        assert db.execute("SELECT pid FROM openers").fetchall() == [(child.pid,)]
+    with open_cache(root) as cache:
+        assert list(cache.layout.tmp.iterdir()) == []
+        assert cache.entries() == [cache.get(kept.id)]
+    with closing(sqlite3.connect(root / "index.sqlite3")) as db:
+        assert db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM openers").fetchone() == (0,)

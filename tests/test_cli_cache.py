@@ -43,7 +43,7 @@ def seproxy(config, *args, check_code=0):
         [sys.executable, "-m", "seproxy", "cache", *args, "--config", str(config)],
         capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode == check_code, result.stdout + result.stderr
+    assert check_code is None or result.returncode == check_code, result.stdout + result.stderr
     return result
 
 
@@ -145,3 +145,80 @@ def test_config_errors_name_the_key(tmp_path):
     result = subprocess.run([sys.executable, "-m", "seproxy", "cache", "du", "--config", str(bad)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "cache.quota" in result.stderr
+
+
+def test_read_only_commands_create_nothing(config, tmp_path):
+    for args in (["du"], ["ls"], ["purge", "--all", "--dry-run"]):
+        result = seproxy(config, *args, check_code=2)
+        assert "there is no cache at" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+# Stages a file, says so half-way, and waits to be killed.
+STAGE_AND_HANG = """
+import sys, time
+from seproxy.cache_access import open_cache
+from seproxy.config import load_settings
+
+def fetch(writer):
+    writer.write(b"half")
+    print("writing", flush=True)
+    time.sleep(60)
+
+open_cache(load_settings(sys.argv[1])).stage("SE1", "/hanging", fetch)
+"""
+
+
+def test_read_only_commands_do_not_recover(config, cache):
+    put(cache, "SE1", "/a", b"a" * 10)
+    with subprocess.Popen([sys.executable, "-c", STAGE_AND_HANG, str(config)], stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout.readline() == "writing\n"
+        child.kill()
+    root = cache.layout.root
+    files = lambda: sorted(str(p.relative_to(root)) for p in root.rglob("*") if "sqlite3-" not in p.name)  # noqa: E731
+    index = root / "index.sqlite3"
+    before, index_before = files(), index.read_bytes()
+    assert any(name.startswith("tmp/") for name in before)  # the killed staging's partial file
+
+    assert len(json.loads(seproxy(config, "ls", "--json").stdout)) == 1
+    assert json.loads(seproxy(config, "du", "--json").stdout)["staging"] == 1  # the dead writer's lease, not reaped
+    seproxy(config, "purge", "--all", "--dry-run")
+    assert files() == before and index.read_bytes() == index_before
+
+    seproxy(config, "purge", "--older-than", "1d")  # a writing command recovers
+    assert not any(name.startswith("tmp/") and name != "tmp" for name in files())
+
+
+def test_ls_streams_the_least_recently_used_first(config, cache):
+    entries = [put(cache, "SE1", f"/f{i}", b"x" * 10, age=1000 - i) for i in range(30)]
+    limited = json.loads(seproxy(config, "ls", "--json", "--limit", "4").stdout)
+    assert [e["id"] for e in limited] == [e.id for e in entries[:4]]
+    assert json.loads(seproxy(config, "ls", "--json", "--limit", "0").stdout) == []
+    assert "3 entries, 30 B" in seproxy(config, "ls", "--limit", "3").stdout
+    with subprocess.Popen(
+        [sys.executable, "-m", "seproxy", "cache", "ls", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as listing:  # `seproxy cache ls | head -n 2`
+        head = [listing.stdout.readline() for _ in range(2)]
+        listing.stdout.close()
+        assert listing.wait(timeout=60) == 0 and "Traceback" not in listing.stderr.read()
+    assert head[0].startswith("ID") and head[1].startswith(entries[0].id[:12])
+
+
+def test_verify_samples_and_finds_files_without_entry(config, cache):
+    entries = [put(cache, "SE1", f"/f{i}", os.urandom(100)) for i in range(20)]
+    entries[7].path.write_bytes(b"short")
+    sampled = json.loads(seproxy(config, "verify", "--json", "--sample", "5", check_code=None).stdout)
+    assert sampled["checked"] == 5 and sampled["orphans"] == []
+    everything = json.loads(seproxy(config, "verify", "--json", "--sample", "1000", check_code=1).stdout)
+    assert everything["checked"] == 20 and [d["id"] for d in everything["damaged"]] == [entries[7].id]
+
+    orphan = cache.layout.entry_path("ee" * 16)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"no row")
+    report = json.loads(seproxy(config, "verify", "--json", check_code=1).stdout)
+    assert report["orphans"] == [str(orphan)] and report["complete"] and report["checked"] == 20
+    seproxy(config, "verify", "--remove", check_code=1)
+    assert not orphan.exists() and cache.get(entries[7].id) is None
+    assert "0 damaged; 0 files without entry" in seproxy(config, "verify").stdout
+    assert "--sample picks from the whole cache" in seproxy(config, "verify", "--sample", "3", "--se", "SE1", check_code=2).stderr
