@@ -324,13 +324,14 @@ class Cache:
 
     def delete_batch(self, entries: list[Entry], *, force: bool) -> list[Entry]:
         """Remove those of ``entries`` not in use (see ``remove``) in one transaction; return them."""
-        deleted = self._index.delete([entry.id for entry in entries], time.time(), force=force)
+        deleted = set(self._index.delete([entry.id for entry in entries], time.time(), force=force))
+        gone = [entry for entry in entries if entry.id in deleted]
         # After the commit; the index lists these files until they are gone, for recovery after a crash here.
-        for entry in deleted:
+        for entry in gone:
             entry.path.unlink(missing_ok=True)
-        if deleted:
-            self._index.unlinked([entry.id for entry in deleted])
-        return deleted
+        if gone:
+            self._index.unlinked([entry.id for entry in gone])
+        return gone
 
     def evict(self) -> list[Entry]:
         """Evict least recently used entries if usage is past the high watermark."""

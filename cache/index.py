@@ -357,8 +357,8 @@ class Index:
         sql = "UPDATE entries SET upload_pending = 0 WHERE id = ? AND upload_pending = 1"
         return self._change(sql, (entry_id,)) == 1
 
-    def delete(self, entry_ids: list[str], now: float, *, force: bool) -> list[Entry]:
-        """Delete the rows (and their names) not in use, in one transaction; return what was deleted.
+    def delete(self, entry_ids: list[str], now: float, *, force: bool) -> list[str]:
+        """Delete the rows (and their names) not in use, in one transaction; return the ids deleted.
 
         A live lease always wins. Without ``force`` a pin or an upload still
         owed also keep an entry. The deleted ids are listed in ``unlinking``
@@ -372,13 +372,12 @@ class Index:
         marks = ", ".join(f":{name}" for name in names)
         with self.transaction():
             rows = self._db.execute(
-                f"DELETE FROM entries AS e WHERE e.id IN ({marks}) AND {rule} RETURNING {_COLUMNS}",
+                f"DELETE FROM entries AS e WHERE e.id IN ({marks}) AND {rule} RETURNING id",
                 {**names, "now": now, "upload_lifetime": self._upload_lifetime},
             ).fetchall()
-            deleted = [(row[0],) for row in rows]
-            self._db.executemany("DELETE FROM aliases WHERE entry_id = ?", deleted)
-            self._db.executemany("INSERT OR IGNORE INTO unlinking (entry_id) VALUES (?)", deleted)
-        return [self._entry(row) for row in rows]
+            self._db.executemany("DELETE FROM aliases WHERE entry_id = ?", rows)
+            self._db.executemany("INSERT OR IGNORE INTO unlinking (entry_id) VALUES (?)", rows)
+        return [entry_id for (entry_id,) in rows]
 
     def unlinked(self, entry_ids: list[str]) -> None:
         """The files of these deleted rows are gone."""

@@ -8,7 +8,9 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
-from seproxy.cache import Cache
+import pytest
+
+from seproxy.cache import Cache, OutdatedIndex
 from seproxy.cache.index import SCHEMA_VERSION
 
 # Random stagings, uploads, removals, pins, purges and evictions (the quota is
@@ -141,3 +143,14 @@ def test_an_index_of_the_first_release_is_upgraded_in_place(tmp_path: Path) -> N
         assert_totals_match(cache)
     with closing(sqlite3.connect(root / "index.sqlite3")) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_a_reader_leaves_an_old_index_alone_and_says_what_to_do(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    (root / "data").mkdir(parents=True)
+    with closing(sqlite3.connect(root / "index.sqlite3")) as db:
+        db.executescript(SCHEMA_V1)
+    with pytest.raises(OutdatedIndex, match="schema version 1.*run a writing command"):
+        Cache(root, quota=1 << 30, min_free=0, read_only=True)
+    with closing(sqlite3.connect(root / "index.sqlite3")) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
