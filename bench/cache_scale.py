@@ -16,6 +16,11 @@ that would make a million stagings take hours. Everything measured afterwards
 goes through the normal paths: ``Cache.stage``, ``Cache.evict``, a fresh
 process opening the cache, ``seproxy cache du`` and ``seproxy cache ls |
 head`` as subprocesses, the Prometheus collector of the service.
+
+Environment: ``SEPROXY_BENCH_DIR`` puts the cache elsewhere than the temporary
+directory (``/dev/shm``: file creation on this VM's disk is slow and noisy,
+and a million 1 KiB files take about 4.5 GiB there); ``SEPROXY_BENCH_CACHE_SIZES``
+(``1000,10000,100000``) replaces the list of sizes.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ one short ``BEGIN IMMEDIATE`` transaction, and a busy database is waited for
 processes ("never delete an entry someone is reading") is written as one SQL
 statement, so it is checked and applied atomically.
 
+Nothing here reads the whole table on a path that runs often: totals are
+kept by triggers, eviction and listings walk the LRU index a page at a time
+and stop when they have enough, so the cost of an operation follows what it
+touches, not the number of entries (a site cache holds millions).
+
 All SQL of the cache lives here; the policy (what to delete, when) does not.
 """
 
