@@ -2,7 +2,8 @@
 
 from seproxy.cache.cache import Cache, Fetch, NewEntry
 from seproxy.cache.entry import Area, Entry, ReadLease, Usage
-from seproxy.cache.purge import PurgeReport, PurgeRule, purge
+from seproxy.cache.index import OutdatedIndex
+from seproxy.cache.purge import PurgeReport, PurgeRule, purge, purging
 from seproxy.cache.writer import StagingWriter, VerificationError
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "Entry",
     "Fetch",
     "NewEntry",
+    "OutdatedIndex",
     "PurgeReport",
     "PurgeRule",
     "ReadLease",
@@ -18,4 +20,5 @@ __all__ = [
     "Usage",
     "VerificationError",
     "purge",
+    "purging",
 ]

@@ -7,7 +7,9 @@ that (and after any eviction the commit triggers), so no other process ever
 takes a file in progress for an orphan. Removal goes the other way: the row
 is deleted first (only if no live lease), the file unlinked after the commit.
 A crash between any two steps leaves something recovery removes at the next
-open, never a partial file that looks whole.
+open, never a partial file that looks whole; each writing process is listed in
+the index while it has the cache open, so an open that finds no dead one
+skips recovery altogether (see ``recovery``).
 """
 
 from __future__ import annotations
@@ -20,15 +22,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from seproxy.cache.entry import Area, Entry, ReadLease, Usage
 from seproxy.cache.eviction import Quota, give_up_lru
-from seproxy.cache.index import Index
+from seproxy.cache.index import CRASH_MARKS_VERSION, Index
 from seproxy.cache.layout import Layout, check_entry_id, new_entry_id
 from seproxy.cache.leases import Heartbeat, Holder
-from seproxy.cache.recovery import recover
+from seproxy.cache.recovery import check_everything, orphans, reap_dead_writers, recover_after_crash
 from seproxy.cache.singleflight import SingleFlight
 from seproxy.cache.space import DiskSpace
 from seproxy.cache.writer import StagingWriter
@@ -36,6 +39,10 @@ from seproxy.cache.writer import StagingWriter
 log = logging.getLogger(__name__)
 
 Fetch = Callable[[StagingWriter], None]
+
+# Rows read at a time when looking for eviction candidates: a pass that needs
+# a few entries reads about one page; a large one reads page after page.
+_EVICTION_PAGE = 128
 
 # What a new entry says unless its kind of writing tells (an upload has no source SE, ...).
 _NEW_ENTRY: dict[str, Any] = {
@@ -65,6 +72,8 @@ class Cache:
 
     Thread-safe; several processes may open the same root at once (the
     service and the operator CLI). Opening recovers from any earlier crash.
+    ``read_only``: look, never change (no recovery, nothing created; the
+    root must hold a cache already, else ``FileNotFoundError``).
     """
 
     def __init__(
@@ -77,13 +86,12 @@ class Cache:
         min_free: int = 1 << 30,
         lease_ttl: float = 120.0,
         upload_lifetime: float = 86400.0,
+        read_only: bool = False,
     ) -> None:
         self.layout = Layout(root)
-        self.layout.create()
         self.quota = Quota(quota, high_watermark, low_watermark)
         self.space = DiskSpace(self.layout.root, min_free)
         self._lease_ttl = lease_ttl
-        self._index = Index(self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime)
         self._stagings: SingleFlight[Entry] = SingleFlight()
         self._evicting = threading.Lock()
         # Entries this process evicted since it opened the cache (for metrics).
@@ -92,11 +100,32 @@ class Cache:
         self.hits = 0
         self.misses = 0
         self._counting = threading.Lock()
-        recover(self.layout, self._index)
+        self._heartbeat: Heartbeat | None = None
+        if read_only:
+            if not self.layout.index.is_file():
+                raise FileNotFoundError(errno.ENOENT, "no cache here yet", str(self.layout.root))
+            self._index = Index(
+                self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime, read_only=True
+            )
+            return
+        self.layout.create()
+        self._index = Index(self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime)
+        self._holder = Holder.current()
+        # Listed first, so that a crash from now on is seen by the next opener.
+        self._opener = self._index.add_opener(self._holder, time.time())
+        if 0 < self._index.upgraded_from < CRASH_MARKS_VERSION:
+            self.check_everything()  # its past left no marks to go by
+        else:
+            dead = [opener for opener in self._index.openers() if not opener.holder.is_alive()]
+            if dead:
+                recover_after_crash(self.layout, self._index, dead)
         self._heartbeat = Heartbeat(lease_ttl / 4, self._renew_leases)
 
     def close(self) -> None:
-        self._heartbeat.stop()
+        """Close; for a writer, also the mark of a clean shutdown (the next open recovers nothing)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._index.drop_openers([self._opener])
         self._index.close()
 
     def __enter__(self) -> Cache:
@@ -319,7 +348,8 @@ class Cache:
         return lease
 
     def _renew_leases(self) -> None:
-        self._index.renew_leases(Holder.current(), time.time() + self._lease_ttl)
+        now = time.time()
+        self._index.renew(self._holder, self._opener, now, now + self._lease_ttl)
 
     # --- names, pins, uploads
 
@@ -367,10 +397,18 @@ class Cache:
         return self._index.hold(check_entry_id(entry_id), time.time(), force=force)
 
     def _delete(self, entry: Entry | None, *, force: bool) -> bool:
-        if entry is None or self._index.delete(entry.id, time.time(), force=force) is None:
-            return False
-        entry.path.unlink(missing_ok=True)  # after the commit: a crash here leaves an orphan for recovery
-        return True
+        return entry is not None and bool(self.delete_batch([entry], force=force))
+
+    def delete_batch(self, entries: list[Entry], *, force: bool) -> list[Entry]:
+        """Remove those of ``entries`` not in use (see ``remove``) in one transaction; return them."""
+        deleted = set(self._index.delete([entry.id for entry in entries], time.time(), force=force))
+        gone = [entry for entry in entries if entry.id in deleted]
+        # After the commit; the index lists these files until they are gone, for recovery after a crash here.
+        for entry in gone:
+            entry.path.unlink(missing_ok=True)
+        if gone:
+            self._index.unlinked([entry.id for entry in gone])
+        return gone
 
     def evict(self) -> list[Entry]:
         """Evict least recently used entries if usage is past the high watermark."""
@@ -380,10 +418,10 @@ class Cache:
     def _evict_down_to(self, target: int) -> list[Entry]:
         with self._evicting:
             now = time.time()
-            self._index.reap_leases(now, Holder.is_alive)
-            removed, _ = give_up_lru(
-                self._index.releasable(now), self._total(), target, lambda e: self._delete(e, force=False)
-            )
+            reap_dead_writers(self.layout, self._index, now)
+            candidates = self._index.scan(releasable_at=now, page=_EVICTION_PAGE)
+            decisions = give_up_lru(candidates, self._total(), target, partial(self.delete_batch, force=False))
+            removed = [entry for entry, gone in decisions if gone]
         if removed:
             self.evictions += len(removed)
             log.info("cache evicted %d entries, %d bytes", len(removed), sum(e.size for e in removed))
@@ -393,15 +431,64 @@ class Cache:
 
     def entries(self, *, area: Area | None = None, se: str | None = None, owner: str | None = None) -> list[Entry]:
         """Entries matching every given field, least recently used first."""
-        return self._index.select(area=area, se=se, owner=owner)
+        return list(self.scan(area=area, se=se, owner=owner))
+
+    def scan(
+        self,
+        *,
+        area: Area | None = None,
+        se: str | None = None,
+        owner: str | None = None,
+        older_than: float | None = None,
+        unused_for: float | None = None,
+        limit: int | None = None,
+    ) -> Iterator[Entry]:
+        """Entries matching every given condition, least recently used first, read
+        as they are consumed (constant memory, whatever the size of the cache).
+        ``older_than``, ``unused_for``: seconds since created, since last used."""
+        now = time.time()
+        return self._index.scan(
+            area=area,
+            se=se,
+            owner=owner,
+            created_before=None if older_than is None else now - older_than,
+            accessed_before=None if unused_for is None else now - unused_for,
+            limit=limit,
+        )
+
+    def sample(self, count: int) -> list[Entry]:
+        """About ``count`` entries picked at random (a spot check of a large cache)."""
+        return self._index.sample(count)
+
+    def check_everything(self) -> None:
+        """Compare every file with every row and reconcile them (files without row,
+        rows whose file is missing or short). Its cost grows with the cache, so it
+        runs only when asked (and once after an upgrade from an index without crash marks)."""
+        check_everything(self.layout, self._index)
+
+    def orphans(self) -> Iterator[Path]:
+        """Files under ``data/`` that no entry describes (a full walk of the cache: the operator's check)."""
+        return orphans(self.layout, self._index)
 
     def usage(self) -> Usage:
-        by_area, by_se, count = self._index.totals()
+        totals = self._index.totals()
+        by_area: dict[str, int] = {}
+        by_se: dict[str, int] = {}
+        entries_by_area: dict[str, int] = {}
+        entries_by_se: dict[str, int] = {}
+        for area, se, size, count in totals:
+            by_area[area] = by_area.get(area, 0) + size
+            entries_by_area[area] = entries_by_area.get(area, 0) + count
+            if se is not None:
+                by_se[se] = by_se.get(se, 0) + size
+                entries_by_se[se] = entries_by_se.get(se, 0) + count
         return Usage(
             total=sum(by_area.values()),
-            count=count,
+            count=sum(entries_by_area.values()),
             by_area=by_area,
             by_se=by_se,
+            entries_by_area=entries_by_area,
+            entries_by_se=entries_by_se,
             quota=self.quota.limit,
             high_watermark=self.quota.high_bytes,
             low_watermark=self.quota.low_bytes,

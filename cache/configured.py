@@ -6,8 +6,10 @@ from seproxy.cache import Cache
 from seproxy.config import Settings
 
 
-def open_cache(settings: Settings) -> Cache:
-    """The cache at ``settings.cache_root``; safe while another process (the service) has it open."""
+def open_cache(settings: Settings, *, read_only: bool = False) -> Cache:
+    """The cache at ``settings.cache_root``; safe while another process (the service) has it open.
+
+    ``read_only``: for looking only (no recovery, nothing created or changed)."""
     return Cache(
         settings.cache_root,
         quota=settings.cache.quota,
@@ -15,4 +17,5 @@ def open_cache(settings: Settings) -> Cache:
         low_watermark=settings.cache.low_watermark,
         min_free=settings.cache.min_free,
         upload_lifetime=settings.cache.upload_lifetime,
+        read_only=read_only,
     )

@@ -62,6 +62,8 @@ class Usage:
     count: int
     by_area: dict[str, int]
     by_se: dict[str, int]
+    entries_by_area: dict[str, int]
+    entries_by_se: dict[str, int]
     quota: int
     high_watermark: int
     low_watermark: int

@@ -8,7 +8,7 @@ a while is the cheapest to fetch again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from seproxy.cache.entry import Entry
@@ -46,22 +46,43 @@ class Quota:
 
 
 def give_up_lru(
-    candidates: Iterable[Entry], usage: int, target: int | None, remove: Callable[[Entry], bool]
-) -> tuple[list[Entry], list[Entry]]:
-    """Remove candidates, least recently used first, until ``usage`` is at most
-    ``target`` (None: remove them all); return (removed, refused).
+    candidates: Iterable[Entry],
+    usage: int,
+    target: int | None,
+    remove: Callable[[list[Entry]], list[Entry]],
+    *,
+    batch: int = 256,
+) -> Iterator[tuple[Entry, bool]]:
+    """Remove ``candidates`` (given least recently used first) until ``usage``
+    is at most ``target`` (None: remove them all); yield each entry tried and
+    whether it went.
 
-    ``remove`` may refuse (the entry came into use meanwhile, possibly in
-    another process): then the next candidate is tried.
+    Candidates are taken only as far as needed, and removed ``batch`` at a
+    time (one transaction each), so the cost follows what is removed, not
+    what the cache holds. ``remove`` returns those of a batch it removed: it
+    may refuse some (they came into use meanwhile, possibly in another
+    process), and then the next candidates are tried.
     """
-    removed: list[Entry] = []
-    refused: list[Entry] = []
-    for entry in sorted(candidates, key=lambda e: (e.last_access, e.id)):
-        if target is not None and usage <= target:
-            break
-        if remove(entry):
-            removed.append(entry)
-            usage -= entry.size
-        else:
-            refused.append(entry)
-    return removed, refused
+    pending: list[Entry] = []
+    planned = 0  # bytes of the pending batch
+
+    def settle() -> Iterator[tuple[Entry, bool]]:
+        nonlocal usage, planned
+        gone = {entry.id for entry in remove(pending)} if pending else set()
+        for entry in pending:
+            if entry.id in gone:
+                usage -= entry.size
+            yield entry, entry.id in gone
+        pending.clear()
+        planned = 0
+
+    for entry in candidates:
+        if target is not None and usage - planned <= target:
+            yield from settle()
+            if usage <= target:
+                return
+        pending.append(entry)
+        planned += entry.size
+        if len(pending) >= batch:
+            yield from settle()
+    yield from settle()

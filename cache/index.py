@@ -7,6 +7,11 @@ one short ``BEGIN IMMEDIATE`` transaction, and a busy database is waited for
 processes ("never delete an entry someone is reading") is written as one SQL
 statement, so it is checked and applied atomically.
 
+Nothing here reads the whole table on a path that runs often: totals are
+kept by triggers, eviction and listings walk the LRU index a page at a time
+and stop when they have enough, so the cost of an operation follows what it
+touches, not the number of entries (a site cache holds millions).
+
 All SQL of the cache lives here; the policy (what to delete, when) does not.
 """
 
@@ -16,13 +21,17 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from seproxy.cache.entry import Entry
 from seproxy.cache.leases import Holder
 
-_SCHEMA = """
+# The schema grows by steps: step N brings an index of version N - 1 to version
+# N, so an index left by any earlier release is brought up to date when a
+# writer opens it (a site upgrades in place) and the same steps build a new one.
+_ENTRIES_V1 = """
 CREATE TABLE IF NOT EXISTS entries (
     id TEXT PRIMARY KEY,
     area TEXT NOT NULL CHECK (area IN ('staged', 'upload', 'http')),
@@ -59,23 +68,81 @@ CREATE TABLE IF NOT EXISTS leases (
 );
 CREATE INDEX IF NOT EXISTS leases_entry ON leases (entry_id);
 """
-# Columns added to ``entries`` after version 1: an index file of an older version gets them when
-# opened (NULL for its entries), so old and new files alike end up in the current shape.
-_ADDED_COLUMNS = {
-    "source_mtime": "REAL",  # when the source last modified the file, if it said
-    "md5": "TEXT",  # checksums computed on first request (hex)
-    "sha256": "TEXT",
-}
-_VERSION = 2
+
+# Bytes and entries by (area, SE), kept by triggers in the transaction that
+# changes an entry, so that quota checks, metrics and `cache du` read a few
+# rows whatever the size of the cache ('' stands for "no SE").
+_RUNNING_TOTALS_V2 = """
+CREATE TABLE totals (
+    area TEXT NOT NULL,
+    se TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    PRIMARY KEY (area, se)
+);
+CREATE TRIGGER totals_insert AFTER INSERT ON entries BEGIN
+    INSERT INTO totals (area, se, bytes, entries) VALUES (NEW.area, COALESCE(NEW.se, ''), NEW.size, 1)
+    ON CONFLICT (area, se) DO UPDATE SET bytes = bytes + excluded.bytes, entries = entries + 1;
+END;
+CREATE TRIGGER totals_delete AFTER DELETE ON entries BEGIN
+    UPDATE totals SET bytes = bytes - OLD.size, entries = entries - 1
+    WHERE area = OLD.area AND se = COALESCE(OLD.se, '');
+END;
+CREATE TRIGGER totals_update AFTER UPDATE OF area, se, size ON entries BEGIN
+    UPDATE totals SET bytes = bytes - OLD.size, entries = entries - 1
+    WHERE area = OLD.area AND se = COALESCE(OLD.se, '');
+    INSERT INTO totals (area, se, bytes, entries) VALUES (NEW.area, COALESCE(NEW.se, ''), NEW.size, 1)
+    ON CONFLICT (area, se) DO UPDATE SET bytes = bytes + excluded.bytes, entries = entries + 1;
+END;
+INSERT INTO totals (area, se, bytes, entries)
+    SELECT area, COALESCE(se, ''), SUM(size), COUNT(*) FROM entries GROUP BY area, COALESCE(se, '');
+"""
+
+# Eviction and listings walk (last_access, id) in index order and stop early;
+# `--older-than` and crash recovery find entries by creation time.
+_ORDERS_V3 = """
+DROP INDEX entries_lru;
+CREATE INDEX entries_lru ON entries (last_access, id);
+CREATE INDEX entries_created ON entries (created);
+"""
+
+# What lets an open skip the full scan: every writing process is listed in
+# `openers` while it has the cache open (a row left by a dead process marks a
+# crash), and a row deleted before its file is unlinked is listed in
+# `unlinking` until the file is gone.
+_CRASH_MARKS_V4 = """
+CREATE TABLE openers (
+    id INTEGER PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER,
+    opened REAL NOT NULL,
+    seen REAL NOT NULL
+);
+CREATE TABLE unlinking (entry_id TEXT PRIMARY KEY);
+"""
+
+# What the grid HTTP conventions need of an entry: when the source last modified
+# the file (Last-Modified), and checksums computed on first request (hex).
+_DIGESTS_V5 = """
+ALTER TABLE entries ADD COLUMN source_mtime REAL;
+ALTER TABLE entries ADD COLUMN md5 TEXT;
+ALTER TABLE entries ADD COLUMN sha256 TEXT;
+"""
+
+_MIGRATIONS = (_ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5)
+SCHEMA_VERSION = len(_MIGRATIONS)
+# From this version on, a crash leaves marks; an index of an earlier version
+# gets one full consistency check when it is upgraded.
+CRASH_MARKS_VERSION = 4
+
+# The columns of an entry, by Entry field (path is derived).
+_FIELDS = (
+    "id", "area", "size", "xxh3", "adler32", "se", "source_path", "owner", "name",
+    "created", "last_access", "pinned_until", "upload_pending", "source_mtime", "md5", "sha256",
+)  # fmt: skip
 # The checksums that may be recorded after the entry was written (column names): adler32 for
 # entries written before it was always computed.
 _RECORDED_DIGESTS = ("adler32", "md5", "sha256")
-
-# The columns of an entry, in the order of the Entry fields (path is derived).
-_FIELDS = (
-    "id", "area", "size", "xxh3", "adler32", "se", "source_path", "owner", "name",
-    "created", "last_access", "pinned_until", "upload_pending", *_ADDED_COLUMNS,
-)  # fmt: skip
 _COLUMNS = ", ".join(_FIELDS)
 _ENTRY_COLUMNS = ", ".join(f"e.{field}" for field in _FIELDS)
 # An entry is in use while any lease on it has not expired (dead holders'
@@ -101,33 +168,82 @@ def _hold(*, force: bool) -> str:
 _RELEASABLE = f"{_hold(force=False)} IS NULL"
 
 
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script one by one (a trigger's body holds semicolons of its own)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in the schema: {pending!r}")
+
+
+class OutdatedIndex(Exception):
+    """A read-only opener met an index that a writer must upgrade first."""
+
+
+@dataclass(frozen=True)
+class Opener:
+    """A process that had the cache open for writing, and when it last said it lived."""
+
+    id: int
+    holder: Holder
+    opened: float
+    seen: float
+
+
 class Index:
-    """One connection to the index, shared by the threads of one process."""
+    """One connection to the index, shared by the threads of one process.
+
+    ``read_only``: the connection never writes, so it neither upgrades the
+    schema nor changes anything (the operator's ``ls`` and ``du``).
+    ``upgraded_from`` is the schema version the index had when opened (0: new).
+    """
 
     def __init__(
-        self, path: Path, path_of: Callable[[str], Path], *, busy_timeout: float = 30.0, upload_lifetime: float = 86400.0
+        self,
+        path: Path,
+        path_of: Callable[[str], Path],
+        *,
+        busy_timeout: float = 30.0,
+        upload_lifetime: float = 86400.0,
+        read_only: bool = False,
     ) -> None:
         self._path_of = path_of
         self._upload_lifetime = upload_lifetime
         # One connection behind a lock: transactions are short, and sqlite
         # connections must not be used by two threads at once.
         self._lock = threading.RLock()
+        if read_only:
+            uri = f"{path.resolve().as_uri()}?mode=ro"
+            self._db = sqlite3.connect(
+                uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            )
+            self.upgraded_from = self._version()
+            if self.upgraded_from != SCHEMA_VERSION:
+                self._db.close()
+                raise OutdatedIndex(
+                    f"the cache index {path} has schema version {self.upgraded_from}, this seproxy reads version "
+                    f"{SCHEMA_VERSION}: start the service or run a writing command (seproxy cache purge or verify) "
+                    "once to upgrade it"
+                )
+            return
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         self._db.execute("PRAGMA journal_mode = WAL")
         # NORMAL is crash-safe in WAL mode; only a power cut may lose the last commits.
         self._db.execute("PRAGMA synchronous = NORMAL")
-        with self._lock:
-            self._db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
-            with self.transaction():
-                self._migrate()
+        with self.transaction():
+            self.upgraded_from = self._version()
+            for step in _MIGRATIONS[self.upgraded_from :]:
+                for statement in _statements(step):
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _migrate(self) -> None:
-        """Add the columns an index file of an older version lacks."""
-        present = {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}
-        for column, kind in _ADDED_COLUMNS.items():
-            if column not in present:
-                self._db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
-        self._db.execute(f"PRAGMA user_version = {_VERSION}")
+    def _version(self) -> int:
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        return version
 
     def close(self) -> None:
         with self._lock:
@@ -156,8 +272,16 @@ class Index:
         with self.transaction():
             return self._db.execute(sql, params).rowcount
 
-    def _entries(self, where: str, params: Any = (), order: str = "e.last_access, e.id") -> list[Entry]:
-        rows = self._rows(f"SELECT {_ENTRY_COLUMNS} FROM entries e WHERE {where} ORDER BY {order}", params)
+    def _entries(
+        self,
+        where: str,
+        params: Any = (),
+        order: str = "e.last_access, e.id",
+        limit: int = -1,
+        table: str = "entries e",
+    ) -> list[Entry]:
+        sql = f"SELECT {_ENTRY_COLUMNS} FROM {table} WHERE {where} ORDER BY {order} LIMIT {int(limit)}"
+        rows = self._rows(sql, params)
         return [self._entry(row) for row in rows]
 
     def _entry(self, row: tuple[Any, ...]) -> Entry:
@@ -182,18 +306,71 @@ class Index:
         )
         return found[0] if found else None
 
-    def select(self, *, area: str | None, se: str | None, owner: str | None) -> list[Entry]:
-        """Entries matching every given field, least recently used first."""
-        wanted = {"area": area, "se": se, "owner": owner}
+    def scan(
+        self,
+        *,
+        area: str | None = None,
+        se: str | None = None,
+        owner: str | None = None,
+        created_before: float | None = None,
+        accessed_before: float | None = None,
+        releasable_at: float | None = None,
+        limit: int | None = None,
+        page: int = 500,
+    ) -> Iterator[Entry]:
+        """Entries matching every given condition, least recently used first.
+
+        Read page by page along the LRU index, each page a query of its own:
+        memory stays constant, no read transaction stays open (WAL checkpoints
+        go on), and a caller that stops early (eviction with enough bytes
+        freed, ``ls | head``) pays only for what it read. ``releasable_at``:
+        only entries nobody needs at that time (no lease, pin or upload owed).
+        """
+        wanted: dict[str, Any] = {"area": area, "se": se, "owner": owner}
         conditions = [f"e.{column} = :{column}" for column, value in wanted.items() if value is not None]
-        return self._entries(" AND ".join(conditions) or "1", wanted)
+        if created_before is not None:
+            conditions.append("e.created <= :created_before")
+        if accessed_before is not None:
+            conditions.append("e.last_access <= :accessed_before")
+        if releasable_at is not None:
+            conditions.append(_RELEASABLE)
+        params = {
+            **wanted, "created_before": created_before, "accessed_before": accessed_before,
+            "now": releasable_at, "upload_lifetime": self._upload_lifetime,
+        }  # fmt: skip
+        after = "(e.last_access, e.id) > (:after_access, :after_id)"
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = page if remaining is None else min(page, remaining)
+            # Along the LRU index even with an SE or owner given: another index would sort all their rows per page.
+            where = " AND ".join(conditions) or "1"
+            found = self._entries(where, params, limit=size, table="entries e INDEXED BY entries_lru")
+            yield from found
+            if len(found) < size:
+                return
+            if remaining is not None:
+                remaining -= len(found)
+            if after not in conditions:
+                conditions.append(after)
+            params.update(after_access=found[-1].last_access, after_id=found[-1].id)
 
-    def releasable(self, now: float) -> list[Entry]:
-        """Entries nobody needs (no lease, pin or upload still owed), least recently used first."""
-        return self._entries(_RELEASABLE, {"now": now, "upload_lifetime": self._upload_lifetime})
+    def sample(self, count: int) -> list[Entry]:
+        """About ``count`` entries picked at random, without reading the whole table."""
+        (top,) = self._rows("SELECT COALESCE(MAX(rowid), 0) FROM entries")[0]
+        if top == 0 or count <= 0:
+            return []
+        picked: dict[str, Entry] = {}
+        # Each probe takes the first row at or after a random rowid; a few misses
+        # (duplicates) are made up for, but a small table cannot give more than it has.
+        for _ in range(4 * count):
+            if len(picked) >= count:
+                break
+            for entry in self._entries("e.rowid >= abs(random()) % :top + 1", {"top": top}, "e.rowid", 1):
+                picked.setdefault(entry.id, entry)
+        return list(picked.values())
 
-    def ids(self) -> set[str]:
-        return {row[0] for row in self._rows("SELECT id FROM entries")}
+    def created_since(self, since: float) -> list[Entry]:
+        return self._entries("e.created >= ?", (since,), "e.created")
 
     def record_digest(self, entry_id: str, algorithm: str, value: str) -> None:
         if algorithm not in _RECORDED_DIGESTS:
@@ -213,24 +390,27 @@ class Index:
         sql = "UPDATE entries SET upload_pending = 0 WHERE id = ? AND upload_pending = 1"
         return self._change(sql, (entry_id,)) == 1
 
-    def delete(self, entry_id: str, now: float, *, force: bool) -> Entry | None:
-        """Delete the row (and its names) unless in use; return what was deleted.
+    def delete(self, entry_ids: list[str], now: float, *, force: bool) -> list[str]:
+        """Delete the rows (and their names) not in use, in one transaction; return the ids deleted.
 
         A live lease always wins. Without ``force`` a pin or an upload still
-        owed also keep the entry. The caller unlinks the file after this
-        commits; a crash in between leaves a file without a row, which the
-        next open removes.
+        owed also keep an entry. The deleted ids are listed in ``unlinking``
+        until the caller has unlinked their files (``unlinked``): a crash in
+        between leaves a list that the next open works through.
         """
+        if not entry_ids:
+            return []
         rule = f"{_hold(force=force)} IS NULL"
+        names = {f"id{number}": entry_id for number, entry_id in enumerate(entry_ids)}
+        marks = ", ".join(f":{name}" for name in names)
         with self.transaction():
             rows = self._db.execute(
-                f"DELETE FROM entries AS e WHERE e.id = :id AND {rule} RETURNING {_COLUMNS}",
-                {"id": entry_id, "now": now, "upload_lifetime": self._upload_lifetime},
+                f"DELETE FROM entries AS e WHERE e.id IN ({marks}) AND {rule} RETURNING id",
+                {**names, "now": now, "upload_lifetime": self._upload_lifetime},
             ).fetchall()
-            if not rows:
-                return None
-            self._db.execute("DELETE FROM aliases WHERE entry_id = ?", (entry_id,))
-        return self._entry(rows[0])
+            self._db.executemany("DELETE FROM aliases WHERE entry_id = ?", rows)
+            self._db.executemany("INSERT OR IGNORE INTO unlinking (entry_id) VALUES (?)", rows)
+        return [entry_id for (entry_id,) in rows]
 
     def hold(self, entry_id: str, now: float, *, force: bool) -> str | None:
         """Why ``delete`` would keep the entry now ("in use", "pinned", ...); None if it would delete it."""
@@ -240,6 +420,14 @@ class Index:
         )
         return rows[0][0] if rows else "gone"
 
+    def unlinked(self, entry_ids: list[str]) -> None:
+        """The files of these deleted rows are gone."""
+        with self.transaction():
+            self._db.executemany("DELETE FROM unlinking WHERE entry_id = ?", [(i,) for i in entry_ids])
+
+    def unlinking(self) -> list[str]:
+        return [row[0] for row in self._rows("SELECT entry_id FROM unlinking")]
+
     def drop(self, entry_ids: set[str]) -> None:
         """Forget rows whose file is gone (recovery)."""
         with self.transaction():
@@ -247,16 +435,23 @@ class Index:
                 self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
                 self._db.execute("DELETE FROM aliases WHERE entry_id = ?", (entry_id,))
 
+    def has_rows(self, entry_ids: list[str]) -> set[str]:
+        """Which of these ids have a row."""
+        found: set[str] = set()
+        for start in range(0, len(entry_ids), 500):
+            chunk = entry_ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            found.update(row[0] for row in self._rows(f"SELECT id FROM entries WHERE id IN ({marks})", chunk))
+        return found
+
     def total_size(self) -> int:
-        total: int = self._rows("SELECT COALESCE(SUM(size), 0) FROM entries")[0][0]
+        total: int = self._rows("SELECT COALESCE(SUM(bytes), 0) FROM totals")[0][0]
         return total
 
-    def totals(self) -> tuple[dict[str, int], dict[str, int], int]:
-        """(bytes by area, bytes by SE, number of entries)."""
-        by_area = dict(self._rows("SELECT area, SUM(size) FROM entries GROUP BY area"))
-        by_se = dict(self._rows("SELECT se, SUM(size) FROM entries WHERE se IS NOT NULL GROUP BY se"))
-        (count,) = self._rows("SELECT COUNT(*) FROM entries")[0]
-        return by_area, by_se, count
+    def totals(self) -> list[tuple[str, str | None, int, int]]:
+        """(area, SE or None, bytes, entries) for every pair that holds entries."""
+        rows = self._rows("SELECT area, se, bytes, entries FROM totals WHERE entries > 0 ORDER BY area, se")
+        return [(area, se or None, size, count) for area, se, size, count in rows]
 
     # --- per-user names
 
@@ -297,22 +492,31 @@ class Index:
     def drop_lease(self, lease_id: int) -> None:
         self._change("DELETE FROM leases WHERE id = ?", (lease_id,))
 
-    def renew_leases(self, holder: Holder, expires: float) -> None:
-        self._change(
-            "UPDATE leases SET expires = ? WHERE pid = ? AND pid_start IS ?", (expires, holder.pid, holder.start)
-        )
+    def renew(self, holder: Holder, opener: int, now: float, lease_expires: float) -> None:
+        """The holder's heartbeat: its leases stay valid, and it still has the cache open."""
+        with self.transaction():
+            self._db.execute(
+                "UPDATE leases SET expires = ? WHERE pid = ? AND pid_start IS ?",
+                (lease_expires, holder.pid, holder.start),
+            )
+            self._db.execute("UPDATE openers SET seen = ? WHERE id = ?", (now, opener))
 
-    def reap_leases(self, now: float, is_alive: Callable[[Holder], bool]) -> int:
-        """Remove expired leases and those of dead processes; return how many."""
+    def reap_leases(self, now: float, is_alive: Callable[[Holder], bool]) -> tuple[int, list[str]]:
+        """Remove expired leases and those of dead processes; return how many, and
+        the entry ids that dead processes were writing (their files may be left over)."""
         holders = {Holder(pid, start) for pid, start in self._rows("SELECT DISTINCT pid, pid_start FROM leases")}
+        dead_writes: list[str] = []
         with self.transaction():
             removed = self._db.execute("DELETE FROM leases WHERE expires <= ?", (now,)).rowcount
             for holder in holders:
                 if not is_alive(holder):
-                    removed += self._db.execute(
-                        "DELETE FROM leases WHERE pid = ? AND pid_start IS ?", (holder.pid, holder.start)
-                    ).rowcount
-        return removed
+                    rows = self._db.execute(
+                        "DELETE FROM leases WHERE pid = ? AND pid_start IS ? RETURNING entry_id, kind",
+                        (holder.pid, holder.start),
+                    ).fetchall()
+                    removed += len(rows)
+                    dead_writes += [entry_id for entry_id, kind in rows if kind == "write"]
+        return removed, dead_writes
 
     def leased(self, now: float, kind: str | None = None) -> set[str]:
         """Ids of entries (or files being written) under a live lease."""
@@ -320,3 +524,22 @@ class Index:
             "SELECT DISTINCT entry_id FROM leases WHERE expires > ? AND (? IS NULL OR kind = ?)", (now, kind, kind)
         )
         return {row[0] for row in rows}
+
+    # --- processes that have the cache open
+
+    def add_opener(self, holder: Holder, now: float) -> int:
+        with self.transaction():
+            cursor = self._db.execute(
+                "INSERT INTO openers (pid, pid_start, opened, seen) VALUES (?, ?, ?, ?)",
+                (holder.pid, holder.start, now, now),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def openers(self) -> list[Opener]:
+        rows = self._rows("SELECT id, pid, pid_start, opened, seen FROM openers")
+        return [Opener(row_id, Holder(pid, start), opened, seen) for row_id, pid, start, opened, seen in rows]
+
+    def drop_openers(self, opener_ids: list[int]) -> None:
+        with self.transaction():
+            self._db.executemany("DELETE FROM openers WHERE id = ?", [(i,) for i in opener_ids])

@@ -9,8 +9,7 @@ owed to a storage element.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from seproxy.cache.cache import Cache
@@ -33,46 +32,56 @@ class PurgeRule:
         if not self.everything and all(c is None for c in conditions):
             raise ValueError("a purge needs a condition (older_than, unused_for, se, to_size) or everything=True")
 
-    def matches(self, entry: Entry, now: float) -> bool:
-        return (
-            (self.se is None or entry.se == self.se)
-            and (self.older_than is None or now - entry.created >= self.older_than)
-            and (self.unused_for is None or now - entry.last_access >= self.unused_for)
-        )
+    def selected(self, cache: Cache) -> Iterator[Entry]:
+        """The entries the conditions select, least recently used first, read as consumed."""
+        return cache.scan(se=self.se, older_than=self.older_than, unused_for=self.unused_for)
 
 
 @dataclass(frozen=True)
 class PurgeReport:
     removed: list[Entry]  # with a dry run: what would be removed
-    kept: list[Entry]  # selected, but kept: see reasons
+    kept: list[Entry]  # selected, but held at the time
     dry_run: bool
-    reasons: dict[str, str] = field(default_factory=dict)  # entry id -> why it was kept ("pinned", ...)
+    # Why each kept entry stayed: "in use", "pinned", "owed to a storage element".
+    reasons: dict[str, str] = field(default_factory=dict)
 
     @property
     def freed(self) -> int:
         return sum(entry.size for entry in self.removed)
 
 
-def purge(cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool = False) -> PurgeReport:
-    """Remove what ``rule`` selects, least recently used first.
+def purging(
+    cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool = False
+) -> Iterator[tuple[Entry, str | None]]:
+    """Remove what ``rule`` selects, least recently used first; yield each entry
+    tried as it happens, with None if it went (or would go, with ``dry_run``),
+    else why it stays.
 
-    Each entry goes in its own transaction, so a purge killed half-way leaves
-    a consistent cache with part of the work done. A dry run asks the cache
-    the question its removal would answer (``hold``), so it reports what the
-    real run would do at that moment.
+    Entries go a batch per transaction, so a purge killed half-way leaves a
+    consistent cache with part of the work done; memory stays constant. A dry
+    run asks the cache the question its removal would answer (``hold``), so
+    it reports what the real run would do at that moment.
     """
-    now = time.time()
-    selected: Iterable[Entry] = (entry for entry in cache.entries() if rule.matches(entry, now))
+
+    def remove(batch: list[Entry]) -> list[Entry]:
+        if dry_run:
+            return [entry for entry in batch if cache.hold(entry.id, force=force) is None]
+        return cache.delete_batch(batch, force=force)
+
+    for entry, gone in give_up_lru(rule.selected(cache), cache.usage().total, rule.to_size, remove):
+        # An entry the removal refused but that is free by now was busy when it was asked.
+        yield entry, None if gone else cache.hold(entry.id, force=force) or "in use"
+
+
+def purge(cache: Cache, rule: PurgeRule, *, dry_run: bool = False, force: bool = False) -> PurgeReport:
+    """``purging`` with the outcome collected (for callers that want it all at once)."""
+    removed: list[Entry] = []
+    kept: list[Entry] = []
     reasons: dict[str, str] = {}
-
-    def remove(entry: Entry) -> bool:
-        if not dry_run and cache.remove(entry.id, force=force):
-            return True
-        reason = cache.hold(entry.id, force=force)
-        if reason is None and dry_run:
-            return True
-        reasons[entry.id] = reason or "in use"  # freed since the removal refused it: it was busy then
-        return False
-
-    removed, kept = give_up_lru(selected, cache.usage().total, rule.to_size, remove)
+    for entry, reason in purging(cache, rule, dry_run=dry_run, force=force):
+        if reason is None:
+            removed.append(entry)
+        else:
+            kept.append(entry)
+            reasons[entry.id] = reason
     return PurgeReport(removed, kept, dry_run, reasons)

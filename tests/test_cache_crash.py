@@ -57,13 +57,13 @@ def test_killed_while_staging(tmp_path: Path) -> None:
         assert cache.stage("SE", "/big/file", lambda w: w.write(b"again")).path.read_bytes() == b"again"
 
 
-def test_files_and_rows_that_disagree_are_reconciled(tmp_path: Path) -> None:
+def test_files_and_rows_that_disagree_are_reconciled_by_the_full_check(tmp_path: Path) -> None:
     root = tmp_path / "cache"
     with open_cache(root) as cache:
         lost = cache.stage("SE", "/lost", lambda w: w.write(b"lost"))
         truncated = cache.stage("SE", "/truncated", lambda w: w.write(b"long content"))
         kept = cache.stage("SE", "/kept", lambda w: w.write(b"kept"))
-    # A crash between "row deleted" and "file unlinked" leaves a file without row.
+    # What no crash of ours leaves, but a hand in data/ or a lost disk block may.
     orphan = root / "data" / "ab" / ("ab" + "0" * 30)
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(b"orphan")
@@ -73,9 +73,61 @@ def test_files_and_rows_that_disagree_are_reconciled(tmp_path: Path) -> None:
     truncated.path.write_bytes(b"long")
 
     with open_cache(root) as cache:
+        # After a clean close an open looks at nothing: its cost must not grow with the cache.
+        assert len(cache.entries()) == 3 and orphan.exists()
+        cache.check_everything()
         assert [e.id for e in cache.entries()] == [kept.id]
         assert not orphan.exists() and not truncated.path.exists()
         assert not_ours.exists()  # only names that are entry ids are the cache's
+        assert cache.usage().count == 1 and cache.usage().total == 4
+
+
+# Opens the cache, then dies at the step named by argv[2], as a SIGKILL would.
+DIE_AT = """
+import os, pathlib, sys
+from seproxy.cache import Cache
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), 9)
+
+cache = Cache(pathlib.Path(sys.argv[1]), quota=1 << 30, min_free=0)
+if sys.argv[2] == "insert":  # the file is renamed into data/, its row not yet inserted
+    cache._index.insert = die
+    cache.stage("SE", "/renamed", lambda w: w.write(b"renamed"))
+else:  # the row is deleted, the file not yet unlinked
+    pathlib.Path.unlink = die
+    cache.remove(sys.argv[3])
+"""
+
+
+def die_at(root: Path, *args: str) -> None:
+    child = subprocess.run([sys.executable, "-c", DIE_AT, str(root), *args], timeout=60)
+    assert child.returncode == -signal.SIGKILL
+
+
+def data_files(root: Path) -> set[str]:
+    return {p.name for p in (root / "data").rglob("*") if p.is_file()}
+
+
+def test_killed_between_rename_and_insert(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    open_cache(root).close()
+    die_at(root, "insert")
+    (_renamed,) = data_files(root)  # a whole file without row, found through its writer's dead lease
+    with open_cache(root) as cache:
+        assert data_files(root) == set() and cache.entries() == []
+        assert cache.usage().count == 0
+
+
+def test_killed_between_delete_and_unlink(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    with open_cache(root) as cache:
+        doomed = cache.stage("SE", "/doomed", lambda w: w.write(b"doomed"))
+        kept = cache.stage("SE", "/kept", lambda w: w.write(b"kept"))
+    die_at(root, "unlink", doomed.id)
+    assert data_files(root) == {doomed.id, kept.id}  # the row is gone, the file not
+    with open_cache(root) as cache:
+        assert data_files(root) == {kept.id} and [e.id for e in cache.entries()] == [kept.id]
 
 
 def test_a_writer_of_this_process_survives_another_open(tmp_path: Path) -> None:
@@ -120,3 +172,27 @@ def test_killed_while_purging(tmp_path: Path) -> None:
         assert 0 < len(entries) < count
         on_disk = {p.name: p.stat().st_size for p in cache.layout.data.rglob("*") if p.is_file()}
         assert on_disk == {e.id: 1000 for e in entries}
+
+
+def test_an_open_after_a_clean_close_recovers_nothing_and_after_a_kill_what_was_in_progress(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    with open_cache(root) as cache:
+        kept = cache.stage("SE", "/kept", lambda w: w.write(b"kept"))
+    stray = root / "tmp" / ("cd" * 16)  # no process of ours left it: only a crash may make it ours to remove
+    stray.write_bytes(b"stray")
+    open_cache(root).close()
+    assert stray.exists()
+
+    command = [sys.executable, "-c", STAGE_AND_HANG, str(root)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None and child.stdout.readline() == "writing\n"
+        child.send_signal(signal.SIGKILL)
+    with closing(sqlite3.connect(root / "index.sqlite3")) as db:
+        assert db.execute("SELECT kind, pid FROM leases").fetchall() == [("write", child.pid)]
+        assert db.execute("SELECT pid FROM openers").fetchall() == [(child.pid,)]
+    with open_cache(root) as cache:
+        assert list(cache.layout.tmp.iterdir()) == []
+        assert cache.entries() == [cache.get(kept.id)]
+    with closing(sqlite3.connect(root / "index.sqlite3")) as db:
+        assert db.execute("SELECT COUNT(*) FROM leases").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM openers").fetchone() == (0,)

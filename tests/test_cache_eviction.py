@@ -151,3 +151,35 @@ def test_an_upload_nobody_pushes_is_abandoned_after_its_lifetime(cache: Cache, r
     with Cache(root, quota=1, min_free=0, upload_lifetime=0.5) as impatient:
         impatient.evict()
     assert ids(cache) == set() and not late.entry.path.exists()
+
+
+def test_a_large_pass_frees_enough_in_lru_order_and_spares_what_is_needed(root: Path) -> None:
+    """Past several pages of candidates and several deletion batches: no more, no less than needed."""
+    with Cache(root, quota=1 << 30, min_free=0) as cache:
+        staged = [cache.stage("SE", f"/f{i}", sized(100)) for i in range(700)]
+        pinned, read = staged[3], staged[10]
+        cache.pin(pinned.id, time.time() + 3600)
+        with cache.receive_upload("alice", "putFile/owed", expected_size=100) as upload:
+            upload.write(b"u" * 100)
+        assert upload.entry is not None
+        owed = upload.entry
+        for i, entry in enumerate([*staged, owed]):  # a strict LRU order, with the ones to spare among the oldest
+            cache._index.touch(entry.id, 1000.0 + (5.5 if entry is owed else i))
+
+        command = [sys.executable, "-c", HOLD_READ, str(root), read.id]
+        with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as reader:
+            assert reader.stdout is not None and reader.stdout.readline() == "reading\n"
+            cache._index.touch(read.id, 1010.0)  # back among the oldest, lease held
+            # 70 100 bytes now; evict down to 30 000: 400 entries, spread over pages and batches.
+            with Cache(root, quota=70_100, high_watermark=0.9, low_watermark=30_000 / 70_100, min_free=0) as tight:
+                evicted = tight.evict()
+            assert reader.stdin is not None
+            reader.stdin.close()
+
+        usage = cache.usage()
+        assert 30_000 - 100 < usage.total <= 30_000 and usage.count == usage.total // 100
+        spared = {pinned.id, read.id, owed.id}
+        expected = [e.id for e in staged if e.id not in spared][:401]
+        assert [e.id for e in evicted] == expected
+        assert all(not cache.layout.entry_path(i).exists() for i in expected)
+        assert spared <= ids(cache) and all(cache.layout.entry_path(i).exists() for i in spared)

@@ -45,7 +45,7 @@ def seproxy(config, *args, check_code=0):
         [sys.executable, "-m", "seproxy", "cache", *args, "--config", str(config)],
         capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode == check_code, result.stdout + result.stderr
+    assert check_code is None or result.returncode == check_code, result.stdout + result.stderr
     return result
 
 
@@ -173,7 +173,7 @@ def test_a_dry_run_says_what_the_purge_then_does_and_why_entries_stay(config, ca
 def test_inspecting_a_missing_cache_creates_nothing(tmp_path):
     config = tmp_path / "elsewhere.toml"
     config.write_text(tomli_w.dumps({"service": {"state_dir": str(tmp_path / "never")}}))
-    for action in (["ls"], ["du"], ["verify"], ["purge", "--all"]):
+    for action in (["ls"], ["du"], ["verify"], ["purge", "--all"], ["purge", "--all", "--dry-run"]):
         result = seproxy(config, *action, check_code=1)
         assert f"seproxy cache: the cache {tmp_path / 'never' / 'cache'} does not exist" in result.stderr
     assert not (tmp_path / "never").exists()
@@ -183,7 +183,7 @@ def test_wording(config, cache):
     entry = put(cache, "SE1", "/one", b"1")
     assert seproxy(config, "ls").stdout.splitlines()[-1] == "1 entry, 1 B"
     assert "in 1 entry, 0 writes in progress" in seproxy(config, "du").stdout
-    assert seproxy(config, "verify").stdout.splitlines()[-1] == "checked 1 entry: 0 damaged"
+    assert seproxy(config, "verify").stdout.splitlines()[-1] == "checked 1 entry: 0 damaged; 0 files without entry"
     refused = seproxy(config, "purge", check_code=2).stderr
     assert "--all" in refused and "everything" not in refused
     for action, words in (("ls", "least recently used first"), ("du", "how full the cache is")):
@@ -209,3 +209,73 @@ def test_a_reader_gone_away_ends_the_listing_quietly(config, cache, tmp_path):
                   'echo "${PIPESTATUS[0]}"')
         done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.stdout.strip() == "141" and (tmp_path / "stderr.txt").read_text() == "", listing
+
+
+# Stages a file, says so half-way, and waits to be killed.
+STAGE_AND_HANG = """
+import sys, time
+from seproxy.cache.configured import open_cache
+from seproxy.config import load_settings
+
+def fetch(writer):
+    writer.write(b"half")
+    print("writing", flush=True)
+    time.sleep(60)
+
+open_cache(load_settings(sys.argv[1])).stage("SE1", "/hanging", fetch)
+"""
+
+
+def test_read_only_commands_do_not_recover(config, cache):
+    put(cache, "SE1", "/a", b"a" * 10)
+    with subprocess.Popen([sys.executable, "-c", STAGE_AND_HANG, str(config)], stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout.readline() == "writing\n"
+        child.kill()
+    root = cache.layout.root
+    files = lambda: sorted(str(p.relative_to(root)) for p in root.rglob("*") if "sqlite3-" not in p.name)  # noqa: E731
+    index = root / "index.sqlite3"
+    before, index_before = files(), index.read_bytes()
+    assert any(name.startswith("tmp/") for name in before)  # the killed staging's partial file
+
+    assert len(json.loads(seproxy(config, "ls", "--json").stdout)) == 1
+    assert json.loads(seproxy(config, "du", "--json").stdout)["staging"] == 1  # the dead writer's lease, not reaped
+    seproxy(config, "purge", "--all", "--dry-run")
+    assert files() == before and index.read_bytes() == index_before
+
+    seproxy(config, "purge", "--older-than", "1d")  # a writing command recovers
+    assert not any(name.startswith("tmp/") and name != "tmp" for name in files())
+
+
+def test_ls_streams_the_least_recently_used_first(config, cache):
+    entries = [put(cache, "SE1", f"/f{i}", b"x" * 10, age=1000 - i) for i in range(30)]
+    limited = json.loads(seproxy(config, "ls", "--json", "--limit", "4").stdout)
+    assert [e["id"] for e in limited] == [e.id for e in entries[:4]]
+    assert json.loads(seproxy(config, "ls", "--json", "--limit", "0").stdout) == []
+    assert "3 entries, 30 B" in seproxy(config, "ls", "--limit", "3").stdout
+    with subprocess.Popen(
+        [sys.executable, "-m", "seproxy", "cache", "ls", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as listing:  # `seproxy cache ls | head -n 2`
+        head = [listing.stdout.readline() for _ in range(2)]
+        listing.stdout.close()
+        assert listing.wait(timeout=60) == 0 and "Traceback" not in listing.stderr.read()
+    assert head[0].startswith("ID") and head[1].startswith(entries[0].id[:12])
+
+
+def test_verify_samples_and_finds_files_without_entry(config, cache):
+    entries = [put(cache, "SE1", f"/f{i}", os.urandom(100)) for i in range(20)]
+    entries[7].path.write_bytes(b"short")
+    sampled = json.loads(seproxy(config, "verify", "--json", "--sample", "5", check_code=None).stdout)
+    assert sampled["checked"] == 5 and sampled["orphans"] == []
+    everything = json.loads(seproxy(config, "verify", "--json", "--sample", "1000", check_code=1).stdout)
+    assert everything["checked"] == 20 and [d["id"] for d in everything["damaged"]] == [entries[7].id]
+
+    orphan = cache.layout.entry_path("ee" * 16)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"no row")
+    report = json.loads(seproxy(config, "verify", "--json", check_code=1).stdout)
+    assert report["orphans"] == [str(orphan)] and report["complete"] and report["checked"] == 20
+    seproxy(config, "verify", "--remove", check_code=1)
+    assert not orphan.exists() and cache.get(entries[7].id) is None
+    assert "0 damaged; 0 files without entry" in seproxy(config, "verify").stdout
+    assert "--sample picks from the whole cache" in seproxy(config, "verify", "--sample", "3", "--se", "SE1", check_code=2).stderr
