@@ -258,7 +258,8 @@ def test_ls_streams_the_least_recently_used_first(config, cache):
     ) as listing:  # `seproxy cache ls | head -n 2`
         head = [listing.stdout.readline() for _ in range(2)]
         listing.stdout.close()
-        assert listing.wait(timeout=60) == 0 and "Traceback" not in listing.stderr.read()
+        # 0 if all was written before the reader left, else 141 (as a command killed by SIGPIPE); quiet either way.
+        assert listing.wait(timeout=60) in (0, 141) and listing.stderr.read() == ""
     assert head[0].startswith("ID") and head[1].startswith(entries[0].id[:12])
 
 
