@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from seproxy.cache.eviction import Quota, give_up_lru
 from seproxy.cache.index import Index
 from seproxy.cache.layout import Layout, check_entry_id, new_entry_id
 from seproxy.cache.leases import Heartbeat, Holder
+from seproxy.cache.locks import CacheLocks
 from seproxy.cache.recovery import recover
 from seproxy.cache.singleflight import SingleFlight
 from seproxy.cache.space import DiskSpace
@@ -84,8 +84,9 @@ class Cache:
         self.space = DiskSpace(self.layout.root, min_free)
         self._lease_ttl = lease_ttl
         self._index = Index(self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime)
+        # Threads of this process share a staging in memory; other processes wait on its lock.
         self._stagings: SingleFlight[Entry] = SingleFlight()
-        self._evicting = threading.Lock()
+        self._locks = CacheLocks(self.layout.locks)
         # Entries this process evicted since it opened the cache (for metrics).
         self.evictions = 0
         recover(self.layout, self._index)
@@ -116,23 +117,26 @@ class Cache:
         """The entry holding ``path`` of storage element ``se``, fetched if not cached.
 
         Concurrent calls for one source share one fetch, run in the first
-        caller's thread; the others get its entry or its exception. ``force``
+        caller's thread; the others get its entry or its exception. A caller
+        in another process waits for that fetch and then finds its entry
+        (or, if it failed, fetches itself). ``force``
         fetches again even if a copy exists (the old copy goes once unused).
         ``name`` records the logical file name (LFN) when the caller knows it.
         """
 
         def work() -> Entry:
-            now = time.time()
-            cached = self._index.find_source(se, path)
-            if cached is not None and not force:
-                self._index.touch(cached.id, now)
-                return replace(cached, last_access=now)
-            with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
-                fetch(writer)
-            if cached is not None:
-                self._delete(cached, force=False)
-            assert writer.entry is not None
-            return writer.entry
+            with self._locks.hold(f"stage\0{se}\0{path}"):
+                now = time.time()
+                cached = self._index.find_source(se, path)
+                if cached is not None and not force:
+                    self._index.touch(cached.id, now)
+                    return replace(cached, last_access=now)
+                with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
+                    fetch(writer)
+                if cached is not None:
+                    self._delete(cached, force=False)
+                assert writer.entry is not None
+                return writer.entry
 
         return self._stagings.run((se, path), work)
 
@@ -361,7 +365,7 @@ class Cache:
         return [] if target is None else self._evict_down_to(target)
 
     def _evict_down_to(self, target: int) -> list[Entry]:
-        with self._evicting:
+        with self._locks.hold("evict"):  # one eviction at a time, over all processes
             now = time.time()
             self._index.reap_leases(now, Holder.is_alive)
             removed, _ = give_up_lru(

@@ -78,6 +78,19 @@ def token_verifier(settings: Settings, audience: str) -> TokenVerifier | None:
     return TokenVerifier(issuers, settings.tokens.audiences or [audience]) if issuers else None
 
 
+def server_tls(settings: Settings) -> tuple[ServerCredentials, ssl.SSLContext]:
+    """The host credentials (development ones generated if the config names none) and the TLS context."""
+    credentials = server_credentials(settings)
+    tls = server_context(
+        credentials.host_cert,
+        credentials.host_key,
+        credentials.ca_dir,
+        min_version=settings.tls.min_version,
+        crl_check=settings.tls.crl_check,
+    )
+    return credentials, tls
+
+
 class Service:
     """One instance of the HTTPS RPC service, serving the methods of ``handler``."""
 
@@ -103,15 +116,10 @@ class Service:
     def start(self) -> None:
         """Bind and listen; call from within the running event loop."""
         service = self.settings.service
-        self.credentials = server_credentials(self.settings)
-        self._tls = tls = server_context(
-            self.credentials.host_cert,
-            self.credentials.host_key,
-            self.credentials.ca_dir,
-            min_version=self.settings.tls.min_version,
-            crl_check=self.settings.tls.crl_check,
-        )
-        sockets = tornado.netutil.bind_sockets(service.port, service.host, backlog=1024)
+        self.credentials, self._tls = server_tls(self.settings)
+        tls = self._tls
+        # Worker processes listen on one port each with SO_REUSEPORT (see seproxy.supervisor).
+        sockets = tornado.netutil.bind_sockets(service.port, service.host, backlog=1024, reuse_port=service.workers > 1)
         self.port = sockets[0].getsockname()[1]
         self._context = ServiceContext(
             settings=self.settings,

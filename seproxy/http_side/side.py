@@ -69,6 +69,7 @@ class HTTPSide:
             idle_timeout=http.idle_timeout,
             tls=tls,
             niceness=http.niceness,
+            reuse_port=settings.service.workers > 1,
         )
         self.public_host = http.public_name or service_host
         names = http.lfn_storage_elements or list(settings.storage_elements)
