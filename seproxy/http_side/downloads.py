@@ -48,6 +48,9 @@ class Downloads:
         self._leases = SharedLeases(cache)
         self._route = route
 
+    def close(self) -> None:
+        self._leases.close()
+
     def answer(self, request: RequestHead) -> Response:
         # /<key>/<name>, or /<route>/<key>/<name> from an instance behind a load balancer.
         parts = request.path.split("/")
