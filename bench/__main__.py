@@ -19,6 +19,7 @@ BENCHMARKS = {
     "http_side": "bench.http_side",
     "transfer_client": "bench.transfer_client",
     "load": "bench.load",
+    "workers": "bench.workers",
 }
 
 

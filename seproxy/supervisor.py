@@ -23,6 +23,7 @@ SIGHUP (reload) and SIGTERM (graceful stop) to all of them.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import select
@@ -49,6 +50,7 @@ METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # Time the workers get to start, and to stop gracefully after SIGTERM, before they are killed.
 START_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # A worker that ran less than this before dying died "quickly": the next restart waits longer.
 QUICK_DEATH = 10.0
 FIRST_BACKOFF = 0.5
@@ -80,6 +82,15 @@ class WorkerSpec:
         settings.service.port = self.port
         settings.http.port = self.http_port
         settings.metrics.enabled = settings.metrics.enabled and self.index == 0
+
+    def follow_supervisor(self) -> None:
+        """Get SIGTERM when the supervisor dies, however it died: a worker never serves on alone
+        (a SIGKILLed supervisor can forward nothing)."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            log.warning("worker %d will not stop with its supervisor: prctl: %s", self.index, os.strerror(ctypes.get_errno()))
+        if os.getppid() == 1:  # the supervisor died before the request
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def ready(self) -> None:
         """Tell the supervisor this worker listens; ``start_worker`` waits for it."""

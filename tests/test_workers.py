@@ -206,3 +206,18 @@ def test_workers_that_cannot_start_end_the_service_with_an_error(pki: Any, tmp_p
     assert "while starting" in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "Not a directory" in done.stderr and "listening" not in done.stderr
     assert time.monotonic() - started < 100
+
+
+def test_workers_stop_when_the_supervisor_is_killed(workers: Callable[..., ProxyService]) -> None:
+    service = workers()
+    pids = worker_pids(service)
+    service.process.stop(signal.SIGKILL)
+
+    def running(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat[stat.rindex(")") + 2] not in "ZX"
+
+    wait_until(lambda: not any(running(pid) for pid in pids), "the workers gone with their supervisor", 60)

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     worker: WorkerSpec | None = args.worker
     logs.configure(settings.service.log_level, worker.index if worker else None)
     if worker is not None:
+        worker.follow_supervisor()
         worker.apply(settings)
         on_ready = _announce if worker.index == 0 else None
         try:
