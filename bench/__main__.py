@@ -20,6 +20,7 @@ BENCHMARKS = {
     "transfer_client": "bench.transfer_client",
     "load": "bench.load",
     "cache_scale": "bench.cache_scale",
+    "workers": "bench.workers",
 }
 
 

@@ -15,8 +15,10 @@ import signal
 import socket
 import statistics
 import subprocess
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +148,7 @@ class Nginx:
             time.sleep(0.05)
 
     def _workers(self) -> list[int]:
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        return [int(pid) for pid in children.read_text().split()] if children.exists() else []
+        return children(self.process.pid)
 
     def cpu_seconds(self) -> float:
         """CPU time of the master and its workers so far."""
@@ -157,6 +158,24 @@ class Nginx:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (nginx's workers, seproxy's worker processes)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+@contextmanager
+def nginx_scratch(prefix: str, *tools: str) -> Iterator[Path]:
+    """A temporary folder that nginx's workers (user nobody) can read, once ``tools`` are known to be there."""
+    for tool in (NGINX, *tools):
+        if not os.access(tool, os.X_OK):
+            raise SystemExit(f"{tool} is missing: install the Debian packages of scripts/bench-packages.txt")
+    with tempfile.TemporaryDirectory(prefix=prefix) as temp:
+        directory = Path(temp)
+        directory.chmod(0o755)
+        yield directory
 
 
 def nginx_version() -> str:

@@ -29,7 +29,6 @@ import argparse
 import os
 import re
 import subprocess
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import NGINX, Nginx, ServerProcess, median, nginx_version, print_table
+from bench.common import Nginx, ServerProcess, median, nginx_scratch, nginx_version, print_table
 from bench.rpc_ping import Plan, seproxy_config, start_seproxy
 from seproxy.security.devcreds import ensure_dev_credentials
 from seproxy.transfer import RPCClient, returnValueOrRaise
@@ -195,13 +194,8 @@ def paired_rounds(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Create the files, start both servers, load them in turns, print the table and the verdict."""
-    for tool in (NGINX, WRK, AB):
-        if not os.access(tool, os.X_OK):
-            raise SystemExit(f"{tool} is missing: install the Debian packages of scripts/bench-packages.txt")
     plan = QUICK if args.quick else FULL
-    with tempfile.TemporaryDirectory(prefix="seproxy-bench-http-") as temp:
-        directory = Path(temp)
-        directory.chmod(0o755)  # nginx's workers run as nobody
+    with nginx_scratch("seproxy-bench-http-", WRK, AB) as directory:
         storage = directory / "files"
         storage.mkdir(mode=0o755)
         for number in range(FILE_COUNT):

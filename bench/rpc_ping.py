@@ -232,9 +232,12 @@ class Measurement:
     client_cpu: float
 
 
-async def measure(name: str, server: ServerProcess, clients: int, tls: ssl.SSLContext, plan: Plan) -> Measurement:
-    """Open ``clients`` connections, warm up, then count completed calls for ``plan.duration`` seconds."""
-    request = ping_request(server.port)
+async def measure(
+    name: str, server: Any, clients: int, tls: ssl.SSLContext, plan: Plan, request: bytes | None = None
+) -> Measurement:
+    """Open ``clients`` connections, warm up, then count completed calls (``ping`` unless ``request``
+    says otherwise) for ``plan.duration`` seconds; ``server`` has a ``port`` and ``cpu_seconds()``."""
+    request = request or ping_request(server.port)
     tally = Tally()
     loop = asyncio.get_running_loop()
     connections = [

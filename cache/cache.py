@@ -31,6 +31,7 @@ from seproxy.cache.eviction import Quota, give_up_lru
 from seproxy.cache.index import CRASH_MARKS_VERSION, Index
 from seproxy.cache.layout import Layout, check_entry_id, new_entry_id
 from seproxy.cache.leases import Heartbeat, Holder
+from seproxy.cache.locks import CacheLocks
 from seproxy.cache.recovery import check_everything, orphans, reap_dead_writers, recover_after_crash
 from seproxy.cache.singleflight import SingleFlight
 from seproxy.cache.space import DiskSpace
@@ -92,8 +93,8 @@ class Cache:
         self.quota = Quota(quota, high_watermark, low_watermark)
         self.space = DiskSpace(self.layout.root, min_free)
         self._lease_ttl = lease_ttl
+        # Threads of this process share a staging in memory; other processes wait on its lock.
         self._stagings: SingleFlight[Entry] = SingleFlight()
-        self._evicting = threading.Lock()
         # Entries this process evicted since it opened the cache (for metrics).
         self.evictions = 0
         # Stagings this process answered from the cache (hits) or had to fetch (misses), for metrics.
@@ -109,6 +110,7 @@ class Cache:
             )
             return
         self.layout.create()
+        self._locks = CacheLocks(self.layout.locks)
         self._index = Index(self.layout.index, self.layout.entry_path, upload_lifetime=upload_lifetime)
         self._holder = Holder.current()
         # Listed first, so that a crash from now on is seen by the next opener.
@@ -149,29 +151,32 @@ class Cache:
         """The entry holding ``path`` of storage element ``se``, fetched if not cached.
 
         Concurrent calls for one source share one fetch, run in the first
-        caller's thread; the others get its entry or its exception. ``force``
+        caller's thread; the others get its entry or its exception. A caller
+        in another process waits for that fetch and then finds its entry
+        (or, if it failed, fetches itself). ``force``
         fetches again even if a copy exists (the old copy goes once unused).
         ``name`` records the logical file name (LFN) when the caller knows it.
         """
 
         def work() -> Entry:
-            now = time.time()
-            cached = self._index.find_source(se, path)
-            hit = cached is not None and not force
-            with self._counting:
-                if hit:
-                    self.hits += 1
-                else:
-                    self.misses += 1
-            if cached is not None and hit:
-                self._index.touch(cached.id, now)
-                return replace(cached, last_access=now)
-            with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
-                fetch(writer)
-            if cached is not None:
-                self._delete(cached, force=False)
-            assert writer.entry is not None
-            return writer.entry
+            with self._locks.hold(f"stage\0{se}\0{path}"):
+                now = time.time()
+                cached = self._index.find_source(se, path)
+                hit = cached is not None and not force
+                with self._counting:
+                    if hit:
+                        self.hits += 1
+                    else:
+                        self.misses += 1
+                if cached is not None and hit:
+                    self._index.touch(cached.id, now)
+                    return replace(cached, last_access=now)
+                with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
+                    fetch(writer)
+                if cached is not None:
+                    self._delete(cached, force=False)
+                assert writer.entry is not None
+                return writer.entry
 
         return self._stagings.run((se, path), work)
 
@@ -416,7 +421,7 @@ class Cache:
         return [] if target is None else self._evict_down_to(target)
 
     def _evict_down_to(self, target: int) -> list[Entry]:
-        with self._evicting:
+        with self._locks.hold("evict"):  # one eviction at a time, over all processes
             now = time.time()
             reap_dead_writers(self.layout, self._index, now)
             candidates = self._index.scan(releasable_at=now, page=_EVICTION_PAGE)

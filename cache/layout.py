@@ -32,13 +32,14 @@ def is_entry_id(name: str) -> bool:
 
 
 class Layout:
-    """The paths of one cache root: ``data/<2 hex>/<id>``, ``tmp/<id>`` and the index."""
+    """The paths of one cache root: ``data/<2 hex>/<id>``, ``tmp/<id>``, the index and the lock file."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
         self.data = self.root / "data"
         self.tmp = self.root / "tmp"
         self.index = self.root / "index.sqlite3"
+        self.locks = self.root / "locks"
 
     def create(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,15 @@ class Duration(float):
     """Seconds, which the config may write as ``90``, ``"30s"``, ``"15m"``, ``"2h"`` or ``"1d"``."""
 
 
+class Workers(int):
+    """A number of processes, which the config may write as ``"auto"``: one per core this process may run on."""
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0))
+
+
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -105,6 +114,8 @@ class ServiceSettings:
     # The host name written into URLs handed to clients; empty: the host's FQDN.
     public_name: str = ""
     state_dir: Path = field(default_factory=default_state_dir)
+    # Processes serving the ports together (a supervisor restarts them); "auto": one per available core.
+    workers: Workers = field(default_factory=lambda: Workers(available_cores()), metadata=_check(_positive))
     worker_threads: int = field(default=16, metadata=_check(_positive))
     call_timeout: Duration = field(default=Duration(600), metadata=_check(_positive))
     max_form_size: ByteSize = field(default=ByteSize(64 * 1024**2), metadata=_check(_positive))
@@ -394,6 +405,12 @@ class _Reader:
                 return hint(parse(raw) if isinstance(raw, str) else raw)
             except ValueError as exc:
                 self.fail(key, str(exc))
+        if hint is Workers:
+            if raw == "auto":
+                return Workers(available_cores())
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                self.fail(key, f'expected a number of processes or "auto", got {_kind(raw)}')
+            return Workers(raw)
         if hint is int or hint is float:
             if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (hint is int and isinstance(raw, float)):
                 self.fail(key, f"expected {'an integer' if hint is int else 'a number'}, got {_kind(raw)}")

@@ -23,10 +23,14 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure(level: str = "INFO") -> None:
-    """Log to stderr (journald and container runtimes collect it from there)."""
+def configure(level: str = "INFO", worker: int | None = None) -> None:
+    """Log to stderr (journald and container runtimes collect it from there).
+
+    A worker process (see seproxy.supervisor) names itself in every line:
+    the workers share one stderr.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(logging.Formatter(FORMAT if worker is None else FORMAT.replace("%(name)s", f"w{worker} %(name)s")))
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -5,14 +5,22 @@ streams, stagings); cache totals are read from the cache index when
 Prometheus scrapes, so they are right even after the operator CLI purged.
 Label values come from fixed sets (exported method names, configured
 storage elements), never from arbitrary wire input.
+
+Worker processes (``service.workers``) write their values to files under
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, set by
+the supervisor before they start); the worker that serves the metrics port
+adds them up: counters and histograms are summed, the transfers in progress
+are summed over the workers alive.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import prometheus_client
+from prometheus_client import multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -30,7 +38,7 @@ RPC_DURATION = prometheus_client.Histogram(
 BYTES_SENT = prometheus_client.Counter("seproxy_bytes_sent", "File bytes sent to clients", ["route"])
 BYTES_RECEIVED = prometheus_client.Counter("seproxy_bytes_received", "File bytes received from clients", ["route"])
 STAGINGS = prometheus_client.Counter("seproxy_stagings", "Downloads from storage elements into the cache", ["se", "outcome"])
-ACTIVE_TRANSFERS = prometheus_client.Gauge("seproxy_active_transfers", "Transfers in progress", ["kind"])
+ACTIVE_TRANSFERS = prometheus_client.Gauge("seproxy_active_transfers", "Transfers in progress", ["kind"], multiprocess_mode="livesum")
 
 
 def outcome_of(status: int, ok: bool) -> str:
@@ -67,18 +75,29 @@ class CacheCollector(Collector):
         yield lookups
 
 
+def _registry() -> prometheus_client.CollectorRegistry:
+    """What ``/metrics`` shows: this process's metrics, or with worker processes those of all of them."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return prometheus_client.REGISTRY
+    registry = prometheus_client.CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    return registry
+
+
 class MetricsEndpoint:
     """The ``/metrics`` HTTP server of one service, with its cache collector."""
 
     def __init__(self, host: str, port: int, cache: Cache | None) -> None:
+        self._registry = _registry()
         self._collector = CacheCollector(cache) if cache is not None else None
         if self._collector is not None:
-            prometheus_client.REGISTRY.register(self._collector)
-        self._server, self._thread = prometheus_client.start_http_server(port, addr=host)
+            self._registry.register(self._collector)
+        self._server, self._thread = prometheus_client.start_http_server(port, addr=host, registry=self._registry)
         self.port = self._server.server_port
 
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         if self._collector is not None:
-            prometheus_client.REGISTRY.unregister(self._collector)
+            self._registry.unregister(self._collector)

@@ -26,6 +26,7 @@ import tornado.web
 
 from seproxy import __version__
 from seproxy.config import ConfigError, Settings, load_settings, url_host
+from seproxy.http_side.listen import listening_sockets
 from seproxy.metrics import MetricsEndpoint
 from seproxy.registry import Registry
 from seproxy.rpc.context import ServiceContext
@@ -203,7 +204,7 @@ def _check_cache_root(settings: Settings) -> None:
         raise _problem(settings, "cache.root", f"cannot use {root} as the cache directory", exc) from None
 
 
-def _credentials_and_context(settings: Settings) -> tuple[ServerCredentials, ServerContext]:
+def server_tls(settings: Settings) -> tuple[ServerCredentials, ServerContext]:
     """The host credentials and the TLS context, any problem named by the config key of the file at fault."""
     credentials = server_credentials(settings)
     try:
@@ -222,7 +223,12 @@ def _credentials_and_context(settings: Settings) -> tuple[ServerCredentials, Ser
 
 
 def _check_ports_free(settings: Settings) -> None:
-    """A busy side or metrics port is found before the RPC port is even bound."""
+    """A busy side or metrics port is found before the RPC port is even bound.
+
+    A worker process skips this: its supervisor checked and holds the ports.
+    """
+    if settings.service.workers > 1:
+        return
     http, metrics = settings.http, settings.metrics
     for key, server, host, port, wanted in (
         ("http.port", "side server", http.host or settings.service.host, http.port, http.enabled),
@@ -234,8 +240,9 @@ def _check_ports_free(settings: Settings) -> None:
 
 
 def _bind(settings: Settings, key: str, server: str, host: str, port: int) -> list[socket.socket]:
+    # Worker processes listen on one port each with SO_REUSEPORT (see seproxy.supervisor).
     try:
-        return tornado.netutil.bind_sockets(port, host or None, backlog=1024)
+        return listening_sockets(host or None, port, reuse_port=settings.service.workers > 1)
     except OSError as exc:
         raise _problem(settings, key, f"the {server} cannot listen on {host or '*'}:{port}", exc) from None
 
@@ -264,7 +271,7 @@ class Service:
         key and the problem, raised before any port serves a request.
         """
         _check_cache_root(self.settings)
-        self.credentials, self._tls = _credentials_and_context(self.settings)
+        self.credentials, self._tls = server_tls(self.settings)
         _check_ports_free(self.settings)
         sockets = _bind(self.settings, "service.port", "RPC service", self.settings.service.host, self.settings.service.port)
         try:

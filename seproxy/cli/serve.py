@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from seproxy import logs
 from seproxy.cli.env import env_command
 from seproxy.cli.settings import add_config_option, settings_from_args
+from seproxy.config import Workers, available_cores
 from seproxy.proxy import StorageElementProxyHandler
 from seproxy.service import Service, serve
+from seproxy.supervisor import Supervisor, WorkerSpec
 
 
 def register(commands: Any) -> None:
@@ -23,7 +26,22 @@ def register(commands: Any) -> None:
     )
     add_config_option(parser)
     parser.add_argument("--port", type=int, help="override service.port")
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        help='override service.workers: processes serving the ports together ("auto": one per available core)',
+    )
+    # How the supervisor starts a worker process (see seproxy.supervisor); not for people.
+    parser.add_argument("--worker", type=WorkerSpec.parse, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
+
+
+def _workers(text: str) -> Workers:
+    if text == "auto":
+        return Workers(available_cores())
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f'expected a number of processes (1 or more) or "auto", got {text!r}')
+    return Workers(int(text))
 
 
 def _announce(service: Service, args: argparse.Namespace) -> None:
@@ -45,6 +63,28 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     if args.port is not None:
         settings.service.port = args.port
-    logs.configure(settings.service.log_level)
+    if args.workers is not None:
+        settings.service.workers = args.workers
+    worker: WorkerSpec | None = args.worker
+    logs.configure(settings.service.log_level, worker.index if worker else None)
+    if worker is not None:
+        worker.follow_supervisor()
+        worker.apply(settings)
+        on_ready = (lambda service: _announce(service, args)) if worker.index == 0 else None
+        try:
+            asyncio.run(serve(settings, StorageElementProxyHandler, on_ready=lambda service: _ready(service, worker, on_ready)))
+        except OSError as exc:  # a file or folder it cannot use: one line, and the supervisor stops
+            print(f"seproxy: worker {worker.index}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if settings.service.workers > 1:
+        command = [sys.executable, "-m", "seproxy", "serve"] + (["--config", args.config] if args.config else [])
+        return Supervisor(settings, command).run()
     asyncio.run(serve(settings, StorageElementProxyHandler, on_ready=lambda service: _announce(service, args)))
     return 0
+
+
+def _ready(service: Service, worker: WorkerSpec, announce: Callable[[Service], None] | None) -> None:
+    if announce is not None:
+        announce(service)
+    worker.ready()

@@ -58,6 +58,9 @@ class Downloads:
         self._leases = SharedLeases(cache)
         self._route = route
 
+    def close(self) -> None:
+        self._leases.close()
+
     def answer(self, request: RequestHead) -> Response:
         if request.method == "OPTIONS":
             return Response(200, [("DAV", "1"), ("Allow", ALLOW), ("Accept-Ranges", "bytes"), ("Content-Length", "0")])

@@ -86,8 +86,10 @@ class SideServer:
         handshake_timeout: float,
         tls: ssl.SSLContext | None = None,
         niceness: int = 0,
+        reuse_port: bool = False,
     ) -> None:
         self.answer = answer
+        self.reuse_port = reuse_port  # worker processes share the port
         self.niceness = niceness
         self.host = host
         self.port = port
@@ -103,7 +105,7 @@ class SideServer:
 
     def start(self) -> None:
         """Bind, listen and start the workers (port 0: any free port, then ``self.port`` tells which)."""
-        self._listeners = listening_sockets(self.host or None, self.port)
+        self._listeners = listening_sockets(self.host or None, self.port, reuse_port=self.reuse_port)
         self.port = self._listeners[0].getsockname()[1]
         for worker in self._workers:
             worker.start(self._listeners)

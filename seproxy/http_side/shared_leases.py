@@ -6,17 +6,32 @@ popular file is downloaded by hundreds of clients at once; here the first
 download of a file takes the lease and the last one to finish drops it.
 The file is protected exactly as long: from the start of the first
 download to the end of the last.
+
+Small files are downloaded one after another as often as at once (a job
+reading a file in small ranges, a thousand jobs asking for the same small
+file): the last download often ends before the next begins, which would
+cost two SQLite writes per request. So a lease is kept ``LINGER`` seconds
+after its last download ends, and dropped then by a sweeper thread unless
+another download took it meanwhile. Eviction and purge wait at most that
+long for a file nobody reads any more.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from seproxy.cache import Cache, Entry, ReadLease
+
+log = logging.getLogger("seproxy.http")
+
+# Seconds a lease outlives the last download of its file.
+LINGER = 1.0
 
 
 class OutsideCache(Exception):
@@ -27,16 +42,27 @@ class OutsideCache(Exception):
 class _Held:
     lease: ReadLease
     users: int
+    idle_since: float = 0.0
 
 
 class SharedLeases:
     """Reference-counted read leases on cache entries; thread-safe."""
 
-    def __init__(self, cache: Cache) -> None:
+    def __init__(self, cache: Cache, linger: float = LINGER) -> None:
         self._cache = cache
         self._data_dir = str(cache.layout.data) + os.sep
+        self._linger = linger
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
+        self._sweeper: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Drop the leases nobody uses now (the service stops; downloads still running keep theirs)."""
+        self._closed.set()
+        sweeper = self._sweeper
+        if sweeper is not None:
+            sweeper.join()
 
     @contextmanager
     def hold(self, entry_id: str) -> Iterator[Entry]:
@@ -67,6 +93,32 @@ class SharedLeases:
         with self._lock:
             held = self._held[entry_id]
             held.users -= 1
-            if held.users == 0:
-                del self._held[entry_id]
-                self._cache.release(held.lease)
+            if held.users > 0:
+                return
+            held.idle_since = time.monotonic()
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep, name="side-lease-sweeper", daemon=True)
+                self._sweeper.start()
+
+    def _sweep(self) -> None:
+        """Drop leases idle for ``linger`` seconds; runs while any lease is idle (or until ``close``)."""
+        while True:
+            closing = self._closed.wait(self._linger)
+            with self._lock:
+                now = time.monotonic()
+                idle = [
+                    entry_id for entry_id, held in self._held.items()
+                    if held.users == 0 and (closing or now - held.idle_since >= self._linger)
+                ]  # fmt: skip
+                dropped = [self._held.pop(entry_id).lease for entry_id in idle]
+                done = closing or not any(held.users == 0 for held in self._held.values())
+                if done:
+                    self._sweeper = None
+            for lease in dropped:
+                try:
+                    self._cache.release(lease)
+                except Exception:
+                    # The lease then expires with its holder's heartbeat; the sweeper must go on.
+                    log.exception("dropping the read lease of cache entry %s failed", lease.entry.id)
+            if done:
+                return

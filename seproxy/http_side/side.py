@@ -60,8 +60,9 @@ class HTTPSide:
                 min_version=settings.tls.min_version,
             )
             tls.verify_mode = ssl.CERT_NONE  # downloads are authorized by the signed URL, not a certificate
+        self.downloads = Downloads(self.signer, self.links, cache, http.route)
         self.server = SideServer(
-            Downloads(self.signer, self.links, cache, http.route).answer,
+            self.downloads.answer,
             host=http.host or settings.service.host,
             port=http.port,
             threads=http.threads,
@@ -71,6 +72,7 @@ class HTTPSide:
             handshake_timeout=http.handshake_timeout,
             tls=tls,
             niceness=http.niceness,
+            reuse_port=settings.service.workers > 1,
         )
         self.public_host = http.public_name or service_host
         names = http.lfn_storage_elements or list(settings.storage_elements)
@@ -86,6 +88,7 @@ class HTTPSide:
 
     def stop(self) -> None:
         self.server.stop(STOP_GRACE)
+        self.downloads.close()
         self.links.close()
 
     @property

@@ -21,8 +21,9 @@ and the streamed upload):
 from __future__ import annotations
 
 import errno
+import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import tornado.web
 from tornado.ioloop import IOLoop
@@ -36,40 +37,72 @@ DRAIN_LIMIT = 64 * 1024 * 1024
 
 
 class BodyDeadline:
-    """Calls ``expired(message)`` once, on the event loop, if the body falls behind; ``stop()`` when it is in."""
+    """Calls ``expired(message)`` once, on the event loop, if the body falls behind; ``stop()`` when it is in.
+
+    Deadlines are checked once a second by one timer per event loop
+    (``_Watch``) rather than each by a timer of its own: a timer per request
+    costs every small RPC call a heap insertion and removal, and a deadline
+    measured in seconds needs no finer check.
+    """
 
     def __init__(self, grace: float, expired: Callable[[str], None]) -> None:
-        self._loop = IOLoop.current()
-        self._started = self._loop.time()
+        self._watch = _Watch.of(IOLoop.current())
+        self._started = self._watch.loop.time()
         self._grace = grace
         self._received = 0
         self._expired = expired
-        self._timer: object | None = self._loop.call_at(self._due(), self._check)
+        self._watch.add(self)
 
     def received(self, count: int) -> None:
         self._received += count
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._loop.remove_timeout(self._timer)
-            self._timer = None
+        self._watch.discard(self)
 
-    def _due(self) -> float:
+    def due(self) -> float:
         return self._started + self._grace + self._received / MIN_BODY_RATE
 
-    def _check(self) -> None:
-        # Bytes that came in since the timer was set have moved the deadline on.
-        due = self._due()
-        if self._loop.time() < due:
-            self._timer = self._loop.call_at(due, self._check)
-            return
-        self._timer = None
-        elapsed = self._loop.time() - self._started
+    def expire(self, now: float) -> None:
+        elapsed = now - self._started
         self._expired(
             f"the request body came too slowly: {self._received} bytes in {elapsed:.0f} s; a body must "
             f"arrive at {MIN_BODY_RATE} bytes/s or more after its first {self._grace:g} s "
             "(service.idle_connection_timeout)"
         )
+
+
+class _Watch:
+    """The bodies being read on one event loop, checked every ``CHECK_EVERY`` seconds while there are any."""
+
+    CHECK_EVERY = 1.0
+    _loops: ClassVar[weakref.WeakKeyDictionary[IOLoop, _Watch]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: IOLoop) -> None:
+        self.loop = loop
+        self._deadlines: set[BodyDeadline] = set()
+        self._timer: object | None = None
+
+    @classmethod
+    def of(cls, loop: IOLoop) -> _Watch:
+        watch = cls._loops.get(loop)
+        if watch is None:
+            watch = cls._loops[loop] = cls(loop)
+        return watch
+
+    def add(self, deadline: BodyDeadline) -> None:
+        self._deadlines.add(deadline)
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.CHECK_EVERY, self._check)
+
+    def discard(self, deadline: BodyDeadline) -> None:
+        self._deadlines.discard(deadline)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        for deadline in [d for d in self._deadlines if d.due() <= now]:
+            self._deadlines.discard(deadline)
+            deadline.expire(now)
+        self._timer = self.loop.call_later(self.CHECK_EVERY, self._check) if self._deadlines else None
 
 
 def http_error(status_code: int, reason: str, exc_info: Any = None) -> dict[str, Any]:

@@ -1,0 +1,223 @@
+"""Several worker processes behind one supervisor: shared ports, one staging per file, signals, metrics."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import tomli_w
+from fixtures.proxy import (
+    FILE_SE,
+    SLOW_SE,
+    MiB,
+    ProxyService,
+    WatchedWebDav,
+    file_place,
+    ok,
+    proxy_config,
+    unique,
+    wait_until,
+    webdav_place,
+)
+from fixtures.service import base_config, free_port, start_service
+from fixtures.storage_servers import LoopbackCA
+
+WORKERS = 2
+# An access-log line of an RPC call, with the worker that answered it.
+ACCESS = re.compile(r" w(\d+) seproxy\.\S+ \[[^]]+\] \S+ user=\S+ .*?\b(\w+) status=\d+")
+
+
+def worker_pids(service: ProxyService) -> set[int]:
+    """The processes the supervisor runs (its children)."""
+    assert service.process.process is not None
+    supervisor = service.process.process.pid
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def served_by(service: ProxyService, method: str) -> Counter[str]:
+    """How many calls of ``method`` each worker answered, from the shared log."""
+    return Counter(worker for worker, called in ACCESS.findall(service.process.log()) if called == method)
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in text.splitlines() if line[:1] not in ("", "#"))}
+
+
+@pytest.fixture
+def workers(pki: Any, tmp_path: Path, slow_webdav: WatchedWebDav, storage_ca: LoopbackCA) -> Iterator[Callable[..., ProxyService]]:
+    """A service of ``WORKERS`` processes with a file element, the slow WebDAV, the side server and metrics."""
+    running: list[ProxyService] = []
+
+    def start(**http: Any) -> ProxyService:
+        places = [
+            file_place(FILE_SE, tmp_path / "file-se"),
+            webdav_place(SLOW_SE, slow_webdav.url, slow_webdav.root, storage_ca),
+        ]
+        config = proxy_config(pki, tmp_path / "state", places)
+        config["service"]["workers"] = WORKERS
+        config["http"] = {"enabled": True, "host": "127.0.0.1", "port": 0, **http}
+        config["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}
+        service = ProxyService(start_service(tmp_path / "service", config), pki, {place.name: place for place in places})
+        running.append(service)
+        wait_until(lambda: f"{WORKERS} workers serving" in service.process.log(), "every worker listening", 60)
+        return service
+
+    yield start
+    for service in running:
+        service.close_clients()
+        service.process.stop()
+        print(f"service log:\n{service.process.log()}")
+
+
+def test_twenty_callers_on_two_workers_share_one_download(workers: Callable[..., ProxyService], slow_webdav: WatchedWebDav) -> None:
+    service = workers()
+    place = service.place(SLOW_SE)
+    name, data = unique("popular"), os.urandom(12 * MiB)  # about two seconds on the slow server
+    (place.root / name).write_bytes(data)
+    start = threading.Barrier(20)
+
+    def prepare(_: int) -> dict[str, Any]:
+        with service.new_client(service.writer) as client:  # a connection each: the kernel spreads them
+            start.wait()
+            return client.prepareFile(SLOW_SE, f"/{name}")
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(prepare, range(20)))
+
+    assert all(result["OK"] for result in results), results
+    assert slow_webdav.observer.gets(name) == 1, "one staging for all the callers of both workers"
+    assert len({result["Value"]["FileId"] for result in results}) == 1
+    assert len([e for e in service.cache_entries(se=SLOW_SE) if e.source_path == f"/{name}"]) == 1
+    by_worker = served_by(service, "prepareFile")
+    assert sorted(by_worker) == ["0", "1"] and sum(by_worker.values()) == 20, by_worker
+
+    # The one metrics port counts the calls of every worker.
+    port = service.process.config["metrics"]["port"]
+    prepared = 'seproxy_rpc_calls_total{method="prepareFile",outcome="ok"}'
+    values = wait_until(lambda: (v := scrape(port)).get(prepared) == 20 and v, "the calls of both workers counted")
+    assert values['seproxy_stagings_total{outcome="ok",se="SLOW-DAV"}'] == 1
+    assert values['seproxy_rpc_call_duration_seconds_count{method="prepareFile"}'] == 20
+    assert values['seproxy_active_transfers{kind="staging"}'] == 0
+
+
+def test_a_single_use_url_is_served_once_by_all_workers(workers: Callable[..., ProxyService]) -> None:
+    service = workers(single_use=True)
+    name, data = unique("once"), os.urandom(100_000)
+    (service.place(FILE_SE).root / name).write_bytes(data)
+    url = ok(service.call("prepareFileForHTTP", f"/{name}"))["HttpURL"]
+    start = threading.Barrier(16)
+
+    def get(_: int) -> int:
+        with requests.Session() as session:  # a connection each, over both workers
+            start.wait()
+            return session.get(url, timeout=30).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = Counter(pool.map(get, range(16)))
+    assert statuses[200] == 1 and sum(statuses.values()) == 16, statuses
+    assert set(statuses) <= {200, 403, 404, 410}, statuses
+
+
+def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(workers: Callable[..., ProxyService]) -> None:
+    service = workers()
+    before = worker_pids(service)
+    assert len(before) == WORKERS
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    for _ in range(10):  # meanwhile the other worker answers every call
+        with service.new_client(service.writer) as client:
+            assert client.ping()["OK"]
+    after = wait_until(lambda: (pids := worker_pids(service)) - before and len(pids) == WORKERS and pids, "a new worker")
+    assert victim not in after and len(after & before) == 1
+    listening = re.compile(r"seproxy \S+ serving https://")
+    wait_until(lambda: len(listening.findall(service.process.log())) == WORKERS + 1, "the new worker listening", 60)
+    assert f"pid {victim}) exited with status -9" in service.process.log()
+    with service.new_client(service.writer) as client:
+        assert client.ping()["OK"]
+
+
+def test_sighup_reaches_every_worker(workers: Callable[..., ProxyService]) -> None:
+    service = workers()
+    assert service.process.process is not None
+    service.process.process.send_signal(signal.SIGHUP)
+    reloaded = re.compile(r" w(\d+) seproxy\.service \[-\] reloaded ")
+    wait_until(lambda: len(set(reloaded.findall(service.process.log()))) == WORKERS, "a reload in every worker")
+    assert worker_pids(service) and service.process.process.poll() is None
+
+
+def test_sigterm_lets_calls_in_progress_finish_and_stops_every_worker(
+    workers: Callable[..., ProxyService], slow_webdav: WatchedWebDav
+) -> None:
+    service = workers()
+    name, data = unique("last"), os.urandom(12 * MiB)
+    (service.place(SLOW_SE).root / name).write_bytes(data)
+    pids = worker_pids(service)
+    with ThreadPoolExecutor(1) as pool:
+        staging = pool.submit(service.client().prepareFile, SLOW_SE, f"/{name}")
+        wait_until(lambda: slow_webdav.observer.gets(name) == 1, "the staging under way")
+        assert service.process.stop(signal.SIGTERM, timeout=60) == 0
+        assert ok(staging.result())["Size"] == len(data)
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+    stopped = re.findall(r" w(\d+) seproxy\.service \[-\] stopping", service.process.log())
+    assert sorted(stopped) == ["0", "1"]
+
+
+def test_a_port_in_use_is_one_line_and_no_worker_starts(pki: Any, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        config = base_config(pki, tmp_path / "state", port=taken.getsockname()[1])
+        config["service"]["workers"] = WORKERS
+        path = tmp_path / "seproxy.toml"
+        path.write_text(tomli_w.dumps(config))
+        done = subprocess.run([sys.executable, "-m", "seproxy", "serve", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "service.port: cannot listen on 127.0.0.1:" in done.stderr, done.stderr
+
+
+def test_workers_that_cannot_start_end_the_service_with_an_error(pki: Any, tmp_path: Path) -> None:
+    config = base_config(pki, tmp_path / "state")
+    config["service"]["workers"] = WORKERS
+    config["service"]["port"] = free_port()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "cache").write_text("a file where the cache folder must be")
+    path = tmp_path / "seproxy.toml"
+    path.write_text(tomli_w.dumps(config))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "seproxy", "serve", "--config", str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "while starting" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "Not a directory" in done.stderr and "listening" not in done.stderr
+    assert time.monotonic() - started < 100
+
+
+def test_workers_stop_when_the_supervisor_is_killed(workers: Callable[..., ProxyService]) -> None:
+    service = workers()
+    pids = worker_pids(service)
+    service.process.stop(signal.SIGKILL)
+
+    def running(pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat[stat.rindex(")") + 2] not in "ZX"
+
+    wait_until(lambda: not any(running(pid) for pid in pids), "the workers gone with their supervisor", 60)
