@@ -369,6 +369,10 @@ class Cache:
     def resolve_alias(self, owner: str, name: str) -> Entry | None:
         return self._index.resolve_alias(owner, name)
 
+    def aliases(self, owner: str, prefix: str) -> dict[str, Entry]:
+        """The names of ``owner`` that start with ``prefix`` (``getFile/``), with the entries they resolve to."""
+        return self._index.aliases(owner, prefix)
+
     def _release_replaced(self, replaced: str | None, by: str) -> None:
         # A client that sends putFile/x again replaces the earlier upload, which
         # will never be pushed now: without this it would stay pending for ever.

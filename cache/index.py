@@ -475,6 +475,14 @@ class Index:
         )
         return found[0] if found else None
 
+    def aliases(self, owner: str, prefix: str) -> dict[str, Entry]:
+        rows = self._rows(
+            f"SELECT a.name, {_ENTRY_COLUMNS} FROM aliases a JOIN entries e ON e.id = a.entry_id"
+            " WHERE a.owner = ? AND substr(a.name, 1, ?) = ? ORDER BY a.name",
+            (owner, len(prefix), prefix),
+        )
+        return {row[0]: self._entry(row[1:]) for row in rows}
+
     # --- leases
 
     def add_lease(self, entry_id: str, kind: str, holder: Holder, expires: float, now: float) -> int | None:

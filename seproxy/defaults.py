@@ -27,7 +27,7 @@ def embedded_settings() -> Settings:
             "service": {"state_dir": str(state_dir)},
             "registry": {
                 "users": {DEV_USERNAME: {"dn": [DEV_USER_DN], "groups": [DEV_GROUP]}},
-                "groups": {DEV_GROUP: {"vo": DEV_VO, "properties": ["NormalUser", "FileWrite"]}},
+                "groups": {DEV_GROUP: {"vo": DEV_VO, "properties": ["NormalUser", "FileWrite", "CSAdministrator"]}},
             },
             "storage_elements": {
                 "LocalSE": {"plugin": "file", "base": str(state_dir / "storage" / "LocalSE"), "vos": [DEV_VO]},

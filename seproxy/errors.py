@@ -14,7 +14,7 @@ logs the traceback, which never reaches the client.
 The status matters where the body is not an RPC answer (raw bytes, streamed
 routes): it must not be 2xx, or a client would take the error text for the
 file. RPC answers keep status 200 with the ``S_ERROR`` inside, as DIRAC's
-services do.
+services do: ``rpc_status`` says which status an RPC answer goes out with.
 """
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ _STATUS_OF_ERRNO = {
 }
 
 
+# DIRAC 9.1's client (TornadoBaseClient._request) replaces the body of these
+# answers with words of its own ("No access to <url>", "<url> is not found",
+# "<method> is not implemented"), so the server's reason would never reach a
+# DIRAC user; any other non-2xx status ends as "<status> ... for url: <body>".
+_DIRAC_HIDES_BODY = frozenset({401, 403, 404, 501})
+
+
 @dataclass(frozen=True)
 class Failure:
     status: int
@@ -51,6 +58,20 @@ class Failure:
 def status_of(result: dict[str, Any]) -> int:
     """The HTTP status that tells a non-RPC client what an ``S_ERROR`` means."""
     return _STATUS_OF_ERRNO.get(result.get("Errno", 0), 500)
+
+
+def rpc_status(status: int, raw: bool) -> int:
+    """The status an RPC error answer goes out with, ``status`` being what the error means.
+
+    A JSON answer is 200 with the ``S_ERROR`` inside: what DIRAC's services
+    send for a refused, unknown or mistyped call, and what every DIRAC client
+    shows with its message and errno. A raw-bytes answer (``rawContent``)
+    must not be 2xx; those statuses whose body DIRAC's client drops become
+    400, which it shows with the body. The errno keeps the meaning.
+    """
+    if not raw:
+        return 200
+    return 400 if status in _DIRAC_HIDES_BODY else status
 
 
 def failure(exc: BaseException, doing: str, request_id: str) -> Failure:

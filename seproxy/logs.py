@@ -35,6 +35,3 @@ def configure(level: str = "INFO", worker: int | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Every request is logged once by the RPC layer, with the caller; Tornado's
-    # own access log would repeat it without the identity.
-    logging.getLogger("tornado.access").setLevel(logging.WARNING)

@@ -8,6 +8,7 @@ stop listening, let in-flight calls finish within a grace period, close.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
@@ -29,6 +30,8 @@ from seproxy.config import ConfigError, Settings, load_settings, url_host
 from seproxy.http_side.listen import listening_sockets
 from seproxy.metrics import MetricsEndpoint
 from seproxy.registry import Registry
+from seproxy.rpc.admission import AdmittingHandler
+from seproxy.rpc.admission import log as access_log
 from seproxy.rpc.context import ServiceContext
 from seproxy.rpc.executor import CallExecutor
 from seproxy.rpc.handler import NotFoundHandler, RPCHandler
@@ -247,6 +250,18 @@ def _bind(settings: Settings, key: str, server: str, host: str, port: int) -> li
         raise _problem(settings, key, f"the {server} cannot listen on {host or '*'}:{port}", exc) from None
 
 
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log, replaced: an admitting handler writes its own line, with the caller;
+    the others (an unknown route) get a plain one here. Either way one line, at INFO, per request."""
+    if isinstance(handler, AdmittingHandler):
+        return
+    request = handler.request
+    access_log.info(
+        "%s %s %r status=%d %.1fms",
+        request.remote_ip, request.method, request.path[:200], handler.get_status(), 1000 * request.request_time(),
+    )  # fmt: skip
+
+
 class Service:
     """One instance of the HTTPS RPC service, serving the methods of ``handler``."""
 
@@ -295,6 +310,7 @@ class Service:
             url=self.url,
             ca_dir=self.credentials.ca_dir,
             tokens=token_verifier(self.settings, self.port),
+            reload=self.reload,
         )
         self._context.shared = self.handler.initializeHandler(self._context)
         routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]
@@ -304,6 +320,7 @@ class Service:
             routes,
             default_handler_class=NotFoundHandler,
             serve_traceback=False,
+            log_function=log_request,
         )
         self._server = BoundedHTTPServer(
             app,
@@ -326,15 +343,17 @@ class Service:
                 raise _problem(self.settings, "metrics.port", f"the metrics endpoint cannot listen on {where}", exc) from None
         self._server.add_sockets(sockets)
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the registry, authorization and token keys, and the host certificate.
+    def reload(self) -> str:
+        """Re-read the registry, authorization and token keys, and the host certificate; say what.
 
-        Other settings (ports, storage elements, cache) need a restart. A
-        config that no longer loads is reported and the running one is kept.
-        New connections get the new certificate; open ones keep theirs.
+        SIGHUP and the ``refreshConfiguration`` call both come here, on the
+        event loop. Other settings (ports, storage elements, cache) need a
+        restart. A config that no longer loads raises ``ConfigError`` (and is
+        logged); the running one is kept. New connections get the new
+        certificate; open ones keep theirs.
         """
         if self._context is None or self._tls is None:
-            return
+            raise ConfigError("the service is not running: nothing to reload")
         try:
             if self.settings.source.startswith("<"):
                 fresh = self.settings  # the embedded default has no file to re-read
@@ -344,14 +363,22 @@ class Service:
             credentials = server_credentials(fresh)
             self._tls.load_cert_chain(str(credentials.host_cert), str(credentials.host_key))
         except (ConfigError, OSError, ValueError, ssl.SSLError) as exc:
-            log.error("reload failed, keeping the running configuration: %s", exc)
-            return
+            message = f"reload failed, keeping the running configuration: {exc}"
+            log.error("%s", message)
+            raise ConfigError(message) from None
         self.settings.registry = fresh.registry
         self.settings.authorization = fresh.authorization
         self.settings.tokens = fresh.tokens
         self._context.registry = Registry(fresh.registry)
         self._context.tokens = tokens
-        log.info("reloaded the registry, authorization, token keys and host certificate %s", credentials.host_cert)
+        done = f"reloaded the registry, authorization, token keys and host certificate {credentials.host_cert} from {self.settings.source}"
+        log.info("%s", done)
+        return done
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP's handler: a failed reload is logged, and the service runs on."""
+        with contextlib.suppress(ConfigError):
+            self.reload()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop accepting, give open connections ``grace`` seconds, then close them."""
@@ -389,7 +416,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    loop.add_signal_handler(signal.SIGHUP, service.reload)
+    loop.add_signal_handler(signal.SIGHUP, service.reload_on_signal)
     await stopping.wait()
     log.info("stopping")
     await service.stop()

@@ -174,7 +174,7 @@ def test_killed_while_staging(crashable: Crashable) -> None:
 
     assert len(left) == 1 and recovered_entries(service) == []
     answer = service.download(f"getFile/{name}")
-    assert answer.status_code == 404 and codec.decode(answer.content)["Errno"] == errno.ENOENT
+    assert answer.status_code == 400 and codec.decode(answer.content)["Errno"] == errno.ENOENT
     assert service.fetch(SLOW_DAV, f"/{name}") == data
     assert [(entry.source_path, entry.size) for entry in service.cache_entries()] == [(f"/{name}", len(data))]
 

@@ -311,7 +311,7 @@ def test_wrong_bytes_are_never_cached_nor_served(storage: FaultyStorage, fault: 
 
     assert detail in refused(service.call("prepareFile", FAULTY_DAV, path), code)
     unknown = service.download(f"getFile/{name}")
-    assert unknown.status_code == 404 and codec.decode(unknown.content)["Errno"] == errno.ENOENT
+    assert unknown.status_code == 400 and codec.decode(unknown.content)["Errno"] == errno.ENOENT
     over_http = service.call("prepareFileForHTTP", path)
     assert over_http["OK"] is False and f"{FAULTY_DAV}: " in over_http["Message"], over_http
     assert detail in over_http["Message"]

@@ -100,7 +100,7 @@ def test_raw_content(exercise, pki):
     assert ok.status_code == 200 and ok.headers["Content-Type"] == "application/octet-stream"
     assert ok.content == b"\x00raw bytes"
     missing = call(exercise, pki, "raw", False, rawContent="True")
-    assert missing.status_code == 404
+    assert missing.status_code == 400  # not 404: DIRAC's client would drop the message (errors.rpc_status)
     assert missing.headers["Content-Type"] == "application/json"
     assert codec.decode(missing.content)["Errno"] == errno.ENOENT
 

@@ -103,5 +103,5 @@ def test_a_service_killed_while_staging_leaves_no_whole_looking_file(
     assert service.cache_files() == ([], [])
     assert service.cache_entries(se=SLOW_SE) == []
     unknown = service.download(f"getFile/{name}")
-    assert unknown.status_code == 404 and codec.decode(unknown.content)["Errno"] == errno.ENOENT
+    assert unknown.status_code == 400 and codec.decode(unknown.content)["Errno"] == errno.ENOENT
     assert service.fetch(SLOW_SE, f"/{name}") == data

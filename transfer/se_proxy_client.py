@@ -23,10 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from seproxy.transfer.returnvalues import S_ERROR, S_OK, ReturnValue
-from seproxy.transfer.transfer_client import LocalFile, Progress, TransferClient
-
-# The service's upload area: a file sent as putFile/<name> is what uploadFile(se, ".../<name>") pushes.
-PUT_AREA = "putFile"
+from seproxy.transfer.transfer_client import PUT_AREA, LocalFile, Progress, TransferClient
 
 FileProgress = Callable[[str, int, int | None], None]
 """Progress of a bulk transfer: (PFN, bytes done, total bytes or None)."""

@@ -16,6 +16,7 @@ never leaves a file that looks whole.
 from __future__ import annotations
 
 import errno
+import io
 import itertools
 import os
 import re
@@ -31,6 +32,7 @@ import requests
 import xxhash
 from urllib3 import exceptions as u3
 
+from seproxy.transfer.bulk_transfers import BulkBody, check_stored, compression_of, unpack_bulk
 from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, canonical_adler32, parse_digest
 from seproxy.transfer.network_errors import classify
 from seproxy.transfer.returnvalues import S_ERROR, S_OK, ReturnValue, SErrorException
@@ -38,6 +40,11 @@ from seproxy.transfer.rpc_client import RPCClient, dirac_result
 
 CHUNK = 1024 * 1024
 DEFAULT_MAX_RESUMES = 5
+
+# The service's areas of file ids: prepareFile's copies are getFile/<name>; a file
+# sent as putFile/<name> is what uploadFile(se, ".../<name>") pushes.
+GET_AREA = "getFile"
+PUT_AREA = "putFile"
 
 Progress = Callable[[int, int | None], None]
 """Called after every chunk with (bytes done, total bytes or None when the total is unknown)."""
@@ -102,6 +109,62 @@ class TransferClient(RPCClient):
         if result["OK"]:
             return _check_stored(fileId, result["Value"], body)
         return result
+
+    def sendBulk(
+        self,
+        fileList: Sequence[str | os.PathLike[str]],
+        bulkId: str = PUT_AREA,
+        token: str = "",
+        compress: bool | str = True,
+        bulkSize: int = -1,
+        onthefly: bool = True,
+    ) -> ReturnValue:
+        """Upload several files as one tar stream into your ``putFile`` area, all or none.
+
+        ``bulkId`` is ``putFile``, or the file ids expected
+        (``putFile/a.dat:putFile/b.dat``), which must be the files' names.
+        ``compress``: True (gzip), False, ``"gz"`` or ``"bz2"``. S_OK({name:
+        description}) once each file is stored as sent. ``bulkSize`` and
+        ``onthefly`` are DIRAC's, accepted with no effect: the archive is
+        always made on the fly.
+        """
+        try:
+            body = BulkBody(fileList, compression_of(compress))
+            headers = {"Content-Type": "application/x-tar"}
+            response = self._request("PUT", f"/stream/bulk/{quote(bulkId, safe='/:')}", data=body, headers=headers)
+        except SErrorException as exc:
+            return exc.result
+        except OSError as exc:
+            return S_ERROR(exc.errno or errno.EIO, f"{exc.filename or 'a file of the bulk'}: {exc.strerror or exc}")
+        result = dirac_result(response)
+        if not result["OK"]:
+            return result
+        try:
+            check_stored(body, result["Value"]["Files"])
+        except SErrorException as exc:
+            return exc.result
+        return S_OK(result["Value"]["Files"])
+
+    def receiveBulk(
+        self, destDir: str | os.PathLike[str], bulkId: str = GET_AREA, token: str = "", compress: bool | str = True
+    ) -> ReturnValue:
+        """Download the files of ``bulkId`` (``getFile``, or ``getFile/a.dat:getFile/b.dat``) into the
+        existing folder ``destDir``, as one tar stream. S_OK(the names) once all are in; nothing on failure."""
+        destination = os.fspath(destDir)
+        if not os.path.isdir(destination):
+            return S_ERROR(errno.ENOTDIR, f"{destination} is not a directory for bulk receival")
+        try:
+            args = [bulkId, token, compression_of(compress)]
+            with self._post("bulkToClient", args, raw=True, stream=True, headers={"Accept-Encoding": "identity"}) as response:
+                return S_OK(unpack_bulk(io.BufferedReader(_RawBody(response), CHUNK), destination))
+        except SErrorException as exc:
+            return exc.result
+        except OSError as exc:
+            return _local_error(exc, destination)
+
+    def listBulk(self, bulkId: str, token: str = "", compress: bool | str = True) -> ReturnValue:
+        """The names of the files of ``bulkId`` (``compress`` is DIRAC's, with no effect on a list)."""
+        return self.executeRPC("listBulk", bulkId, token)
 
     def _receive(
         self,
@@ -346,6 +409,26 @@ def _landing(destination: LocalFile) -> Iterator[_Target]:
     except BaseException:
         target.discard()
         raise
+
+
+class _RawBody(io.RawIOBase):
+    """The body of a streamed answer as a file for ``tarfile``: a connection that breaks is an ``SErrorException``."""
+
+    def __init__(self, response: requests.Response) -> None:
+        super().__init__()
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._response.raw.read(len(buffer), decode_content=False)
+        except u3.HTTPError as exc:
+            failure = classify(exc, answer_started=True)
+            raise SErrorException(f"the bulk broke off: {failure.reason}", failure.errno) from None
+        buffer[: len(data)] = data
+        return len(data)
 
 
 # -- uploads -------------------------------------------------------------------

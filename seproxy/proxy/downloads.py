@@ -1,4 +1,4 @@
-"""``streamToClient``: a cached file (or one ``Range`` of it) to a Tornado response, in chunks.
+"""``streamToClient`` and ``bulkToClient``: cached files (or one ``Range`` of one) to a Tornado response, in chunks.
 
 Each chunk is flushed before the next is read, so a slow client slows the
 reads (back-pressure) instead of filling the service's memory; no whole
@@ -7,9 +7,12 @@ file is ever held in memory.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 import tornado.iostream
@@ -55,26 +58,53 @@ async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, pa
     handler.set_header("Content-Length", str(length))
     for name, value in _checksum_headers(entry).items():
         handler.set_header(name, value)
-    sent = metrics.BYTES_SENT.labels("stream")
-    try:
+
+    async def body() -> None:
+        nonlocal length
         async with aiofiles.open(path, "rb") as stream:
             await stream.seek(start)
-            with metrics.ACTIVE_TRANSFERS.labels("stream").track_inprogress():
-                while length:
-                    chunk = await stream.read(min(CHUNK, length))
-                    if not chunk:
-                        raise OSError(errno.EIO, f"cache file {entry.id} is shorter than its index says")
-                    length -= len(chunk)
-                    handler.write(chunk)
-                    await handler.flush()
-                    sent.inc(len(chunk))
+            while length:
+                chunk = await stream.read(min(CHUNK, length))
+                if not chunk:
+                    raise OSError(errno.EIO, f"cache file {entry.id} is shorter than its index says")
+                length -= len(chunk)
+                await _send(handler, chunk)
+
+    await _streamed(handler, body(), f"cache entry {entry.id}")
+
+
+async def send_chunks(handler: tornado.web.RequestHandler, chunks: Iterator[bytes]) -> None:
+    """Answer with what ``chunks`` yields (a body of unknown length, so chunked), as a tar archive.
+
+    Each chunk is made off the event loop (reading a file, compressing),
+    and sent before the next is made.
+    """
+    handler.set_header("Content-Type", "application/x-tar")
+    loop = asyncio.get_running_loop()
+
+    async def body() -> None:
+        while (chunk := await loop.run_in_executor(None, next, chunks, None)) is not None:
+            await _send(handler, chunk)
+
+    await _streamed(handler, body(), "bulk")
+
+
+async def _send(handler: tornado.web.RequestHandler, chunk: bytes) -> None:
+    handler.write(chunk)
+    await handler.flush()  # the back-pressure: the next chunk is read once this one is out
+    metrics.BYTES_SENT.labels("stream").inc(len(chunk))
+
+
+async def _streamed(handler: tornado.web.RequestHandler, body: Coroutine[Any, Any, None], what: str) -> None:
+    """Run ``body`` (which writes the answer) and finish the request, however it ends."""
+    try:
+        with metrics.ACTIVE_TRANSFERS.labels("stream").track_inprogress():
+            await body
     except tornado.iostream.StreamClosedError:
-        # The client went away: end the request quietly (nothing can reach it), and the caller releases the file.
-        log.info("the client left the stream of cache entry %s with %d bytes unsent", entry.id, length)
-        handler.finish()
-        return
+        # The client went away: end the request quietly (nothing can reach it), and the caller releases the files.
+        log.info("the client left the stream of %s before its end", what)
     except Exception:
-        # The head said 200 and a length: cutting the connection is the only way to tell the client.
-        log.exception("stream of cache entry %s failed mid-way; cutting the connection", entry.id)
+        # The head said 200: cutting the connection is the only way to tell the client.
+        log.exception("stream of %s failed mid-way; cutting the connection", what)
         handler.request.connection.close()  # type: ignore[union-attr]
     handler.finish()

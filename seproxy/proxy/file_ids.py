@@ -11,11 +11,10 @@ import errno
 import re
 
 from seproxy.transfer import SErrorException
-from seproxy.transfer.se_proxy_client import PUT_AREA
+from seproxy.transfer.transfer_client import GET_AREA, PUT_AREA
 
 __all__ = ["GET_AREA", "PUT_AREA", "file_id", "parse_file_id"]
 
-GET_AREA = "getFile"
 # No separator, no C0/C1 control character, no lone surrogate (JSON can carry one; UTF-8 cannot).
 _NAME = re.compile(r"[^/\\\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,255}")
 

@@ -8,7 +8,10 @@ The two-step dances of DIRAC's proxy, with the cache in the middle:
   streamed ``PUT`` route), then ``uploadFile(se, pfn)`` pushes it to the
   storage element and releases it;
 - ``callProxyMethod(se, name, args, kwargs)``: one of a fixed list of
-  storage operations.
+  storage operations;
+- bulks (``bulks``): several files as one tar stream, ``bulkToClient``
+  (DIRAC's ``receiveBulk``), ``listBulk``, and the streamed ``PUT`` of
+  ``sendBulk``.
 
 File ids live in a namespace per user: Alice's ``getFile/a.dat`` is not
 Bob's. Reading needs a registered user whose VO may use the element; writing
@@ -26,8 +29,10 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
+from seproxy.proxy.bulk_uploads import BulkUploadHandler
+from seproxy.proxy.bulks import bulk_files, tar_chunks
 from seproxy.proxy.describe import describe
-from seproxy.proxy.downloads import send_cached_file
+from seproxy.proxy.downloads import send_cached_file, send_chunks
 from seproxy.proxy.file_ids import GET_AREA, PUT_AREA, file_id, parse_file_id
 from seproxy.proxy.lfns import prepare_for_http
 from seproxy.proxy.operations import OPERATIONS, options_of, paths_of, run_bulk
@@ -37,6 +42,7 @@ from seproxy.proxy.uploads import UPLOAD_RULE, StreamUploadHandler
 from seproxy.rpc.executor import check_cancelled
 from seproxy.rpc.handler import RPCHandler, ServiceContext
 from seproxy.transfer import S_ERROR, S_OK
+from seproxy.transfer.tar_format import COMPRESSIONS
 
 READ = ("authenticated",)
 
@@ -56,6 +62,10 @@ class StorageElementProxyHandler(RPCHandler):
     types_callProxyMethod: ClassVar = (str, str, list, dict)
     auth_prepareFileForHTTP: ClassVar = READ
     types_prepareFileForHTTP: ClassVar = ((str, list),)
+    auth_listBulk: ClassVar = READ
+    types_listBulk: ClassVar = (str, str)
+    auth_bulkToClient: ClassVar = READ
+    types_bulkToClient: ClassVar = (str, str, str)
 
     @classmethod
     def initializeHandler(cls, service: ServiceContext) -> ProxyResources:
@@ -63,7 +73,7 @@ class StorageElementProxyHandler(RPCHandler):
 
     @classmethod
     def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
-        return [(r"/stream/(.*)", StreamUploadHandler)]
+        return [(r"/stream/bulk/(.*)", BulkUploadHandler), (r"/stream/(.*)", StreamUploadHandler)]
 
     @property
     def resources(self) -> ProxyResources:
@@ -109,6 +119,30 @@ class StorageElementProxyHandler(RPCHandler):
             writer.write(data)
         assert writer.entry is not None
         return S_OK({"FileId": name, **describe(writer.entry)})
+
+    def export_listBulk(self, bulkId: str, token: str) -> dict[str, Any]:
+        """DIRAC's ``listBulk``: the names of the files of a bulk (see ``bulks`` for bulk ids)."""
+        return S_OK(sorted(bulk_files(self.resources.cache, self.caller.username, bulkId)))
+
+    async def export_bulkToClient(self, bulkId: str, token: str, compress: str) -> dict[str, Any] | None:
+        """DIRAC's ``receiveBulk``: the getFile files of a bulk as one tar stream ('', 'gz' or 'bz2')."""
+        assert self.call is not None
+        if not self.call.raw_content:
+            return S_ERROR(errno.EINVAL, "bulkToClient sends raw bytes: call it with rawContent=True")
+        if compress not in COMPRESSIONS:
+            return S_ERROR(errno.EINVAL, f"compression {compress[:20]!r}: use '', 'gz' or 'bz2'")
+        cache = self.resources.cache
+        loop = asyncio.get_running_loop()
+        files = await loop.run_in_executor(None, bulk_files, cache, self.caller.username, bulkId, (GET_AREA,))
+        leases = []
+        try:
+            for entry in files.values():  # the files stay while they are read, as for streamToClient
+                leases.append(await loop.run_in_executor(None, cache.acquire_read, entry.id))
+            await send_chunks(self, tar_chunks([(name, lease.entry) for name, lease in zip(files, leases)], compress))
+        finally:
+            for lease in leases:
+                await loop.run_in_executor(None, cache.release, lease)
+        return None
 
     def export_uploadFile(self, se: str, pfn: str) -> dict[str, Any]:
         """Push ``putFile/<basename of pfn>`` to ``se`` at ``pfn``, verify it, release it."""

@@ -54,6 +54,7 @@ class AdmittingHandler(StreamedBodyHandler):
         self.service = service
         self.request_id = secrets.token_hex(6)
         self.caller = Caller()
+        self._identified = False
         self._started = time.monotonic()
         self.guard_body(service.settings.service.idle_connection_timeout)
 
@@ -63,6 +64,7 @@ class AdmittingHandler(StreamedBodyHandler):
 
     def admit(self, method: str, rule: Sequence[str]) -> Caller:
         """The caller, if it may call ``method`` (whose handler rule is ``rule``); ``RequestError`` otherwise."""
+        self._identified = True
         try:
             self.caller = caller_of(self.request, self.service.registry, self.service.tokens)
         except CredentialsRefused as exc:
@@ -81,8 +83,20 @@ class AdmittingHandler(StreamedBodyHandler):
         """How it ended beyond its status (``outcome=OK``, ``bytes=12``)."""
         return ""
 
+    def _identify(self) -> None:
+        """Who sent a request refused before its method was known (a body over the limit, an
+        unknown method), for the log line: the verified chain or token says so even then."""
+        if self._identified:
+            return
+        self._identified = True
+        try:
+            self.caller = caller_of(self.request, self.service.registry, self.service.tokens)
+        except (CredentialsRefused, OSError, AttributeError):
+            pass  # credentials that would be refused, or a connection already gone: anonymous
+
     def on_finish(self) -> None:
         super().on_finish()
+        self._identify()
         log.info(
             "%s user=%s dn=%r %s status=%d %s %.1fms",
             self.request.remote_ip, self.caller.username, self.caller.dn, self.access_subject(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -44,3 +45,5 @@ class ServiceContext:
     tokens: TokenVerifier | None = None
     # What the handler's initializeHandler built; None before it ran, and for services that need nothing.
     shared: Resources | None = None
+    # Re-reads the configuration (SIGHUP, refreshConfiguration): what it reloaded, or ConfigError.
+    reload: Callable[[], str] | None = None

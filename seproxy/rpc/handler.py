@@ -34,7 +34,8 @@ from typing import Any, ClassVar
 import tornado.web
 
 from seproxy import __version__, metrics
-from seproxy.errors import failure, status_of
+from seproxy.config import ConfigError
+from seproxy.errors import failure, rpc_status, status_of
 from seproxy.rpc.admission import DEFAULT_AUTH, AdmittingHandler, RequestError
 from seproxy.rpc.arguments import TypeSpec, check_arguments
 from seproxy.rpc.call import BadRequest, RPCCall, parse_call
@@ -86,6 +87,8 @@ class RPCHandler(AdmittingHandler):
         self._body = bytearray()
         self._limit = service.settings.service.max_form_size
         self._outcome = "-"
+        # The status a refused call means (it may go out as 200: ``rpc_status``), for the metrics.
+        self._meaning: int | None = None
 
     def prepare(self) -> None:
         self.service.in_flight += 1
@@ -131,20 +134,17 @@ class RPCHandler(AdmittingHandler):
         try:
             result = await self._dispatch()
         except RequestError as exc:
-            self.send_json(exc.status, exc.result)
+            self._refuse_call(exc.status, exc.result)
             return
         except BadRequest as exc:
-            self.send_json(exc.status, S_ERROR(errno.EINVAL, str(exc)))
+            self._refuse_call(exc.status, S_ERROR(errno.EINVAL, str(exc)))
             return
         except Exception as exc:
             doing = self.call.method if self.call else "this request"
             failed = failure(exc, doing, self.request_id)
             if failed.bug:
                 log.error("%s raised an unexpected error", doing, exc_info=exc)
-            if self.call is None:
-                self.send_json(failed.status, failed.result)
-            else:
-                self._answer(failed.result, failed.status)
+            self._answer_error(failed.status, failed.result)
             return
         if not self._finished:
             self._answer(result)
@@ -172,16 +172,29 @@ class RPCHandler(AdmittingHandler):
 
     # -- answers ------------------------------------------------------------
 
-    def _answer(self, result: Any, error_status: int | None = None) -> None:
+    def _refuse_call(self, status: int, result: dict[str, Any]) -> None:
+        """A call refused before its method ran: counted as refused whatever status it goes out with."""
+        self._meaning = status
+        self._answer_error(status, result)
+
+    def _answer_error(self, status: int, result: dict[str, Any]) -> None:
+        """Answer an ``S_ERROR`` that means HTTP ``status``: as such before the form named a method,
+        else as ``rpc_status`` says (so that DIRAC's client shows the message)."""
+        if self.call is None:
+            self.send_json(status, result)
+        else:
+            self.send_json(rpc_status(status, self.call.raw_content), result)
+
+    def _answer(self, result: Any) -> None:
         """Send ``result``: JSON with status 200, or raw bytes (an error then gets a status that says so)."""
         assert self.call is not None
         if not isReturnStructure(result):
             log.error("%s returned %r, not S_OK/S_ERROR", self.call.method, type(result))
             result = S_ERROR(errno.EIO, f"internal error in {self.call.method} (request id {self.request_id})")
+        if not result["OK"]:
+            self._answer_error(status_of(result), result)
+            return
         if self.call.raw_content:
-            if not result["OK"]:
-                self.send_json(error_status or status_of(result), result)
-                return
             value = result["Value"]
             self._outcome = "OK"
             self.set_header("Content-Type", "application/octet-stream")
@@ -207,7 +220,7 @@ class RPCHandler(AdmittingHandler):
         known = self.call is not None and callable(getattr(self, f"export_{self.call.method}", None))
         method = self.call.method if known and self.call else "unknown"
         ok = self._outcome in ("OK", "streamed")
-        calls, duration = _call_metrics(method, metrics.outcome_of(self._status_code, ok))
+        calls, duration = _call_metrics(method, metrics.outcome_of(self._meaning or self._status_code, ok))
         calls.inc()
         duration.observe(self.elapsed())
         super().on_finish()
@@ -255,6 +268,20 @@ class RPCHandler(AdmittingHandler):
     async def export_whoami(self) -> dict[str, Any]:
         """How this service sees the caller (anonymous callers too)."""
         return S_OK(self.caller.as_dirac_dict())
+
+    # DIRAC's rule; [authorization] refreshConfiguration names other admin properties.
+    auth_refreshConfiguration: ClassVar[Sequence[str]] = ("CSAdministrator",)
+    types_refreshConfiguration: ClassVar[Sequence[TypeSpec]] = (bool,)
+
+    async def export_refreshConfiguration(self, fromMaster: bool) -> dict[str, Any]:
+        """DIRAC's refresh, as SIGHUP does it: this service has its own file and no master to ask,
+        so ``fromMaster`` changes nothing. On the event loop, as SIGHUP's reload runs."""
+        if self.service.reload is None:
+            return S_ERROR(errno.ENOSYS, "this service cannot reload its configuration")
+        try:
+            return S_OK(self.service.reload())
+        except ConfigError as exc:
+            return S_ERROR(errno.EINVAL, str(exc))
 
 
 @tornado.web.stream_request_body
