@@ -15,4 +15,5 @@ def open_cache(settings: Settings) -> Cache:
         low_watermark=settings.cache.low_watermark,
         min_free=settings.cache.min_free,
         upload_lifetime=settings.cache.upload_lifetime,
+        upload_share=settings.cache.upload_share,
     )

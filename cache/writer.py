@@ -8,6 +8,12 @@ or when the file will be pushed to a storage that reports one (uploads).
 
 The writer owns its temporary file until it is complete; the cache decides
 where that file lives and commits it by renaming.
+
+Room in the cache is made as bytes arrive, never for a size merely
+announced: a client that declares a petabyte and sends nothing must not
+empty the cache. What was announced is only checked up front (``admit``)
+against what the cache could ever give, so that a file that cannot fit is
+refused before anything is evicted.
 """
 
 from __future__ import annotations
@@ -54,12 +60,22 @@ class StagingWriter:
     """
 
     def __init__(
-        self, path: Path, space: DiskSpace, make_room: Callable[[int], None], *, always_adler32: bool = False
+        self,
+        path: Path,
+        space: DiskSpace,
+        admit: Callable[[StagingWriter, int], None],
+        make_room: Callable[[int], None],
+        *,
+        owner: str | None = None,
+        always_adler32: bool = False,
     ) -> None:
         self.path = path
         self.written = 0
         self.entry: Entry | None = None
+        # The user whose upload this is (their share of the quota), None for a staging.
+        self.owner = owner
         self._space = space
+        self._admit = admit
         self._make_room = make_room
         self._file = open(path, "xb")
         self._xxh3 = xxhash.xxh3_64()
@@ -69,8 +85,8 @@ class StagingWriter:
         self._always_adler32 = always_adler32
 
     def expect(self, size: int | None, checksums: Mapping[str, str] | None = None) -> None:
-        """Announce what the source says the file is; checked at the end, and the
-        size is checked against free space right now (``OSError(ENOSPC)``)."""
+        """Announce what the source says the file is; checked at the end, and the size is
+        checked right now against what the cache could give (``OSError``, nothing evicted)."""
         if self.written:
             raise ValueError("expect() must come before the first write()")
         if size is not None and size < 0:
@@ -79,12 +95,20 @@ class StagingWriter:
         self._expected = _expected_checksums(checksums or {})
         wanted = self._always_adler32 or "adler32" in self._expected
         self._adler32 = 1 if wanted else None  # 1: ADLER32 of no bytes
-        self._make_room(size or 0)
+        if size:
+            self._admit(self, size)
+
+    @property
+    def expected_size(self) -> int | None:
+        return self._size
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         count = memoryview(data).nbytes
         if self._size is not None and self.written + count > self._size:
             raise VerificationError(f"the source sent more than the {self._size} bytes it announced")
+        if self._size is not None:
+            # Without an announced size nothing is made room for: the disk itself says when it is full.
+            self._make_room(count)
         self._guard_disk(count, self._file.write, data)
         self._xxh3.update(data)
         if self._adler32 is not None:

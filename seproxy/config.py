@@ -146,6 +146,9 @@ class CacheSettings:
     # An upload not pushed with uploadFile within this time is abandoned: evicted and purged
     # like any other entry, so that uploads nobody finishes cannot fill the cache.
     upload_lifetime: Duration = field(default=Duration(86400), metadata=_check(_positive))
+    # The share of the quota one user's uploads (waiting for uploadFile, or arriving) may hold:
+    # one writer cannot fill the cache for everyone.
+    upload_share: float = field(default=0.5, metadata=_check(_fraction))
 
 
 @dataclass
