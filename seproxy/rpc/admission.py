@@ -61,12 +61,18 @@ class AdmittingHandler(StreamedBodyHandler):
         logs.request_id.set(self.request_id)
         self.set_header("X-Request-ID", self.request_id)
 
-    def admit(self, method: str, rule: Sequence[str]) -> Caller:
-        """The caller, if it may call ``method`` (whose handler rule is ``rule``); ``RequestError`` otherwise."""
+    def identify(self) -> Caller:
+        """The caller, from the TLS chain or the bearer token (known before the body); a 401 ``RequestError``
+        if those credentials are refused."""
         try:
             self.caller = caller_of(self.request, self.service.registry, self.service.tokens)
         except CredentialsRefused as exc:
             raise RequestError(401, S_ERROR(errno.EACCES, str(exc))) from None
+        return self.caller
+
+    def admit(self, method: str, rule: Sequence[str]) -> Caller:
+        """The caller, if it may call ``method`` (whose handler rule is ``rule``); ``RequestError`` otherwise."""
+        self.identify()
         override = self.service.settings.authorization.get(method)
         decision = authorize(override if override is not None else rule, self.caller, method)
         if not decision.allowed:
