@@ -54,6 +54,7 @@ class AdmittingHandler(StreamedBodyHandler):
         self.service = service
         self.request_id = secrets.token_hex(6)
         self.caller = Caller()
+        self._identified: Caller | None = None
         self._started = time.monotonic()
         self.guard_body(service.settings.service.idle_connection_timeout)
 
@@ -62,12 +63,14 @@ class AdmittingHandler(StreamedBodyHandler):
         self.set_header("X-Request-ID", self.request_id)
 
     def identify(self) -> Caller:
-        """The caller, from the TLS chain or the bearer token (known before the body); a 401 ``RequestError``
-        if those credentials are refused."""
-        try:
-            self.caller = caller_of(self.request, self.service.registry, self.service.tokens)
-        except CredentialsRefused as exc:
-            raise RequestError(401, S_ERROR(errno.EACCES, str(exc))) from None
+        """The caller, from the TLS chain or the bearer token (known before the body, found once per
+        request); a 401 ``RequestError`` if those credentials are refused."""
+        if self._identified is None:
+            try:
+                self._identified = caller_of(self.request, self.service.registry, self.service.tokens)
+            except CredentialsRefused as exc:
+                raise RequestError(401, S_ERROR(errno.EACCES, str(exc))) from None
+        self.caller = self._identified
         return self.caller
 
     def admit(self, method: str, rule: Sequence[str]) -> Caller:
