@@ -10,13 +10,20 @@ A crash between any two steps leaves something recovery removes at the next
 open, never a partial file that looks whole; each writing process is listed in
 the index while it has the cache open, so an open that finds no dead one
 skips recovery altogether (see ``recovery``).
+
+A full disk reads the same wherever it strikes, in a file or in the index
+(SQLite's "database or disk is full"): an ``OSError(ENOSPC)`` naming the
+cache. The lease of a file that failed is dropped even then: if the index
+cannot be written at that moment, the heartbeat drops it once space returns.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from seproxy.cache.entry import Area, Entry, ReadLease, Usage
 from seproxy.cache.eviction import Quota, give_up_lru
@@ -38,6 +45,9 @@ from seproxy.cache.space import DiskSpace
 from seproxy.cache.writer import StagingWriter
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 Fetch = Callable[[StagingWriter], None]
 
@@ -68,6 +78,32 @@ def _no_entry(entry_id: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, "no such cache entry", entry_id)
 
 
+def _claimed(writer: StagingWriter) -> int:
+    """What a file being written will take: its announced size, or what it has written if more."""
+    return max(writer.written, writer.expected_size or 0)
+
+
+def _index_full(error: sqlite3.Error) -> bool:
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def _full_index_is_enospc(method: Callable[P, R]) -> Callable[P, R]:
+    """SQLite's "database or disk is full" out of ``method`` becomes the cache's ENOSPC."""
+
+    @functools.wraps(method)
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as error:
+            if not _index_full(error):
+                raise
+            cache = args[0]
+            assert isinstance(cache, Cache)
+            raise cache.space.full_index() from error
+
+    return guarded
+
+
 class Cache:
     """Staged downloads and pending uploads under one root, with a quota.
 
@@ -88,6 +124,7 @@ class Cache:
         lease_ttl: float = 120.0,
         upload_lifetime: float = 86400.0,
         read_only: bool = False,
+        upload_share: float = 0.5,
     ) -> None:
         self.layout = Layout(root)
         self.quota = Quota(quota, high_watermark, low_watermark)
@@ -95,6 +132,13 @@ class Cache:
         self._lease_ttl = lease_ttl
         # Threads of this process share a staging in memory; other processes wait on its lock.
         self._stagings: SingleFlight[Entry] = SingleFlight()
+        # The most one user's uploads (pending and in progress) may hold, in bytes.
+        self.upload_share = int(quota * upload_share)
+        # Files being written by this process, for the quota and the upload shares.
+        self._writers: set[StagingWriter] = set()
+        # Leases whose drop the index could not take (a full disk): dropped by the heartbeat.
+        self._undropped: set[int] = set()
+        self._books = threading.Lock()
         # Entries this process evicted since it opened the cache (for metrics).
         self.evictions = 0
         # Stagings this process answered from the cache (hits) or had to fetch (misses), for metrics.
@@ -138,6 +182,7 @@ class Cache:
 
     # --- getting files in
 
+    @_full_index_is_enospc
     def stage(
         self,
         se: str,
@@ -180,6 +225,7 @@ class Cache:
 
         return self._stagings.run((se, path), work)
 
+    @_full_index_is_enospc
     def begin_upload(
         self,
         owner: str,
@@ -247,15 +293,26 @@ class Cache:
     ) -> NewEntry:
         entry_id = new_entry_id()
         lease = self._take_lease(entry_id, "write")
-        writer = StagingWriter(self.layout.tmp_path(entry_id), self.space, self._make_room)
+        owner = fields.get("owner") if area == "upload" else None
+        try:
+            writer = StagingWriter(
+                self.layout.tmp_path(entry_id), self.space, self._admit, self._make_room,
+                owner=owner,
+            )  # fmt: skip
+        except BaseException:
+            self._drop_lease(lease)
+            raise
         new = NewEntry(entry_id, area, writer, lease, alias, fields)
         try:
-            writer.expect(expected_size, expected_checksums)  # checks free space before any byte
+            writer.expect(expected_size, expected_checksums)  # refuses what cannot fit, before any byte
         except BaseException:
             self.abort(new)
             raise
+        with self._books:
+            self._writers.add(writer)
         return new
 
+    @_full_index_is_enospc
     def commit(self, new: NewEntry) -> Entry:
         """Verify and keep the file of ``new``; on failure it is aborted and the error raised."""
         try:
@@ -269,19 +326,35 @@ class Cache:
         except BaseException:
             self.abort(new)
             raise
+        self._forget(new.writer)
         try:
             # Still under the write lease: the eviction this commit may trigger spares the new entry.
             self.evict()
         finally:
-            self._index.drop_lease(new.lease)
+            self._drop_lease(new.lease)
         return new.writer.entry
 
     def abort(self, new: NewEntry) -> None:
-        """Drop the file of ``new`` and its write lease; nothing of it is left."""
+        """Drop the file of ``new`` and its write lease; nothing of it is left. Never raises:
+        it is the cleanup after a failure, whose error is the one to report."""
+        self._forget(new.writer)
         try:
             new.writer.discard()
         finally:
-            self._index.drop_lease(new.lease)
+            self._drop_lease(new.lease)
+
+    def _forget(self, writer: StagingWriter) -> None:
+        with self._books:
+            self._writers.discard(writer)
+
+    def _drop_lease(self, lease: int) -> None:
+        """Drop a lease now, or (the index cannot be written: a full disk) at the next heartbeat."""
+        try:
+            self._index.drop_lease(lease)
+        except sqlite3.Error as error:
+            log.warning("cannot drop cache lease %d now (%s): it is dropped once the index can be written", lease, error)
+            with self._books:
+                self._undropped.add(lease)
 
     def _commit(self, tmp: Path, entry: Entry, alias: tuple[str, str] | None) -> Entry:
         """Rename the verified file into place, then insert its row (and name) in one transaction."""
@@ -298,16 +371,51 @@ class Cache:
         return entry
 
     def _make_room(self, size: int) -> None:
-        """Evict for the quota and then for the disk so that ``size`` more bytes fit;
-        raise ``OSError(ENOSPC)`` if the disk cannot take them even so."""
-        target = self.quota.target(self._total(), size)
+        """Evict for the quota and then for the disk so that ``size`` more bytes fit beside the
+        files being written; raise ``OSError(ENOSPC)`` if the disk cannot take them even so."""
+        writing = self._in_progress(lambda writer: writer.written)
+        target = self.quota.target(self._total() + writing, size)
         if target is not None:
-            self._evict_down_to(target)
+            self._evict_down_to(target - writing)
         shortfall = self.space.shortfall(size)
         if shortfall:
             self._evict_down_to(self._total() - shortfall)
             if self.space.shortfall(size):
                 raise self.space.full(size)
+
+    def _in_progress(self, size: Callable[[StagingWriter], int], owner: str | None = None) -> int:
+        """Bytes of the files this process is writing (of ``owner``'s uploads only, if given)."""
+        with self._books:
+            return sum(size(w) for w in self._writers if owner is None or w.owner == owner)
+
+    @_full_index_is_enospc
+    def _admit(self, writer: StagingWriter, size: int) -> None:
+        """Refuse up front, evicting nothing, a file of ``size`` bytes that could not fit: beyond
+        the free disk a purge could give, and for an upload beyond the quota or its owner's share."""
+        shortfall = self.space.shortfall(size)
+        if not shortfall and writer.owner is None:
+            return  # the usual staging: nothing to weigh (and no scan of the index)
+        held = self._index.held_bytes(time.time())
+        if shortfall > self._total() - held:
+            raise self.space.full(size)
+        if writer.owner is None:
+            return
+        held += self._in_progress(_claimed)
+        if size > self.quota.limit - held:
+            raise OSError(
+                errno.EDQUOT,
+                f"No room for an upload of {size} bytes in the cache at {self.layout.root}: its quota is "
+                f"{self.quota.limit} bytes (cache.quota), {held} of them held by files in use, pinned, "
+                "being written or waiting to be uploaded",
+            )
+        pending = self._index.pending_upload_bytes(writer.owner) + self._in_progress(_claimed, writer.owner)
+        if pending + size > self.upload_share:
+            raise OSError(
+                errno.EDQUOT,
+                f"No room for an upload of {size} bytes from {writer.owner}: their uploads waiting in the cache "
+                f"hold {pending} bytes, and one user may hold at most {self.upload_share} bytes "
+                "(cache.upload_share of cache.quota); push them to a storage element with uploadFile first",
+            )
 
     # --- reading
 
@@ -321,6 +429,7 @@ class Cache:
         """Keep a checksum computed after the entry was written (md5, sha256: asked for, once)."""
         self._index.record_digest(check_entry_id(entry_id), algorithm, value)
 
+    @_full_index_is_enospc
     def acquire_read(self, entry_id: str) -> ReadLease:
         """Keep the entry's file on disk (for every process) until ``release(lease)``.
 
@@ -329,12 +438,12 @@ class Cache:
         lease = self._take_lease(check_entry_id(entry_id), "read")
         entry = self._index.get(entry_id)
         if entry is None:  # only if recovery elsewhere found its file lost
-            self._index.drop_lease(lease)
+            self._drop_lease(lease)
             raise _no_entry(entry_id)
         return ReadLease(entry, entry.path, lease)
 
     def release(self, lease: ReadLease) -> None:
-        self._index.drop_lease(lease.lease_id)
+        self._drop_lease(lease.lease_id)
 
     @contextmanager
     def open_read(self, entry_id: str) -> Iterator[ReadLease]:
@@ -353,11 +462,16 @@ class Cache:
         return lease
 
     def _renew_leases(self) -> None:
+        with self._books:
+            undropped, self._undropped = self._undropped, set()
+        for lease in undropped:
+            self._drop_lease(lease)
         now = time.time()
         self._index.renew(self._holder, self._opener, now, now + self._lease_ttl)
 
     # --- names, pins, uploads
 
+    @_full_index_is_enospc
     def set_alias(self, owner: str, name: str, entry_id: str) -> None:
         """Make ``(owner, name)``, such as a user's ``getFile/<basename>``, resolve to the entry."""
         try:
@@ -379,11 +493,13 @@ class Cache:
         if replaced is not None and replaced != by:
             self.mark_uploaded(replaced)
 
+    @_full_index_is_enospc
     def pin(self, entry_id: str, until: float) -> None:
         """Keep the entry until ``until`` (epoch seconds), as long as a URL to it is valid."""
         if not self._index.pin(check_entry_id(entry_id), until):
             raise _no_entry(entry_id)
 
+    @_full_index_is_enospc
     def mark_uploaded(self, entry_id: str) -> None:
         """The storage element has the file: release it now (removed at once unless in use)."""
         if self._index.clear_upload_pending(check_entry_id(entry_id)):
@@ -391,6 +507,7 @@ class Cache:
 
     # --- removing
 
+    @_full_index_is_enospc
     def remove(self, entry_id: str, *, force: bool = False) -> bool:
         """Remove an entry; return False if it is absent or in use.
 
@@ -419,6 +536,7 @@ class Cache:
             self._index.unlinked([entry.id for entry in gone])
         return gone
 
+    @_full_index_is_enospc
     def evict(self) -> list[Entry]:
         """Evict least recently used entries if usage is past the high watermark."""
         target = self.quota.target(self._total())

@@ -18,4 +18,5 @@ def open_cache(settings: Settings, *, read_only: bool = False) -> Cache:
         min_free=settings.cache.min_free,
         upload_lifetime=settings.cache.upload_lifetime,
         read_only=read_only,
+        upload_share=settings.cache.upload_share,
     )

@@ -444,6 +444,26 @@ class Index:
             found.update(row[0] for row in self._rows(f"SELECT id FROM entries WHERE id IN ({marks})", chunk))
         return found
 
+    def held_bytes(self, now: float) -> int:
+        """Bytes of the entries nothing may remove now (in use, pinned, owed): what no eviction can free.
+
+        A scan of the table: only for an upload's admission, or when the disk is short."""
+        rows = self._rows(
+            f"SELECT COALESCE(SUM(e.size), 0) FROM entries e WHERE NOT ({_RELEASABLE})",
+            {"now": now, "upload_lifetime": self._upload_lifetime},
+        )
+        held: int = rows[0][0]
+        return held
+
+    def pending_upload_bytes(self, owner: str) -> int:
+        """Bytes of ``owner``'s uploads still owed to a storage element."""
+        rows = self._rows(
+            "SELECT COALESCE(SUM(size), 0) FROM entries WHERE area = 'upload' AND upload_pending = 1 AND owner = ?",
+            (owner,),
+        )
+        pending: int = rows[0][0]
+        return pending
+
     def total_size(self) -> int:
         total: int = self._rows("SELECT COALESCE(SUM(bytes), 0) FROM totals")[0][0]
         return total

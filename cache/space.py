@@ -31,6 +31,13 @@ class DiskSpace:
         """How many bytes must be freed before ``size`` more bytes fit (0: they fit)."""
         return max(0, size + self.reserve - self.free())
 
+    def full_index(self) -> OSError:
+        """The index could not be written (SQLite: "database or disk is full")."""
+        return OSError(
+            errno.ENOSPC,
+            f"No space left for the cache at {self.path}: its index cannot be written (database or disk is full), {self.free()} bytes free",
+        )
+
     def full(self, needed: int) -> OSError:
         return OSError(
             errno.ENOSPC,

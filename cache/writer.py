@@ -8,6 +8,12 @@ so every entry can be described and verified without reading it again.
 
 The writer owns its temporary file until it is complete; the cache decides
 where that file lives and commits it by renaming.
+
+Room in the cache is made as bytes arrive, never for a size merely
+announced: a client that declares a petabyte and sends nothing must not
+empty the cache. What was announced is only checked up front (``admit``)
+against what the cache could ever give, so that a file that cannot fit is
+refused before anything is evicted.
 """
 
 from __future__ import annotations
@@ -53,11 +59,22 @@ class StagingWriter:
     file, ``entry`` is the new cache entry.
     """
 
-    def __init__(self, path: Path, space: DiskSpace, make_room: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        space: DiskSpace,
+        admit: Callable[[StagingWriter, int], None],
+        make_room: Callable[[int], None],
+        *,
+        owner: str | None = None,
+    ) -> None:
         self.path = path
         self.written = 0
         self.entry: Entry | None = None
+        # The user whose upload this is (their share of the quota), None for a staging.
+        self.owner = owner
         self._space = space
+        self._admit = admit
         self._make_room = make_room
         self._file = open(path, "xb")
         self._xxh3 = xxhash.xxh3_64()
@@ -70,8 +87,8 @@ class StagingWriter:
     def expect(
         self, size: int | None, checksums: Mapping[str, str] | None = None, mtime: float | None = None
     ) -> None:
-        """Announce what the source says the file is; checked at the end, and the
-        size is checked against free space right now (``OSError(ENOSPC)``)."""
+        """Announce what the source says the file is; checked at the end, and the size is
+        checked right now against what the cache could give (``OSError``, nothing evicted)."""
         if self.written:
             raise ValueError("expect() must come before the first write()")
         if size is not None and size < 0:
@@ -79,12 +96,20 @@ class StagingWriter:
         self._size = size
         self._expected = _expected_checksums(checksums or {})
         self.source_mtime = mtime
-        self._make_room(size or 0)
+        if size:
+            self._admit(self, size)
+
+    @property
+    def expected_size(self) -> int | None:
+        return self._size
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         count = memoryview(data).nbytes
         if self._size is not None and self.written + count > self._size:
             raise VerificationError(f"the source sent more than the {self._size} bytes it announced")
+        if self._size is not None:
+            # Without an announced size nothing is made room for: the disk itself says when it is full.
+            self._make_room(count)
         self._guard_disk(count, self._file.write, data)
         self._xxh3.update(data)
         self._adler32 = zlib.adler32(data, self._adler32)

@@ -119,6 +119,11 @@ class ServiceSettings:
     worker_threads: int = field(default=16, metadata=_check(_positive))
     call_timeout: Duration = field(default=Duration(600), metadata=_check(_positive))
     max_form_size: ByteSize = field(default=ByteSize(64 * 1024**2), metadata=_check(_positive))
+    # The form body of a caller without certificate or token: they may only reach ping, echo and whoami.
+    max_anonymous_form_size: ByteSize = field(default=ByteSize(64 * 1024), metadata=_check(_positive))
+    # The largest file DIRAC's sendFile may send inside the form (decoded into the cache as it arrives,
+    # for callers who may upload).
+    max_form_upload: ByteSize = field(default=ByteSize(1024**3), metadata=_check(_positive))
     # Keep-alive idle limit; also the time for a request head, and a body's grace before 1 KiB/s is due.
     idle_connection_timeout: Duration = field(default=Duration(120), metadata=_check(_positive))
     max_connections: int = field(default=1024, metadata=_check(_positive))
@@ -161,6 +166,9 @@ class CacheSettings:
     # An upload not pushed with uploadFile within this time is abandoned: evicted and purged
     # like any other entry, so that uploads nobody finishes cannot fill the cache.
     upload_lifetime: Duration = field(default=Duration(86400), metadata=_check(_positive))
+    # The share of the quota one user's uploads (waiting for uploadFile, or arriving) may hold:
+    # one writer cannot fill the cache for everyone.
+    upload_share: float = field(default=0.5, metadata=_check(_fraction))
 
 
 @dataclass

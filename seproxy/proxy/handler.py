@@ -34,14 +34,17 @@ from seproxy.proxy.bulks import bulk_files, tar_chunks
 from seproxy.proxy.describe import describe
 from seproxy.proxy.downloads import send_cached_file, send_chunks
 from seproxy.proxy.file_ids import GET_AREA, PUT_AREA, file_id, parse_file_id
+from seproxy.proxy.form_upload import FormUpload
 from seproxy.proxy.lfns import prepare_for_http
 from seproxy.proxy.operations import OPERATIONS, options_of, paths_of, run_bulk
 from seproxy.proxy.resources import ProxyResources
 from seproxy.proxy.rights import check_access, check_may_upload, upload_access
-from seproxy.proxy.uploads import UPLOAD_RULE, StreamUploadHandler
+from seproxy.proxy.uploads import UPLOAD_METHOD, UPLOAD_RULE, StreamUploadHandler
+from seproxy.rpc.admission import RequestError
 from seproxy.rpc.executor import check_cancelled
-from seproxy.rpc.handler import RPCHandler, ServiceContext
-from seproxy.transfer import S_ERROR, S_OK
+from seproxy.rpc.form import FormReader
+from seproxy.rpc.handler import FieldSink, RPCHandler, ServiceContext
+from seproxy.transfer import S_ERROR, S_OK, SErrorException
 from seproxy.transfer.tar_format import COMPRESSIONS
 
 READ = ("authenticated",)
@@ -67,6 +70,12 @@ class StorageElementProxyHandler(RPCHandler):
     auth_bulkToClient: ClassVar = READ
     types_bulkToClient: ClassVar = (str, str, str)
 
+    def initialize(self, service: ServiceContext) -> None:
+        super().initialize(service)
+        # DIRAC's sendFile from a caller who may upload: the file goes to the cache as the form arrives.
+        self._may_upload = False
+        self._form_upload: FormUpload | None = None
+
     @classmethod
     def initializeHandler(cls, service: ServiceContext) -> ProxyResources:
         return ProxyResources.open(service.settings, service.ca_dir, urlsplit(service.url).hostname or "localhost")
@@ -74,6 +83,23 @@ class StorageElementProxyHandler(RPCHandler):
     @classmethod
     def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         return [(r"/stream/bulk/(.*)", BulkUploadHandler), (r"/stream/(.*)", StreamUploadHandler)]
+
+    def streamed_body_limit(self) -> int:
+        try:
+            caller = self.admit(UPLOAD_METHOD, self.auth_streamFromClient)
+            check_may_upload(self.service.settings.storage_elements, caller)
+        except (RequestError, SErrorException):
+            return 0
+        self._may_upload = True
+        limits = self.service.settings.service
+        return limits.max_form_size + 2 * limits.max_form_upload  # base64 and its %-escapes: under twice the file
+
+    def route_field(self, name: str, form: FormReader) -> FieldSink | None:
+        if name != "args" or not self._may_upload or form.field("method") != UPLOAD_METHOD:
+            return None
+        limits = self.service.settings.service
+        self._form_upload = FormUpload(self.resources.cache, self.caller.username, limits.max_form_upload, limits.max_form_size)
+        return self._form_upload
 
     @property
     def resources(self) -> ProxyResources:
@@ -110,9 +136,16 @@ class StorageElementProxyHandler(RPCHandler):
         return None
 
     def export_streamFromClient(self, fileId: str, token: str, fileSize: int, data: bytes) -> dict[str, Any]:
-        """DIRAC's ``sendFile``: the whole file inside the form (bounded by ``max_form_size``)."""
+        """DIRAC's ``sendFile``: the whole file inside the form; from a caller who may upload it is
+        already in the cache (``FormUpload``), only to be verified and kept."""
         name = file_id(PUT_AREA, parse_file_id(fileId, PUT_AREA))
         check_may_upload(self.service.settings.storage_elements, self.caller)
+        received = self._form_upload.take() if self._form_upload is not None else None
+        if received is not None:
+            if received.writer.written != fileSize:
+                self.resources.cache.abort(received)
+                return S_ERROR(errno.EINVAL, f"fileSize is {fileSize} but {received.writer.written} bytes were sent")
+            return S_OK({"FileId": name, **describe(self.resources.cache.commit(received))})
         if fileSize != len(data):
             return S_ERROR(errno.EINVAL, f"fileSize is {fileSize} but {len(data)} bytes were sent")
         with self.resources.cache.receive_upload(self.caller.username, name, expected_size=fileSize) as writer:

@@ -60,6 +60,8 @@ class StreamUploadHandler(AdmittingHandler):
         self._lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
         self._aborting: asyncio.Future[None] | None = None
+        # The answer to a write that failed mid-body (a full disk), once given.
+        self._failure: tuple[int, dict[str, Any]] | None = None
 
     @property
     def _cache(self) -> Cache:
@@ -129,12 +131,18 @@ class StreamUploadHandler(AdmittingHandler):
             await self._in_thread(self._upload.writer.write, data)
         except Exception as exc:
             # Answer now rather than take the rest of a body that cannot be kept.
+            self._failure = self._failed(exc)
             await self._abort()
-            self.send_json(*self._failed(exc))
+            if not self._finished:
+                self.send_json(*self._failure)
             self.request.connection.close()  # type: ignore[union-attr]
 
     async def put(self, file_id: str) -> None:
-        if self.body_done() or self._upload is None:
+        if self.body_done():
+            return
+        if self._upload is None:
+            if not self._finished:  # a write failed and its answer is not out yet
+                self.send_json(*(self._failure or (500, S_ERROR(errno.EIO, "the upload was dropped"))))
             return
         try:
             await self._written()
@@ -149,9 +157,14 @@ class StreamUploadHandler(AdmittingHandler):
         self.send_json(200, S_OK({"FileId": file_id, **describe(entry)}))
 
     async def _abort(self) -> None:
+        """Drop the partial upload; never raises (it runs after a failure, and as a task of its own)."""
         upload, self._upload = self._upload, None
-        if upload is not None:
+        if upload is None:
+            return
+        try:
             await self._in_thread(self._cache.abort, upload)
+        except Exception:
+            log.exception("dropping the partial upload %s failed", self.path_args[0][:200])
 
     def access_subject(self) -> str:
         return f"upload={self.path_args[0][:200]!r}"

@@ -54,7 +54,7 @@ class AdmittingHandler(StreamedBodyHandler):
         self.service = service
         self.request_id = secrets.token_hex(6)
         self.caller = Caller()
-        self._identified = False
+        self._identified: Caller | None = None
         self._started = time.monotonic()
         self.guard_body(service.settings.service.idle_connection_timeout)
 
@@ -62,13 +62,20 @@ class AdmittingHandler(StreamedBodyHandler):
         logs.request_id.set(self.request_id)
         self.set_header("X-Request-ID", self.request_id)
 
+    def identify(self) -> Caller:
+        """The caller, from the TLS chain or the bearer token (known before the body, found once per
+        request); a 401 ``RequestError`` if those credentials are refused."""
+        if self._identified is None:
+            try:
+                self._identified = caller_of(self.request, self.service.registry, self.service.tokens)
+            except CredentialsRefused as exc:
+                raise RequestError(401, S_ERROR(errno.EACCES, str(exc))) from None
+        self.caller = self._identified
+        return self.caller
+
     def admit(self, method: str, rule: Sequence[str]) -> Caller:
         """The caller, if it may call ``method`` (whose handler rule is ``rule``); ``RequestError`` otherwise."""
-        self._identified = True
-        try:
-            self.caller = caller_of(self.request, self.service.registry, self.service.tokens)
-        except CredentialsRefused as exc:
-            raise RequestError(401, S_ERROR(errno.EACCES, str(exc))) from None
+        self.identify()
         override = self.service.settings.authorization.get(method)
         decision = authorize(override if override is not None else rule, self.caller, method)
         if not decision.allowed:
@@ -83,20 +90,19 @@ class AdmittingHandler(StreamedBodyHandler):
         """How it ended beyond its status (``outcome=OK``, ``bytes=12``)."""
         return ""
 
-    def _identify(self) -> None:
+    def _identify_for_the_log(self) -> None:
         """Who sent a request refused before its method was known (a body over the limit, an
         unknown method), for the log line: the verified chain or token says so even then."""
-        if self._identified:
+        if self._identified is not None:
             return
-        self._identified = True
         try:
-            self.caller = caller_of(self.request, self.service.registry, self.service.tokens)
-        except (CredentialsRefused, OSError, AttributeError):
+            self.identify()
+        except (RequestError, OSError, AttributeError):
             pass  # credentials that would be refused, or a connection already gone: anonymous
 
     def on_finish(self) -> None:
         super().on_finish()
-        self._identify()
+        self._identify_for_the_log()
         log.info(
             "%s user=%s dn=%r %s status=%d %s %.1fms",
             self.request.remote_ip, self.caller.username, self.caller.dn, self.access_subject(),

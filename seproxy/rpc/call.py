@@ -9,16 +9,22 @@ answered with a 400 that names the offending field.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
+from seproxy.rpc.form import FormError, FormReader
 from seproxy.transfer import codec
 
 METHOD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")  # used with fullmatch: "$" lets "ping\n" through
 FORM_TYPE = "application/x-www-form-urlencoded"
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no", "none", ""}
+# The fields of a call; any other is ignored (and not kept), as DIRAC does.
+CALL_FIELDS = ("method", "args", "clientVO", "clientSetup", "extraCredentials", "rawContent")
+# Lists and dicts one JSON field may hold. Decoding millions of tiny lists takes seconds of CPU with the
+# interpreter lock held, in whatever thread: DIRAC's calls carry lists of paths, never such multitudes.
+MAX_CONTAINERS = 50_000
 
 
 class BadRequest(ValueError):
@@ -39,21 +45,23 @@ class RPCCall:
     raw_content: bool = False
 
 
-def _single_fields(body: bytes) -> dict[str, str]:
+def check_form_type(content_type: str) -> None:
+    """A call is a form; anything else is a 415, before its body is read."""
+    if content_type.split(";", 1)[0].strip().lower() != FORM_TYPE:
+        raise BadRequest(f"Content-Type must be {FORM_TYPE}, got {content_type[:64]!r}", status=415)
+
+
+def form_reader(route: Callable[[str], Callable[[bytes], None] | None] = lambda name: None) -> FormReader:
+    """A reader that keeps the fields of a call (``route`` may take one of them as it arrives)."""
+    return FormReader(CALL_FIELDS, route)
+
+
+def read_fields(reader: FormReader) -> dict[str, str]:
+    """The fields ``reader`` kept, once the body is in; ``BadRequest`` naming what is wrong."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest("the request body is not valid UTF-8") from None
-    try:
-        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request body is not a valid form: {exc}") from None
-    fields: dict[str, str] = {}
-    for name, value in pairs:
-        if name in fields:
-            raise BadRequest(f"form field {name!r} is given more than once")
-        fields[name] = value
-    return fields
+        return reader.finish()
+    except FormError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 def _flag(fields: dict[str, str], name: str) -> bool:
@@ -66,8 +74,11 @@ def _flag(fields: dict[str, str], name: str) -> bool:
 
 
 def _json_field(fields: dict[str, str], name: str) -> Any:
+    text = fields[name]
+    if text.count("[") + text.count("{") > MAX_CONTAINERS:
+        raise BadRequest(f"form field {name!r} holds more than {MAX_CONTAINERS} JSON lists and dicts")
     try:
-        value = codec.decode(fields[name])
+        value = codec.decode(text)
     except codec.CodecError as exc:
         raise BadRequest(f"form field {name!r}: {exc}") from None
     bad = _invalid_text(value)
@@ -100,14 +111,22 @@ def _invalid_text(value: Any) -> str | None:
 
 
 def parse_call(content_type: str, body: bytes) -> RPCCall:
-    """Check and decode a DIRAC RPC form body.
+    """Check and decode a whole DIRAC RPC form body (the server reads its bodies with ``form_reader``)."""
+    check_form_type(content_type)
+    reader = form_reader()
+    try:
+        reader.feed(body)
+    except FormError as exc:
+        raise BadRequest(str(exc)) from None
+    return call_of(read_fields(reader))
+
+
+def call_of(fields: dict[str, str]) -> RPCCall:
+    """The call a form's fields make, checked and decoded.
 
     Fields this version does not know are ignored, as DIRAC does, so that a
     newer client that sends one more field still works.
     """
-    if content_type.split(";", 1)[0].strip().lower() != FORM_TYPE:
-        raise BadRequest(f"Content-Type must be {FORM_TYPE}, got {content_type[:64]!r}", status=415)
-    fields = _single_fields(body)
     method = fields.get("method")
     if not method:
         raise BadRequest("form field 'method' is missing")

@@ -5,13 +5,20 @@ optionally with ``auth_<name>`` (who may call) and ``types_<name>``
 (expected argument types). One request goes through these steps, each of
 which can end it with a clear answer:
 
-1. ``prepare``: request id, body size limit (413, and the body is not kept),
-   a deadline for the body (408 for a body that trickles in: ``request_body``);
-2. parse the form (400/415), find ``export_<method>`` (501);
+1. ``prepare``: request id, the caller's body size limit (known at the TLS
+   handshake: small for anonymous callers; 413, and the body is not kept), the
+   content type (415), a deadline for the body (408 for a body that trickles in:
+   ``request_body``);
+2. read the form as it arrives (400, bounded memory: ``form``), decode it (off
+   the event loop when large), find ``export_<method>`` (501);
 3. admit the caller (``admission``: certificate chain or token, the method's rule; 401/403);
 4. check the arguments (400); ``initializeRequest()``;
 5. run the method: plain functions in the bounded thread pool under the call
-   time limit, coroutines on the event loop; 6. answer JSON (or raw bytes).
+   time limit, coroutines on the event loop; 6. answer JSON (or raw bytes),
+   encoded off the event loop when the call was large or ran in the pool.
+
+Nothing a caller sends may hold the event loop for long: another caller's
+``ping`` must answer while a large call is read, decoded or answered.
 
 A method may return an ``S_ERROR`` or raise: ``seproxy.errors`` turns what
 it raises into the answer. A bug in a method is logged with its traceback
@@ -21,6 +28,7 @@ traceback, ``CallStack`` or ``ExecInfo`` ever reaches the client.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import errno
 import functools
@@ -29,7 +37,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import tornado.web
 
@@ -38,9 +46,10 @@ from seproxy.config import ConfigError
 from seproxy.errors import failure, rpc_status, status_of
 from seproxy.rpc.admission import DEFAULT_AUTH, AdmittingHandler, RequestError
 from seproxy.rpc.arguments import TypeSpec, check_arguments
-from seproxy.rpc.call import BadRequest, RPCCall, parse_call
+from seproxy.rpc.call import BadRequest, RPCCall, call_of, check_form_type, form_reader, read_fields
 from seproxy.rpc.context import Resources, ServiceContext
 from seproxy.rpc.executor import current_call
+from seproxy.rpc.form import FormError, FormReader
 from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
 
 log = logging.getLogger("seproxy.rpc")
@@ -48,6 +57,32 @@ log = logging.getLogger("seproxy.rpc")
 __all__ = ["DEFAULT_AUTH", "NotFoundHandler", "RPCHandler", "ServiceContext"]
 
 PRIVATE_KEYS = ("CallStack", "ExecInfo")
+# A call whose body is larger is decoded, and its answer encoded, off the event loop.
+INLINE_BODY = 4096
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in PRIVATE_KEYS}
+
+
+def _decoded(form: FormReader, routed: dict[str, str]) -> RPCCall:
+    return call_of({**read_fields(form), **routed})
+
+
+class FieldSink(Protocol):
+    """Takes one form field as it arrives, instead of the form keeping it (``RPCHandler.route_field``)."""
+
+    def feed(self, data: bytes) -> None:
+        """The field's next decoded bytes (on the event loop: keep it short)."""
+
+    async def flush(self) -> None:
+        """Called after each chunk of the body: do what ``feed`` gathered (awaited: the back-pressure)."""
+
+    async def finish(self) -> str:
+        """The body is in: the field's text as the method is to see it."""
+
+    async def abort(self) -> None:
+        """The request ended without the method taking what was sent: drop it. Never raises."""
 
 
 @tornado.web.stream_request_body
@@ -84,40 +119,113 @@ class RPCHandler(AdmittingHandler):
     def initialize(self, service: ServiceContext) -> None:
         super().initialize(service)
         self.call: RPCCall | None = None
-        self._body = bytearray()
-        self._limit = service.settings.service.max_form_size
+        self._form = form_reader(self._route)
+        self._sink: tuple[str, FieldSink] | None = None
+        self._anonymous = True
+        self._limit: int = service.settings.service.max_anonymous_form_size
+        self._ceiling: int = self._limit
         self._outcome = "-"
         # The status a refused call means (it may go out as 200: ``rpc_status``), for the metrics.
         self._meaning: int | None = None
+        # (result, its JSON) when the pool thread that ran the method encoded its answer too.
+        self._encoded: tuple[Any, str] | None = None
+
+    def route_field(self, name: str, form: FormReader) -> FieldSink | None:
+        """Hook: a sink to take form field ``name`` as it arrives instead of keeping it (None: keep it).
+        ``self.call`` is not known yet; the fields read so far are in ``form``."""
+        return None
+
+    def streamed_body_limit(self) -> int:
+        """Hook: the largest body this caller may send when a field of it goes to a sink (only the
+        kept fields count against the form limit then); 0: no field of theirs is ever routed."""
+        return 0
+
+    def _route(self, name: str) -> Callable[[bytes], None] | None:
+        sink = self.route_field(name, self._form)
+        if sink is None:
+            return None
+        self._sink = (name, sink)
+        return sink.feed
 
     def prepare(self) -> None:
         self.service.in_flight += 1
         self._counted = True
         self.begin_request()
+        try:
+            self._anonymous = self.identify().anonymous
+        except RequestError:
+            pass  # refused credentials (answered at admission) send no more than anonymous callers
+        if not self._anonymous:
+            self._limit = self.service.settings.service.max_form_size
+            self._ceiling = max(self._limit, self.streamed_body_limit())
+            # Refusing such a body mid-way (over a cap, out of quota), its sender still gets the reason.
+            self.drain_limit = max(self.drain_limit, self._ceiling)
         declared = self.request.headers.get("Content-Length")
         if declared is not None and not declared.isdigit():
             self.refuse(400, S_ERROR(errno.EINVAL, f"Content-Length {declared[:32]!r} is not a number"))
-        elif declared is not None and int(declared) > self._limit:
+        elif declared is not None and int(declared) > self._ceiling:
             self._reject_size(declared)
+        else:
+            try:
+                check_form_type(self.request.headers.get("Content-Type", ""))
+            except BadRequest as exc:
+                self.refuse(exc.status, S_ERROR(errno.EINVAL, str(exc)))
 
-    def data_received(self, chunk: bytes) -> None:
+    async def data_received(self, chunk: bytes) -> None:
         if not self.keep_chunk(chunk):
             return
-        self._body += chunk
-        if len(self._body) > self._limit:
-            self._reject_size(f"{len(self._body)}+")
-            del self._body[:]
+        try:
+            await self._take(chunk)
+        except FormError as exc:
+            self.refuse(400, S_ERROR(errno.EINVAL, str(exc)))
+        except RequestError as exc:
+            self.refuse(exc.status, exc.result)
+        except Exception as exc:
+            self.refuse(*self._failed(exc, "the form's field"))
+        if self.refused:
+            await self._drop_sink()
+
+    async def _take(self, chunk: bytes) -> None:
+        if self._received <= self._ceiling:
+            self._form.feed(chunk)
+        if self._received > self._ceiling or self._form.kept > self._limit:
+            self._reject_size(f"{self._received}+")
+        elif self._sink is not None:
+            await self._sink[1].flush()
+
+    def _failed(self, exc: Exception, doing: str) -> tuple[int, dict[str, Any]]:
+        failed = failure(exc, doing, self.request_id)
+        if failed.bug:
+            log.error("%s raised an unexpected error", doing, exc_info=exc)
+        return failed.status, failed.result
+
+    async def _drop_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            await sink[1].abort()
 
     def _reject_size(self, size: str) -> None:
-        message = (
-            f"request body of {size} bytes is over this service's limit of {self._limit} bytes "
-            "(service.max_form_size); DIRAC's sendFile sends the whole file in the form: "
-            "send large files with seproxy's TransferClient, which streams them"
-        )
+        if self._anonymous:
+            message = (
+                f"request body of {size} bytes is over the limit of {self._limit} bytes for callers without "
+                "certificate or token (service.max_anonymous_form_size)"
+            )
+        else:
+            message = (
+                f"request body of {size} bytes is over this service's limit of {self._limit} bytes "
+                "(service.max_form_size); DIRAC's sendFile sends the whole file in the form: "
+                "send large files with seproxy's TransferClient, which streams them"
+            )
         self.refuse(413, S_ERROR(errno.EFBIG, message))
+
+    @property
+    def _large(self) -> bool:
+        return self._received > INLINE_BODY
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
+        if self._sink is not None:
+            self._dropping = asyncio.ensure_future(self._drop_sink())
         context = getattr(self, "_call_context", None)
         if context is not None:
             context.cancelled.set()
@@ -129,6 +237,12 @@ class RPCHandler(AdmittingHandler):
             self.service.in_flight -= 1
 
     async def post(self) -> None:
+        try:
+            await self._post()
+        finally:
+            await self._drop_sink()  # a method that took the routed field has done with it by now
+
+    async def _post(self) -> None:
         if self.body_done():
             return
         try:
@@ -140,18 +254,18 @@ class RPCHandler(AdmittingHandler):
             self._refuse_call(exc.status, S_ERROR(errno.EINVAL, str(exc)))
             return
         except Exception as exc:
-            doing = self.call.method if self.call else "this request"
-            failed = failure(exc, doing, self.request_id)
-            if failed.bug:
-                log.error("%s raised an unexpected error", doing, exc_info=exc)
-            self._answer_error(failed.status, failed.result)
+            status, result = self._failed(exc, self.call.method if self.call else "this request")
+            self._answer_error(status, result)
             return
         if not self._finished:
-            self._answer(result)
+            await self._answer(result)
 
     async def _dispatch(self) -> Any:
-        self.call = parse_call(self.request.headers.get("Content-Type", ""), bytes(self._body))
-        del self._body[:]
+        routed = {self._sink[0]: await self._sink[1].finish()} if self._sink else {}
+        if self._large:
+            self.call = await self.service.executor.run(_decoded, self._form, routed)
+        else:
+            self.call = _decoded(self._form, routed)
         method = self.call.method
         function = getattr(self, f"export_{method}", None)
         if function is None or not callable(function):
@@ -168,7 +282,12 @@ class RPCHandler(AdmittingHandler):
     def _in_thread(self, function: Callable[..., Any], *args: Any) -> Any:
         # Expose the pool thread's call context so on_connection_close can cancel it.
         self._call_context = current_call()
-        return function(*args)
+        result = function(*args)
+        assert self.call is not None
+        if isReturnStructure(result) and not self.call.raw_content:
+            # Encoded here, in the pool, rather than on the event loop: a listing may be large.
+            self._encoded = (result, codec.encode(_public(result)))
+        return result
 
     # -- answers ------------------------------------------------------------
 
@@ -185,7 +304,13 @@ class RPCHandler(AdmittingHandler):
         else:
             self.send_json(rpc_status(status, self.call.raw_content), result)
 
-    def _answer(self, result: Any) -> None:
+    async def _json_of(self, value: Any) -> str:
+        """``value`` as JSON: off the event loop when the call was large."""
+        if self._large:
+            return await self.service.executor.run(codec.encode, value)
+        return codec.encode(value)
+
+    async def _answer(self, result: Any) -> None:
         """Send ``result``: JSON with status 200, or raw bytes (an error then gets a status that says so)."""
         assert self.call is not None
         if not isReturnStructure(result):
@@ -198,14 +323,18 @@ class RPCHandler(AdmittingHandler):
             value = result["Value"]
             self._outcome = "OK"
             self.set_header("Content-Type", "application/octet-stream")
-            self.finish(value if isinstance(value, bytes) else codec.encode(value).encode())
+            self.finish(value if isinstance(value, bytes) else (await self._json_of(value)).encode())
             return
-        self.send_json(200, result)
+        if self._encoded is not None and self._encoded[0] is result:
+            self.send_json(200, result, self._encoded[1])
+            return
+        clean = _public(result)
+        self.send_json(200, clean, await self._json_of(clean))
 
-    def send_json(self, status: int, result: dict[str, Any]) -> None:
-        clean = {k: v for k, v in result.items() if k not in PRIVATE_KEYS}
+    def send_json(self, status: int, result: dict[str, Any], encoded: str | None = None) -> None:
+        clean = _public(result)
         self._outcome = "OK" if clean.get("OK") else f"error(errno={clean.get('Errno', 0)})"
-        super().send_json(status, clean)
+        super().send_json(status, clean, encoded)
 
     def access_subject(self) -> str:
         return f"method={self.call.method if self.call else '-'}"

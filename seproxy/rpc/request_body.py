@@ -132,13 +132,15 @@ class StreamedBodyHandler(tornado.web.RequestHandler):
         """Start the body's deadline: ``grace`` seconds, then ``MIN_BODY_RATE``."""
         self._refusal: tuple[int, dict[str, Any]] | None = None
         self._received = 0
+        # The largest refused body read to its end (a handler may take more from callers it knows).
+        self.drain_limit = DRAIN_LIMIT
         self._deadline = BodyDeadline(grace, self._too_slow)
 
-    def send_json(self, status: int, result: dict[str, Any]) -> None:
-        """Finish the request with ``status`` and ``result`` as JSON."""
+    def send_json(self, status: int, result: dict[str, Any], encoded: str | None = None) -> None:
+        """Finish the request with ``status`` and ``result`` as JSON (``encoded``, if it is already)."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(codec.encode(result))
+        self.finish(codec.encode(result) if encoded is None else encoded)
 
     def refuse(self, status: int, result: dict[str, Any]) -> None:
         """Refuse the request: once its body is in (read and dropped), or now when it is too large for that."""
@@ -146,6 +148,10 @@ class StreamedBodyHandler(tornado.web.RequestHandler):
             self._refusal = (status, result)
         if not self._drainable():
             self._send_refusal()
+
+    @property
+    def refused(self) -> bool:
+        return self._refusal is not None
 
     def keep_chunk(self, chunk: bytes) -> bool:
         """Count a chunk of the body; False when the request is refused and the chunk is to be dropped."""
@@ -165,9 +171,9 @@ class StreamedBodyHandler(tornado.web.RequestHandler):
 
     def _drainable(self) -> bool:
         declared = self.request.headers.get("Content-Length")
-        if declared is not None and not (declared.isdigit() and int(declared) <= DRAIN_LIMIT):
+        if declared is not None and not (declared.isdigit() and int(declared) <= self.drain_limit):
             return False  # too large, or a length Tornado cannot read a body by
-        return self._received <= DRAIN_LIMIT
+        return self._received <= self.drain_limit
 
     def _send_refusal(self) -> None:
         # Before the body is all in, Tornado closes the connection once this answer is out.
