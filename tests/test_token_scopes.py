@@ -5,6 +5,7 @@ element, called with tokens signed by a test issuer whose base path is
 ``/vo``: the token's ``storage.read:/data`` covers ``/vo/data`` on the element.
 """
 
+import errno
 import time
 
 import jwt
@@ -192,7 +193,7 @@ def test_paths_cannot_escape_the_scope(scoped, pki, issuer_key):
 def test_a_storage_scope_without_a_path_is_refused(scoped, pki, issuer_key):
     service, _ = scoped
     status, result = call(service, pki, signed(issuer_key[0], "storage.read"), "whoami")
-    assert status == 401 and "needs a path" in result["Message"]
+    assert status == 200 and result["Errno"] == errno.EACCES and "needs a path" in result["Message"]  # as DIRAC answers
 
 
 def test_without_storage_scopes_the_group_decides(scoped, pki, issuer_key):
@@ -223,5 +224,5 @@ def test_audiences(scoped, pki, issuer_key, audience, accepted):
     if accepted:
         assert status == 200 and result["Value"]["authenticatedBy"] == "token", result
     else:
-        assert status == 401 and "audience" in result["Message"]
+        assert status == 200 and result["Errno"] == errno.EACCES and "audience" in result["Message"]
 
