@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -273,3 +274,12 @@ def test_ranges_digests_and_validators_as_the_side_server_answers(door, pki, iss
     stat = requests.request("PROPFIND", url, headers={**auth, "Depth": "0"}, verify=ca, timeout=30)
     assert stat.status_code == 207 and f"<d:getetag>{etag}</d:getetag>".replace('"', "&quot;") in stat.text.replace('"', "&quot;")
     assert f"adler32={adler32(data)}" in stat.text
+
+
+def test_seproxy_token_needs_the_development_issuer(door):
+    service, _, _ = door
+    done = subprocess.run(
+        [sys.executable, "-m", "seproxy", "token", "--config", str(service.config_path)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert "no development token issuer is configured" in done.stderr and "Traceback" not in done.stderr
