@@ -283,3 +283,15 @@ def test_seproxy_token_needs_the_development_issuer(door):
     )
     assert done.returncode == 2 and done.stdout == ""
     assert "no development token issuer is configured" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_token_is_never_taken_over_plain_http(door, issuer_key):
+    """The door is on the HTTPS service port only: plain HTTP gets no answer from it, let alone a file."""
+    service, root, _ = door
+    put_source(root, "/vo/plain.dat", b"not over http")
+    plain_url = lfn_url(service, "/vo/plain.dat").replace("https://", "http://", 1)
+    try:
+        answer = requests.get(plain_url, headers={"Authorization": f"Bearer {signed(issuer_key[0], 'storage.read:/')}"}, timeout=30)
+    except requests.ConnectionError:
+        return
+    assert answer.status_code >= 400 and b"not over http" not in answer.content

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
+import logging
 import posixpath
 import re
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import tornado.iostream
 import tornado.web
 
 from seproxy.cache import Entry
@@ -48,13 +50,15 @@ from seproxy.proxy.lfns import NoReplica, first_replica, lfn_problem
 from seproxy.proxy.resources import ProxyResources
 from seproxy.proxy.rights import check_access, upload_access
 from seproxy.proxy.staging import stale
-from seproxy.proxy.uploads import CacheUploadBody, log
+from seproxy.proxy.uploads import CacheUploadBody
 from seproxy.rpc.admission import RequestError
 from seproxy.security.scopes import Access
 from seproxy.storage.base import FileInfo, StorageElement, path_text_problem
 from seproxy.transfer.checksum_headers import canonical_adler32
 
 T = TypeVar("T")
+
+log = logging.getLogger("seproxy.door")
 
 # The [authorization] rule of every door request.
 DOOR_METHOD = "door"
@@ -138,6 +142,8 @@ class DoorHandler(CacheUploadBody):
             return
         try:
             await work()
+        except tornado.iostream.StreamClosedError:
+            pass  # the client went away mid-answer: nobody to tell
         except Exception as exc:
             self.answer_failure(exc, before_body=False)
 
