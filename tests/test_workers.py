@@ -204,7 +204,7 @@ def test_workers_that_cannot_start_end_the_service_with_an_error(pki: Any, tmp_p
     done = subprocess.run([sys.executable, "-m", "seproxy", "serve", "--config", str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "while starting" in done.stderr and "Traceback" not in done.stderr, done.stderr
-    assert "Not a directory" in done.stderr and "listening" not in done.stderr
+    assert "is not a directory" in done.stderr and "listening" not in done.stderr
     assert time.monotonic() - started < 100
 
 
