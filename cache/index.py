@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -231,7 +232,7 @@ class Index:
                 )
             return
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
-        self._db.execute("PRAGMA journal_mode = WAL")
+        _wal_mode(self._db, busy_timeout)
         # NORMAL is crash-safe in WAL mode; only a power cut may lose the last commits.
         self._db.execute("PRAGMA synchronous = NORMAL")
         with self.transaction():
@@ -571,3 +572,17 @@ class Index:
     def drop_openers(self, opener_ids: list[int]) -> None:
         with self.transaction():
             self._db.executemany("DELETE FROM openers WHERE id = ?", [(i,) for i in opener_ids])
+
+
+def _wal_mode(db: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch ``db`` to WAL; SQLite answers "locked" at once, without its busy handler, while another
+    process is creating the same index, so the switch is retried until the busy timeout."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

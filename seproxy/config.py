@@ -291,6 +291,24 @@ class HTTPSettings:
     idle_timeout: Duration = field(default=Duration(60), metadata=_check(_positive))
 
 
+def _door_prefix(value: str) -> str | None:
+    if not _DOOR_PREFIX.fullmatch(value):
+        return f"must be a path such as /lfn (letters, digits, '_', '-', '.', no trailing '/'), got {value!r}"
+    return None
+
+
+_DOOR_PREFIX = re.compile(r"(/[A-Za-z0-9_.-]+)+")
+
+
+@dataclass
+class DoorSettings:
+    """The storage door: davs:// and https:// access by LFN on the service port, through the cache."""
+
+    enabled: bool = True
+    # URLs are https://HOST:PORT<prefix>/<LFN>; LFNs resolve as for prepareFileForHTTP (http.lfn_storage_elements).
+    prefix: str = field(default="/lfn", metadata=_check(_door_prefix))
+
+
 @dataclass
 class TokenIssuerSettings:
     """An issuer of bearer tokens (JWT) this service trusts."""
@@ -328,6 +346,7 @@ class Settings:
     storage_elements: dict[str, StorageElementSettings] = field(default_factory=dict)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     tokens: TokenSettings = field(default_factory=TokenSettings)
+    door: DoorSettings = field(default_factory=DoorSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     # Method name -> who may call it ("all", "authenticated" or properties);
     # overrides the handler's own auth_<method>.
@@ -338,6 +357,11 @@ class Settings:
     @property
     def route(self) -> str:
         return f"/{self.service.system}/{self.service.component}"
+
+    def lfn_places(self) -> list[tuple[str, str]]:
+        """Where LFNs are looked for, in order: (storage element, LFN-to-path template)."""
+        names = self.http.lfn_storage_elements or list(self.storage_elements)
+        return [(name, self.storage_elements[name].lfn_path) for name in names]
 
     @property
     def cache_root(self) -> Path:

@@ -1,8 +1,8 @@
 """The embedded default: what ``seproxy serve`` runs with no config file.
 
 A working service on loopback with nothing to set up: development
-credentials (CA, host, user, proxy) generated under the state folder, a
-registry that knows the development user, one storage element,
+credentials (CA, host, user, proxy, a token issuer) generated under the
+state folder, a registry that knows the development user (by DN and token), one storage element,
 ``LocalSE``, a directory in the state folder, and the HTTP side server, so
 that ``prepareFileForHTTP("/vo/a.dat")`` serves the file uploaded to
 ``LocalSE`` at ``/vo/a.dat``.
@@ -11,7 +11,7 @@ that ``prepareFileForHTTP("/vo/a.dat")`` serves the file uploaded to
 from __future__ import annotations
 
 from seproxy.config import Settings, default_state_dir, settings_from_dict
-from seproxy.security.devcreds import DEV_USER_DN
+from seproxy.security.devcreds import DEV_TOKEN_ISSUER, DEV_USER_DN, ensure_dev_token_issuer
 
 DEV_USERNAME = "dev"
 DEV_GROUP = "dev_user"
@@ -22,16 +22,25 @@ def embedded_settings() -> Settings:
     """The embedded default; creates the LocalSE directory, which the defaults promise."""
     state_dir = default_state_dir()
     (state_dir / "storage" / "LocalSE").mkdir(parents=True, exist_ok=True)
+    token_key = ensure_dev_token_issuer(state_dir / "dev-credentials")
     return settings_from_dict(
         {
             "service": {"state_dir": str(state_dir)},
             "registry": {
-                "users": {DEV_USERNAME: {"dn": [DEV_USER_DN], "groups": [DEV_GROUP]}},
+                "users": {
+                    DEV_USERNAME: {
+                        "dn": [DEV_USER_DN],
+                        "groups": [DEV_GROUP],
+                        "token_subjects": [{"issuer": DEV_TOKEN_ISSUER, "subject": DEV_USERNAME}],
+                    }
+                },
                 "groups": {DEV_GROUP: {"vo": DEV_VO, "properties": ["NormalUser", "FileWrite", "CSAdministrator"]}},
             },
             "storage_elements": {
                 "LocalSE": {"plugin": "file", "base": str(state_dir / "storage" / "LocalSE"), "vos": [DEV_VO]},
             },
+            # `seproxy token` signs tokens for the development user with this issuer's key.
+            "tokens": {"issuers": {"development": {"issuer": DEV_TOKEN_ISSUER, "keys": [str(token_key)], "algorithms": ["ES256"]}}},
             # prepareFileForHTTP: LFNs resolve on LocalSE (the default: LFN = path), served on port 9180.
             "http": {"enabled": True},
         },

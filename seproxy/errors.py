@@ -47,6 +47,16 @@ _STATUS_OF_ERRNO = {
 _DIRAC_HIDES_BODY = frozenset({401, 403, 404, 501})
 
 
+class Refusal(Exception):
+    """A refusal whose HTTP status no errno says: a storage door's 405 (MKCOL of an existing
+    directory), 409 (a missing parent, an existing file ``storage.create`` may not replace)."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Failure:
     status: int
@@ -78,6 +88,8 @@ def failure(exc: BaseException, doing: str, request_id: str) -> Failure:
     """The answer to ``exc``, raised while ``doing`` (a method name, "upload") for request ``request_id``."""
     if isinstance(exc, SErrorException):
         return Failure(status_of(exc.result), exc.result)
+    if isinstance(exc, Refusal):
+        return Failure(exc.status, S_ERROR(exc.code, str(exc)))
     if isinstance(exc, CallTimeout):
         return Failure(504, S_ERROR(errno.ETIMEDOUT, f"{doing}: {exc}"))
     if isinstance(exc, CallCancelled):

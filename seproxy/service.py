@@ -316,6 +316,7 @@ class Service:
         routes: list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]
         routes = [(self.settings.route, self.handler, {"service": self._context})]
         routes += [(self.settings.route + pattern, extra, {"service": self._context}) for pattern, extra in self.handler.extra_routes()]
+        routes += [(pattern, extra, {"service": self._context}) for pattern, extra in self.handler.absolute_routes(self.settings)]
         app = tornado.web.Application(
             routes,
             default_handler_class=NotFoundHandler,

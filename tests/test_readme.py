@@ -22,7 +22,7 @@ from pathlib import Path
 from fixtures.service import ServiceProcess, free_port
 
 from seproxy.defaults import DEV_GROUP, DEV_USERNAME, DEV_VO
-from seproxy.security.devcreds import DEV_USER_DN
+from seproxy.security.devcreds import DEV_TOKEN_ISSUER, DEV_USER_DN, ensure_dev_token_issuer
 
 README = Path(__file__).parent.parent / "README.md"
 RUN = {"sh", "python"}
@@ -69,13 +69,21 @@ def test_the_mark_is_read_only_directly_before_its_block():
 
 
 def embedded_like_config(state: Path) -> dict:
-    """The embedded default (development credentials, LocalSE, the HTTP side server) on free ports."""
+    """The embedded default (development credentials and token issuer, LocalSE, the HTTP side server) on free ports."""
+    token_key = ensure_dev_token_issuer(state / "dev-credentials")
     return {
         "service": {"state_dir": str(state)},
         "http": {"enabled": True, "port": free_port()},
         "metrics": {"enabled": False},
+        "tokens": {"issuers": {"development": {"issuer": DEV_TOKEN_ISSUER, "keys": [str(token_key)], "algorithms": ["ES256"]}}},
         "registry": {
-            "users": {DEV_USERNAME: {"dn": [DEV_USER_DN], "groups": [DEV_GROUP]}},
+            "users": {
+                DEV_USERNAME: {
+                    "dn": [DEV_USER_DN],
+                    "groups": [DEV_GROUP],
+                    "token_subjects": [{"issuer": DEV_TOKEN_ISSUER, "subject": DEV_USERNAME}],
+                }
+            },
             "groups": {DEV_GROUP: {"vo": DEV_VO, "properties": ["NormalUser", "FileWrite"]}},
         },
         "storage_elements": {"LocalSE": {"plugin": "file", "base": str(state / "storage" / "LocalSE"), "vos": [DEV_VO]}},
@@ -104,8 +112,7 @@ def test_the_readme_runs_as_written(tmp_path):
         outside = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p).resolve() != (venv / "bin").resolve()]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("X509_", "SEPROXY_", "BEARER_TOKEN"))}
         env.update(PATH=os.pathsep.join(outside), HOME=str(tmp_path / "home"), SEPROXY_CONFIG=str(service.config_path))
-        done = subprocess.run(["bash", "-c", "\n".join(lines)], cwd=clone, env=env, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(["bash", "-c", "\n".join(lines)], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"the README failed:\n{done.stdout}\n{done.stderr}"
         assert (clone / "inputs" / "other.root").read_bytes() == (clone / "other.root").read_bytes()
         assert (clone / "inputs" / "cli" / "results.root").read_bytes() == (clone / "results.root").read_bytes()

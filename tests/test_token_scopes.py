@@ -11,10 +11,9 @@ import time
 import jwt
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from fixtures.proxy import file_place, proxy_config
+from fixtures.proxy import file_place
 from fixtures.service import post_form, rpc_fields, start_service
+from fixtures.tokens import issuer_keys, token_service_config
 
 from seproxy.security.scopes import Access, ScopeRefused, parse_scopes
 from seproxy.security.tokens import WLCG_ANY_AUDIENCE, TokenRefused, TokenVerifier, TrustedIssuer
@@ -67,10 +66,7 @@ def test_malformed_storage_scopes_are_refused(claim, reason):
 
 @pytest.fixture(scope="module")
 def issuer_key(tmp_path_factory):
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = tmp_path_factory.mktemp("scope-keys") / "issuer.pem"
-    pem.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return key, pem
+    return issuer_keys(tmp_path_factory.mktemp("scope-keys"))
 
 
 def signed(key, scope=None, audience=WLCG_ANY_AUDIENCE, subject=SUBJECT):
@@ -98,12 +94,9 @@ def scoped(pki, issuer_key, tmp_path_factory):
     _, pem = issuer_key
     directory = tmp_path_factory.mktemp("scoped-service")
     place = file_place(SE, tmp_path_factory.mktemp("scoped-se") / "se")
-    config = proxy_config(pki, directory / "state", [place])
-    config["service"]["public_name"] = "localhost"
+    config = token_service_config(pki, directory / "state", place, issuer=ISSUER, pem=pem, subject=SUBJECT, base_path="/vo")
     config["http"] = {"public_name": "balancer.example", "public_port": 8443}
-    config["tokens"] = {"issuers": {"iam": {"issuer": ISSUER, "keys": [str(pem)], "base_path": "/vo"}}}
     # In the group lab_admin, with FileWrite: group properties that must not widen a token's scopes.
-    config["registry"]["users"]["tester"]["token_subjects"] = [{"issuer": ISSUER, "subject": SUBJECT}]
     config["registry"]["users"]["tester"]["groups"] = ["lab_admin", "lab_user"]
     running = start_service(directory, config)
     (place.root / "vo" / "data").mkdir(parents=True)

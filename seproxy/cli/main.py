@@ -14,14 +14,14 @@ import sys
 from collections.abc import Sequence
 
 from seproxy import __version__
-from seproxy.cli import cache_admin, env, info, namespace, serve, transfers
+from seproxy.cli import cache_admin, env, info, namespace, serve, token, transfers
 from seproxy.cli.client_options import CommandFailed, ReaderGone, UsageError, abandon_stdout
 from seproxy.config import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
-COMMANDS = (serve, env, cache_admin, transfers, namespace, info)
+COMMANDS = (serve, env, cache_admin, transfers, namespace, info, token)
 
 
 def build_parser() -> argparse.ArgumentParser:

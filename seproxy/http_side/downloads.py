@@ -35,7 +35,7 @@ from seproxy.http_side.conditional import Validators
 from seproxy.http_side.digests import ALGORITHMS, DigestOf, checksum_values, file_digest
 from seproxy.http_side.links import Link, LinkStore
 from seproxy.http_side.propfind import DEPTHS, MULTISTATUS_TYPE, BadPropfind, FileProperties, multistatus, read_request
-from seproxy.http_side.representation import Representation, framed, plan
+from seproxy.http_side.representation import Plan, Representation, framed, plan
 from seproxy.http_side.request import ALLOW, RequestHead
 from seproxy.http_side.response import Refused, Response, plain
 from seproxy.http_side.shared_leases import OutsideCache, SharedLeases
@@ -110,65 +110,81 @@ class Downloads:
         else:
             (entry,) = entries
             body = [FileSlice(entry.path, 0, entry.size)]
-            validators = Validators(f'"{entry.xxh3}"', entry.modified)
-            representation = Representation(entry.size, validators, self._digest_of(entry))
+            representation = entry_representation(self._cache, entry)
             extra[XXH3_HEADER] = entry.xxh3
         if request.method == "PROPFIND":
-            return self._propfind(request, link, entries, representation)
+            return propfind_answer(request, [(request.path, file_properties(representation, entries, link.name))])
         chosen = plan(request.method, request.headers, representation)
-        if chosen.status in (412, 416):
-            return plain(chosen.status, chosen.message, extra=list(chosen.headers.items()))
-        if chosen.status == 304:
-            return Response(304, list(chosen.headers.items()))
+        refused = refusal(chosen)
+        if refused is not None:
+            return refused
         if request.method == "GET" and link.single_use and not self._links.claim(link.id, time.time()):
             return plain(403, "this single-use link was already used")
         pieces = framed(chosen, body, representation)
         headers = {**chosen.headers, **extra, "Content-Disposition": _attachment(link.name)}
         return Response(chosen.status, list(headers.items()), pieces)
 
-    def _digest_of(self, entry: Entry) -> DigestOf:
-        """The checksums of ``entry``: as the index keeps them, else computed now and kept from then on."""
 
-        def digest_of(algorithm: str) -> str:
-            value: str | None = getattr(entry, algorithm)
-            if not value:  # md5, sha256 until first asked; adler32 of entries older than its column
-                value = file_digest(entry.path, algorithm)
-                self._cache.record_digest(entry.id, algorithm, value)
-            return value
+def entry_representation(cache: Cache, entry: Entry) -> Representation:
+    """One cached file as served, wherever it is served from (the side server, the door)."""
+    return Representation(entry.size, Validators(f'"{entry.xxh3}"', entry.modified), recorded_digests(cache, entry))
 
-        return digest_of
 
-    def _propfind(
-        self, request: RequestHead, link: Link, entries: list[Entry], representation: Representation
-    ) -> Response:
-        if request.headers.get("depth", "infinity").strip(" \t").lower() not in DEPTHS:
-            return plain(400, "the Depth header must be 0, 1 or infinity")
-        try:
-            asked = read_request(request.body)
-        except BadPropfind as exc:
-            return plain(400, str(exc))
-        digest_of = representation.digest_of
-        known = tuple(a for a in ALGORITHMS if a == "adler32" or getattr(entries[0], a))
-        created = datetime.fromtimestamp(min(entry.created for entry in entries), UTC)
-        properties = FileProperties(
-            size=representation.size,
-            last_modified=representation.validators.last_modified,
-            created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            etag=representation.validators.etag,
-            content_type=representation.content_type,
-            display_name=link.name,
-            checksums=None if digest_of is None else lambda: checksum_values(digest_of, known),
-        )
-        answer = multistatus(request.path, properties, asked)
-        return Response(207, [("Content-Type", MULTISTATUS_TYPE), ("Content-Length", str(len(answer)))], [answer])
+def recorded_digests(cache: Cache, entry: Entry) -> DigestOf:
+    """The checksums of ``entry``: as the index keeps them, else computed now and kept from then on."""
+
+    def digest_of(algorithm: str) -> str:
+        value: str | None = getattr(entry, algorithm)
+        if not value:  # md5, sha256 until first asked; adler32 of entries older than its column
+            value = file_digest(entry.path, algorithm)
+            cache.record_digest(entry.id, algorithm, value)
+        return value
+
+    return digest_of
+
+
+def refusal(chosen: Plan) -> Response | None:
+    """The answer to a plan that sends no body (304, 412, 416), or None."""
+    if chosen.status in (412, 416):
+        return plain(chosen.status, chosen.message, extra=list(chosen.headers.items()))
+    if chosen.status == 304:
+        return Response(304, list(chosen.headers.items()))
+    return None
+
+
+def file_properties(representation: Representation, entries: list[Entry], name: str) -> FileProperties:
+    """What ``PROPFIND`` tells of cached files served as one representation named ``name``."""
+    digest_of = representation.digest_of
+    known = tuple(a for a in ALGORITHMS if a == "adler32" or getattr(entries[0], a))
+    created = datetime.fromtimestamp(min(entry.created for entry in entries), UTC)
+    return FileProperties(
+        size=representation.size,
+        last_modified=representation.validators.last_modified,
+        created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        etag=representation.validators.etag,
+        content_type=representation.content_type,
+        display_name=name,
+        checksums=None if digest_of is None else lambda: checksum_values(digest_of, known),
+    )
+
+
+def propfind_answer(request: RequestHead, resources: list[tuple[str, FileProperties]]) -> Response:
+    """The 207 describing ``resources`` (href, properties), or the 400 a bad ``Depth`` or body gets."""
+    if request.headers.get("depth", "infinity").strip(" \t").lower() not in DEPTHS:
+        return plain(400, "the Depth header must be 0, 1 or infinity")
+    try:
+        asked = read_request(request.body)
+    except BadPropfind as exc:
+        return plain(400, str(exc))
+    answer = multistatus(resources, asked)
+    return Response(207, [("Content-Type", MULTISTATUS_TYPE), ("Content-Length", str(len(answer)))], [answer])
 
 
 def _elsewhere(route: str) -> Response:
     """A genuine URL of another instance: a balancer sends it here only when that instance is down."""
     return plain(
         503,
-        f"this download is held by the instance {route!r}, which is not available now;"
-        " call prepareFileForHTTP again for a new URL",
+        f"this download is held by the instance {route!r}, which is not available now; call prepareFileForHTTP again for a new URL",
         extra=[("Retry-After", "10")],
     )
 

@@ -1,9 +1,10 @@
-"""``PROPFIND`` (RFC 4918 §9.1) on one file: the request body read safely, the multistatus written.
+"""``PROPFIND`` (RFC 4918 §9.1): the request body read safely, the multistatus written.
 
 ``gfal-stat``, ``gfal-ls`` and ``davix-ls`` learn size, modification time
-and checksum this way, as from dCache and XRootD. A served URL is one
+and checksum this way, as from dCache and XRootD. A side-server URL is one
 resource, never a collection, so every ``Depth`` answers the same single
-response (``Depth: 1`` on a tar bundle's URL lists the bundle itself).
+response (``Depth: 1`` on a tar bundle's URL lists the bundle itself); the
+storage door lists a directory as a collection followed by its entries.
 
 The body comes from the network: it is bounded in size by the server, and
 parsed with expat refusing any document type declaration, so no entity is
@@ -13,6 +14,7 @@ entities); nesting is bounded too. A body that is not such XML is a 400.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from xml.parsers import expat
@@ -111,30 +113,43 @@ class FileProperties:
     content_type: str
     display_name: str
     checksums: Callable[[], str] | None  # "adler32=...,md5=..." as dCache writes it
+    collection: bool = False  # a directory of a storage element (the door lists them)
 
 
-def multistatus(href: str, properties: FileProperties, asked: Asked) -> bytes:
-    """The 207 body: one response for ``href`` (already percent-encoded) with what was asked."""
-    values: dict[PropertyName, Callable[[], str]] = {
-        (DAV, "getcontentlength"): lambda: str(properties.size),
-        (DAV, "getlastmodified"): lambda: properties.last_modified,
-        (DAV, "creationdate"): lambda: properties.created,
-        (DAV, "getetag"): lambda: properties.etag,
-        (DAV, "getcontenttype"): lambda: properties.content_type,
-        (DAV, "displayname"): lambda: properties.display_name,
-        (DAV, "resourcetype"): lambda: "",
-    }
-    if properties.checksums is not None:
-        values[(DCACHE, "Checksums")] = properties.checksums
-    wanted = list(values) if asked.properties is None else list(dict.fromkeys(asked.properties))
-    found = [name for name in wanted if name in values]
-    missing = [name for name in wanted if name not in values]
+def multistatus(resources: list[tuple[str, FileProperties]], asked: Asked) -> bytes:
+    """The 207 body: one response per (href, already percent-encoded; properties), with what was asked."""
+    names: list[PropertyName] = [*_VALUES, (DCACHE, "Checksums")]
+    wanted = names if asked.properties is None else list(dict.fromkeys(asked.properties))
     prefixes: dict[str, str] = {DAV: "d", DCACHE: "dc"}
-    for namespace, _ in missing:
+    for namespace, _ in wanted:
         prefixes.setdefault(namespace, f"n{len(prefixes)}")
     declarations = " ".join(f'xmlns:{p}="{escape(ns, {chr(34): "&quot;"})}"' for ns, p in prefixes.items() if ns)
+    responses = "".join(_response(href, properties, asked, wanted, prefixes) for href, properties in resources)
+    return f'<?xml version="1.0" encoding="utf-8"?>\n<d:multistatus {declarations}>{responses}</d:multistatus>\n'.encode()
+
+
+_VALUES: dict[PropertyName, Callable[[FileProperties], str]] = {
+    (DAV, "getcontentlength"): lambda p: str(p.size),
+    (DAV, "getlastmodified"): lambda p: p.last_modified,
+    (DAV, "creationdate"): lambda p: p.created,
+    (DAV, "getetag"): lambda p: p.etag,
+    (DAV, "getcontenttype"): lambda p: p.content_type,
+    (DAV, "displayname"): lambda p: p.display_name,
+    (DAV, "resourcetype"): lambda p: "",
+}
+_COLLECTION = "<d:resourcetype><d:collection/></d:resourcetype>"
+
+
+def _response(href: str, properties: FileProperties, asked: Asked, wanted: list[PropertyName], prefixes: dict[str, str]) -> str:
+    values: dict[PropertyName, Callable[[], str]] = {name: functools.partial(v, properties) for name, v in _VALUES.items()}
+    if properties.checksums is not None:
+        values[(DCACHE, "Checksums")] = properties.checksums
+    found = [name for name in wanted if name in values]
+    missing = [name for name in wanted if name not in values]
 
     def element(name: PropertyName, value: str) -> str:
+        if name == (DAV, "resourcetype") and properties.collection and value == "":
+            return _COLLECTION
         tag = f"{prefixes[name[0]]}:{name[1]}" if name[0] else name[1]
         return f"<{tag}>{escape(value)}</{tag}>" if value else f"<{tag}/>"
 
@@ -145,7 +160,4 @@ def multistatus(href: str, properties: FileProperties, asked: Asked) -> bytes:
     parts = [propstat(found, "200 OK", not asked.names_only)] if found else []
     if missing:
         parts.append(propstat(missing, "404 Not Found", False))
-    return (
-        f'<?xml version="1.0" encoding="utf-8"?>\n<d:multistatus {declarations}>'
-        f"<d:response><d:href>{escape(href)}</d:href>{''.join(parts)}</d:response></d:multistatus>\n"
-    ).encode()
+    return f"<d:response><d:href>{escape(href)}</d:href>{''.join(parts)}</d:response>"

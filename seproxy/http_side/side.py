@@ -75,9 +75,7 @@ class HTTPSide:
             reuse_port=settings.service.workers > 1,
         )
         self.public_host = http.public_name or service_host
-        names = http.lfn_storage_elements or list(settings.storage_elements)
-        # Where LFNs are looked for, in order: (storage element, LFN-to-path template).
-        self.replica_places = [(name, settings.storage_elements[name].lfn_path) for name in names]
+        self.replica_places = settings.lfn_places()
 
     def start(self) -> None:
         try:

@@ -29,9 +29,11 @@ from urllib.parse import urlsplit
 
 import tornado.web
 
+from seproxy.config import Settings
 from seproxy.proxy.bulk_uploads import BulkUploadHandler
 from seproxy.proxy.bulks import bulk_files, tar_chunks
 from seproxy.proxy.describe import describe
+from seproxy.proxy.door import door_routes
 from seproxy.proxy.downloads import send_cached_file, send_chunks
 from seproxy.proxy.file_ids import GET_AREA, PUT_AREA, file_id, parse_file_id
 from seproxy.proxy.form_upload import FormUpload
@@ -83,6 +85,10 @@ class StorageElementProxyHandler(RPCHandler):
     @classmethod
     def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         return [(r"/stream/bulk/(.*)", BulkUploadHandler), (r"/stream/(.*)", StreamUploadHandler)]
+
+    @classmethod
+    def absolute_routes(cls, settings: Settings) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+        return door_routes(settings.door.prefix) if settings.door.enabled else []
 
     def streamed_body_limit(self) -> int:
         try:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import datetime
 import errno
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from seproxy.cache import Entry, VerificationError
 from seproxy.config import LFN_FIELD
@@ -32,6 +33,8 @@ from seproxy.registry import Caller
 from seproxy.rpc.executor import check_cancelled
 from seproxy.storage.base import path_text_problem
 from seproxy.transfer import S_ERROR, S_OK, SErrorException
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -98,14 +101,14 @@ def _checked_lfns(lfns: str | list[Any], limit: int) -> list[str]:
     if len(given) > limit:
         raise SErrorException(f"prepareFileForHTTP: {len(given)} LFNs, at most {limit} per call", errno=errno.EINVAL)
     for lfn in given:
-        problem = _lfn_problem(lfn)
+        problem = lfn_problem(lfn)
         if problem:
             shown = repr(lfn)[:200] if isinstance(lfn, str) else type(lfn).__name__
             raise SErrorException(f"prepareFileForHTTP: {shown} is not an LFN: {problem}", errno=errno.EINVAL)
     return list(dict.fromkeys(given))
 
 
-def _lfn_problem(lfn: Any) -> str | None:
+def lfn_problem(lfn: Any) -> str | None:
     if not isinstance(lfn, str):
         return "an LFN is a string"
     if not lfn.startswith("/") or lfn.endswith("/"):
@@ -118,18 +121,28 @@ def _lfn_problem(lfn: Any) -> str | None:
     return None
 
 
-def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str) -> Staged:
-    """The first replica of ``lfn`` that stages, pinned; ``NoReplica`` naming every failure otherwise."""
+def first_replica(places: list[tuple[str, str]], lfn: str, attempt: Callable[[str, str], T], doing: str) -> tuple[str, T, dict[str, str]]:
+    """The walk over the replicas of ``lfn``: ``attempt(se, pfn)`` on each place in order, the first
+    that succeeds wins: (its element, its result, why the ones before failed); ``NoReplica`` otherwise."""
     errors: dict[str, str] = {}
     codes: set[int] = set()
-    for se, template in http.replica_places:
+    for se, template in places:
         try:
-            entry = stager.stage(caller, se, template.replace(LFN_FIELD, lfn), name=lfn)
-            http.pin(entry)
+            return se, attempt(se, template.replace(LFN_FIELD, lfn)), errors
         except (SErrorException, OSError, VerificationError) as exc:
-            reason = failure(exc, "prepareFileForHTTP", "-").result
+            reason = failure(exc, doing, "-").result
             errors[se] = reason["Message"]
             codes.add(reason.get("Errno") or errno.EIO)
-            continue
-        return Staged(se, entry, errors)
     raise NoReplica(errors, codes.pop() if len(codes) == 1 else errno.EIO)
+
+
+def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str) -> Staged:
+    """The first replica of ``lfn`` that stages, pinned; ``NoReplica`` naming every failure otherwise."""
+
+    def stage(se: str, pfn: str) -> Entry:
+        entry = stager.stage(caller, se, pfn, name=lfn)
+        http.pin(entry)
+        return entry
+
+    se, entry, errors = first_replica(http.replica_places, lfn, stage, "prepareFileForHTTP")
+    return Staged(se, entry, errors)

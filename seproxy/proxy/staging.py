@@ -37,7 +37,7 @@ class _CancellableSink:
         self._sink.write(data)
 
 
-def _stale(cached: Entry, source: FileInfo) -> bool:
+def stale(cached: Entry, source: FileInfo) -> bool:
     """Whether the storage's copy changed since it was cached."""
     if cached.size != source.size:
         return True
@@ -75,7 +75,7 @@ class Stager:
         if source.is_dir:
             raise IsADirectoryError(errno.EISDIR, f"{se}: {path}: is a directory, not a file")
         cached = self.cache.lookup(se, path)
-        force = cached is not None and _stale(cached, source)
+        force = cached is not None and stale(cached, source)
         while True:
             try:
                 return self._staged(element, path, caller.username, name, force)

@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 import tornado.web
 
 from seproxy import metrics
-from seproxy.cache import Cache, NewEntry
-from seproxy.errors import failure
+from seproxy.cache import Cache, Entry, NewEntry
+from seproxy.errors import Refusal, failure
 from seproxy.proxy.describe import describe
 from seproxy.proxy.file_ids import PUT_AREA, parse_file_id
 from seproxy.proxy.rights import check_may_upload
 from seproxy.rpc.admission import AdmittingHandler, RequestError
 from seproxy.rpc.context import ServiceContext
-from seproxy.transfer import S_ERROR, S_OK, SErrorException
+from seproxy.transfer import S_OK, SErrorException
 from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, parse_digest
 
 T = TypeVar("T")
@@ -38,19 +38,18 @@ UPLOAD_RULE = ("authenticated",)
 CHUNK = 1024 * 1024
 
 
-@tornado.web.stream_request_body
-class StreamUploadHandler(AdmittingHandler):
-    """Headers: ``Content-Length`` (required: free space is checked before
-    the first byte), optional ``X-Checksum-XXH3`` and ``Digest: adler32=...``
-    to be verified. Answer: JSON S_OK with the size and checksums, or S_ERROR.
+class CacheUploadBody(AdmittingHandler):
+    """A request body streamed into a new cache upload: what the streamed ``PUT`` and the door share.
 
-    The writes run in threads one after the other (a lock orders them), so
-    an abort never races a write. A refused upload's body is read and
-    dropped, so that the client gets the answer; a body that trickles in is
-    cut with a 408 and what had arrived is dropped (``StreamedBodyHandler``).
+    The subclass begins the upload (``begin``) once it has admitted the
+    request, ends it with ``finish`` and says how a failure is answered
+    (``answer_failure``). The writes run in threads one after the other (a
+    lock orders them), so an abort never races a write. A refused request's
+    body is read and dropped, so that the client gets the answer; a body that
+    trickles in is cut with a 408 and what had arrived is dropped
+    (``StreamedBodyHandler``).
     """
 
-    SUPPORTED_METHODS = ("PUT",)
     BUFFER = 4 * CHUNK
 
     def initialize(self, service: ServiceContext) -> None:
@@ -60,8 +59,8 @@ class StreamUploadHandler(AdmittingHandler):
         self._lock = asyncio.Lock()
         self._writing: asyncio.Future[None] | None = None
         self._aborting: asyncio.Future[None] | None = None
-        # The answer to a write that failed mid-body (a full disk), once given.
-        self._failure: tuple[int, dict[str, Any]] | None = None
+        # What made a write fail mid-body (a full disk), answered at once if the answer could go out.
+        self._failed_with: BaseException | None = None
 
     @property
     def _cache(self) -> Cache:
@@ -69,43 +68,33 @@ class StreamUploadHandler(AdmittingHandler):
         assert shared is not None and shared.cache is not None
         return shared.cache
 
-    async def prepare(self) -> None:
-        self.begin_request()
-        try:
-            caller = self.admit(UPLOAD_METHOD, UPLOAD_RULE)
-        except RequestError as exc:
-            return self.refuse(exc.status, exc.result)
-        try:
-            check_may_upload(self.service.settings.storage_elements, caller)
-        except SErrorException as exc:
-            return self.refuse(403, exc.result)
-        file_id = self.path_args[0]
-        try:
-            parse_file_id(file_id, PUT_AREA)
-        except SErrorException as exc:
-            return self.refuse(400, exc.result)
+    def answer_failure(self, exc: BaseException, *, before_body: bool) -> None:
+        """Answer the request with what ``exc`` means (``seproxy.errors``); ``before_body``: the
+        body is still to come (``refuse`` reads and drops it)."""
+        raise NotImplementedError
+
+    async def begin(self, owner: str, name: str) -> bool:
+        """Open the upload ``name`` of ``owner`` for the body, sized by ``Content-Length`` and checked
+        against the ``Digest`` and ``X-Checksum-XXH3`` given; False when refused (and answered)."""
         declared = self.request.headers.get("Content-Length", "")
         if not declared.isdigit():
-            return self.refuse(411, S_ERROR(errno.EINVAL, "a streamed upload needs a Content-Length header"))
+            self.answer_failure(Refusal(411, errno.EINVAL, "a streamed upload needs a Content-Length header"), before_body=True)
+            return False
         expected = parse_digest(self.request.headers.get(DIGEST_HEADER))
         if self.request.headers.get(XXH3_HEADER):
             expected["xxh3"] = self.request.headers[XXH3_HEADER]
         try:
             self._upload = await self._in_thread(
-                self._cache.begin_upload, caller.username, file_id, expected_size=int(declared), expected_checksums=expected
+                self._cache.begin_upload, owner, name, expected_size=int(declared), expected_checksums=expected
             )
         except Exception as exc:
-            return self.refuse(*self._failed(exc))
+            self.answer_failure(exc, before_body=True)
+            return False
+        return True
 
     async def _in_thread(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         async with self._lock:
             return await asyncio.get_running_loop().run_in_executor(None, lambda: function(*args, **kwargs))
-
-    def _failed(self, exc: BaseException) -> tuple[int, dict[str, Any]]:
-        answer = failure(exc, "the upload", self.request_id)
-        if answer.bug:
-            log.error("upload %s failed", self.path_args[0][:200], exc_info=exc)
-        return answer.status, answer.result
 
     async def data_received(self, chunk: bytes) -> None:
         if not self.keep_chunk(chunk) or self._upload is None:
@@ -131,30 +120,30 @@ class StreamUploadHandler(AdmittingHandler):
             await self._in_thread(self._upload.writer.write, data)
         except Exception as exc:
             # Answer now rather than take the rest of a body that cannot be kept.
-            self._failure = self._failed(exc)
+            self._failed_with = exc
             await self._abort()
             if not self._finished:
-                self.send_json(*self._failure)
+                self.answer_failure(exc, before_body=False)
             self.request.connection.close()  # type: ignore[union-attr]
 
-    async def put(self, file_id: str) -> None:
+    async def finish_upload(self) -> Entry | None:
+        """The committed upload once the whole body arrived; None when it failed (and was answered)."""
         if self.body_done():
-            return
+            return None
         if self._upload is None:
             if not self._finished:  # a write failed and its answer is not out yet
-                self.send_json(*(self._failure or (500, S_ERROR(errno.EIO, "the upload was dropped"))))
-            return
+                self.answer_failure(self._failed_with or OSError(errno.EIO, "the upload was dropped"), before_body=False)
+            return None
         try:
             await self._written()
             await self._flush_to_cache()
             if self._upload is None:
-                return
+                return None
             upload, self._upload = self._upload, None
-            entry = await self._in_thread(self._cache.commit, upload)
+            return await self._in_thread(self._cache.commit, upload)
         except Exception as exc:
-            self.send_json(*self._failed(exc))
-            return
-        self.send_json(200, S_OK({"FileId": file_id, **describe(entry)}))
+            self.answer_failure(exc, before_body=False)
+            return None
 
     async def _abort(self) -> None:
         """Drop the partial upload; never raises (it runs after a failure, and as a task of its own)."""
@@ -166,9 +155,6 @@ class StreamUploadHandler(AdmittingHandler):
         except Exception:
             log.exception("dropping the partial upload %s failed", self.path_args[0][:200])
 
-    def access_subject(self) -> str:
-        return f"upload={self.path_args[0][:200]!r}"
-
     def access_detail(self) -> str:
         return f"bytes={self._received}"
 
@@ -177,3 +163,47 @@ class StreamUploadHandler(AdmittingHandler):
         super().on_connection_close()
         if self._upload is not None:
             self._aborting = asyncio.ensure_future(self._abort())
+
+
+@tornado.web.stream_request_body
+class StreamUploadHandler(CacheUploadBody):
+    """Headers: ``Content-Length`` (required: free space is checked before
+    the first byte), optional ``X-Checksum-XXH3`` and ``Digest: adler32=...``
+    to be verified. Answer: JSON S_OK with the size and checksums, or S_ERROR.
+    """
+
+    SUPPORTED_METHODS = ("PUT",)
+
+    async def prepare(self) -> None:
+        self.begin_request()
+        try:
+            caller = self.admit(UPLOAD_METHOD, UPLOAD_RULE)
+        except RequestError as exc:
+            return self.refuse(exc.status, exc.result)
+        try:
+            check_may_upload(self.service.settings.storage_elements, caller)
+        except SErrorException as exc:
+            return self.refuse(403, exc.result)
+        file_id = self.path_args[0]
+        try:
+            parse_file_id(file_id, PUT_AREA)
+        except SErrorException as exc:
+            return self.refuse(400, exc.result)
+        await self.begin(caller.username, file_id)
+
+    def answer_failure(self, exc: BaseException, *, before_body: bool) -> None:
+        answer = failure(exc, "the upload", self.request_id)
+        if answer.bug:
+            log.error("upload %s failed", self.path_args[0][:200], exc_info=exc)
+        if before_body:
+            self.refuse(answer.status, answer.result)
+        else:
+            self.send_json(answer.status, answer.result)
+
+    async def put(self, file_id: str) -> None:
+        entry = await self.finish_upload()
+        if entry is not None:
+            self.send_json(200, S_OK({"FileId": file_id, **describe(entry)}))
+
+    def access_subject(self) -> str:
+        return f"upload={self.path_args[0][:200]!r}"

@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Protocol
 import tornado.web
 
 from seproxy import __version__, metrics
-from seproxy.config import ConfigError
+from seproxy.config import ConfigError, Settings
 from seproxy.errors import failure, rpc_status, status_of
 from seproxy.rpc.admission import DEFAULT_AUTH, AdmittingHandler, RequestError
 from seproxy.rpc.arguments import TypeSpec, check_arguments
@@ -109,6 +109,12 @@ class RPCHandler(AdmittingHandler):
     def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         """Routes beside the RPC one, relative to it: ``(pattern, handler class)``; each
         handler gets ``service`` in ``initialize`` as RPC handlers do."""
+        return []
+
+    @classmethod
+    def absolute_routes(cls, settings: Settings) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+        """Routes of their own on the service port, outside the RPC route (a storage door's
+        ``/lfn/...``), as ``settings`` configures them; handlers get ``service`` as above."""
         return []
 
     def initializeRequest(self) -> None:

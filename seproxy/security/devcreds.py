@@ -18,6 +18,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from seproxy.security import pki
 from seproxy.security.cadir import install_ca
@@ -25,6 +27,10 @@ from seproxy.security.cadir import install_ca
 DEV_CA_DN = "/DC=org/DC=seproxy/CN=seproxy development CA"
 DEV_USER_DN = "/DC=org/DC=seproxy/OU=development/CN=Development User"
 PROXY_LIFETIME = datetime.timedelta(days=7)
+# The development token issuer: `seproxy token` signs with its key, the embedded default trusts it.
+DEV_TOKEN_ISSUER = "https://seproxy.invalid/development"
+DEV_TOKEN_KEY = "token-issuer-key.pem"
+DEV_TOKEN_PUBLIC = "token-issuer.pem"
 # A credential expiring sooner than this is issued again rather than reused.
 RENEW_BEFORE = datetime.timedelta(days=1)
 
@@ -116,3 +122,20 @@ def _reusable(cert_path: Path, key_path: Path | None, issuer: pki.Credential | N
 def _names_cover(host: pki.Credential, hostnames: Sequence[str]) -> bool:
     alt_names = host.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     return all(pki.alt_name(name) in alt_names for name in hostnames)
+
+
+def ensure_dev_token_issuer(directory: Path) -> Path:
+    """The development token issuer's public key (made with its private key, ``DEV_TOKEN_KEY``, if missing)."""
+    public = directory / DEV_TOKEN_PUBLIC
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    with open(directory / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not public.exists() or not (directory / DEV_TOKEN_KEY).exists():
+            key = ec.generate_private_key(ec.SECP256R1())
+            private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            descriptor = os.open(directory / DEV_TOKEN_KEY, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as stream:
+                stream.write(private)
+            public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return public
