@@ -117,8 +117,16 @@ class DoorHandler(CacheUploadBody):
     # -- answers --------------------------------------------------------------
 
     def send_json(self, status: int, result: dict[str, Any], encoded: str | None = None) -> None:
-        """Every refusal, whatever raised it, as a door answers: plain text naming the problem."""
+        """Every refusal, whatever raised it, as a door answers: plain text naming the problem.
+
+        Once the head of an answer is out, a failure can only cut the connection: the client
+        sees a short body and never takes it for the whole file."""
+        if self._headers_written:
+            self.request.connection.close()  # type: ignore[union-attr]
+            self.finish()
+            return
         self.clear()
+        self.set_header("X-Request-ID", self.request_id)
         self.set_status(status)
         if status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="seproxy", charset="UTF-8"')
