@@ -26,7 +26,7 @@ class RequestIdFilter(logging.Filter):
 def configure(level: str = "INFO", worker: int | None = None) -> None:
     """Log to stderr (journald and container runtimes collect it from there).
 
-    A worker process (see seproxy.supervisor) names itself in every line:
+    A worker process (see seproxy.cli.supervisor) names itself in every line:
     the workers share one stderr.
     """
     handler = logging.StreamHandler(sys.stderr)

@@ -243,7 +243,7 @@ def _check_ports_free(settings: Settings) -> None:
 
 
 def _bind(settings: Settings, key: str, server: str, host: str, port: int) -> list[socket.socket]:
-    # Worker processes listen on one port each with SO_REUSEPORT (see seproxy.supervisor).
+    # Worker processes listen on one port each with SO_REUSEPORT (see seproxy.cli.supervisor).
     try:
         return listening_sockets(host or None, port, reuse_port=settings.service.workers > 1)
     except OSError as exc:

@@ -11,10 +11,10 @@ from typing import Any
 from seproxy import logs
 from seproxy.cli.env import env_command
 from seproxy.cli.settings import add_config_option, settings_from_args
+from seproxy.cli.supervisor import Supervisor, WorkerSpec
 from seproxy.config import Workers, available_cores
 from seproxy.proxy import StorageElementProxyHandler
 from seproxy.service import Service, serve
-from seproxy.supervisor import Supervisor, WorkerSpec
 
 
 def register(commands: Any) -> None:
@@ -31,7 +31,7 @@ def register(commands: Any) -> None:
         type=_workers,
         help='override service.workers: processes serving the ports together ("auto": one per available core)',
     )
-    # How the supervisor starts a worker process (see seproxy.supervisor); not for people.
+    # How the supervisor starts a worker process (see seproxy.cli.supervisor); not for people.
     parser.add_argument("--worker", type=WorkerSpec.parse, help=argparse.SUPPRESS)
     parser.set_defaults(run=run)
 
