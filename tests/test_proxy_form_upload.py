@@ -34,12 +34,12 @@ def form_proxy(pki: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
     service.process.stop()
 
 
-def send_file_form(service: ProxyService, file_id: str, data: bytes) -> requests.Response:
+def send_file_form(service: ProxyService, file_id: str, data: bytes, who: Any = None) -> requests.Response:
     """``sendFile`` as DIRAC 9.1's TornadoClient sends it: ``args`` encoded by its JSON encoder, in a
     form that ``requests`` urlencodes (``data=`` a dict)."""
     args = json.dumps([file_id, "", len(data), {"__dCls": "b64", "obj": base64.b64encode(data).decode()}])
     form = {"method": "streamFromClient", "args": args, "clientVO": "lab", "clientSetup": "None"}
-    cert = service.writer.for_requests
+    cert = (who or service.writer).for_requests
     return requests.post(service.url, data=form, cert=cert, verify=str(service.pki.ca_dir), timeout=300)
 
 
@@ -85,4 +85,13 @@ def test_a_send_file_that_breaks_off_leaves_nothing(form_proxy: ProxyService) ->
     assert answer.status_code == 200, answer.text[:500]  # an RPC answer: the S_ERROR inside, as DIRAC expects
     result = codec.decode(answer.content)
     assert result["Errno"] == errno.EINVAL and f"fileSize is {4 * MiB} but {MiB} bytes" in result["Message"], result
+    assert form_proxy.cache_files() == ([], []) and form_proxy.cache_entries() == []
+
+
+def test_a_send_file_from_a_caller_who_may_not_upload_is_refused_with_its_reason(form_proxy: ProxyService) -> None:
+    """Larger than any refused body used to be read (64 MiB): the refusal still reaches the client, whose
+    body is read and dropped, instead of a connection closed under it (DIRAC's client showed SSLEOFError)."""
+    answer = send_file_form(form_proxy, "putFile/not-yours.dat", os.urandom(70 * MiB), who=form_proxy.reader)
+    assert answer.status_code == 413, answer.text[:500]
+    assert "service.max_form_size" in codec.decode(answer.content)["Message"]
     assert form_proxy.cache_files() == ([], []) and form_proxy.cache_entries() == []

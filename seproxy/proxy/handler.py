@@ -91,14 +91,18 @@ class StorageElementProxyHandler(RPCHandler):
         return door_routes(settings.door.prefix) if settings.door.enabled else []
 
     def streamed_body_limit(self) -> int:
+        limits = self.service.settings.service
+        sendfile_body = limits.max_form_size + 2 * limits.max_form_upload  # base64 and its %-escapes: under twice the file
         try:
             caller = self.admit(UPLOAD_METHOD, self.auth_streamFromClient)
             check_may_upload(self.service.settings.storage_elements, caller)
         except (RequestError, SErrorException):
+            # A known caller who may not upload still gets the refusal of a sendFile that large: its body is
+            # read and dropped (at the body deadline's rate, or cut with a 408), never kept.
+            self.drain_limit = max(self.drain_limit, sendfile_body)
             return 0
         self._may_upload = True
-        limits = self.service.settings.service
-        return limits.max_form_size + 2 * limits.max_form_upload  # base64 and its %-escapes: under twice the file
+        return sendfile_body
 
     def route_field(self, name: str, form: FormReader) -> FieldSink | None:
         if name != "args" or not self._may_upload or form.field("method") != UPLOAD_METHOD:
