@@ -174,7 +174,7 @@ def own_audiences(settings: Settings, port: int) -> list[str]:
         names.append((settings.http.public_name, settings.http.public_port or settings.http.port))
     audiences = []
     for host, number in names:
-        origin = "https://" + (f"[{host}]" if ":" in host else host)
+        origin = f"https://{url_host(host)}"
         audiences += [origin] if number == 443 else [origin, f"{origin}:{number}"]
     return audiences
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from fixtures.service import ServiceProcess, free_port
 
-from seproxy.defaults import DEV_GROUP, DEV_USERNAME, DEV_VO
-from seproxy.security.devcreds import DEV_TOKEN_ISSUER, DEV_USER_DN, ensure_dev_token_issuer
+from seproxy.defaults import embedded_config
 
 README = Path(__file__).parent.parent / "README.md"
 RUN = {"sh", "python"}
@@ -70,24 +69,10 @@ def test_the_mark_is_read_only_directly_before_its_block():
 
 def embedded_like_config(state: Path) -> dict:
     """The embedded default (development credentials and token issuer, LocalSE, the HTTP side server) on free ports."""
-    token_key = ensure_dev_token_issuer(state / "dev-credentials")
-    return {
-        "service": {"state_dir": str(state)},
-        "http": {"enabled": True, "port": free_port()},
-        "metrics": {"enabled": False},
-        "tokens": {"issuers": {"development": {"issuer": DEV_TOKEN_ISSUER, "keys": [str(token_key)], "algorithms": ["ES256"]}}},
-        "registry": {
-            "users": {
-                DEV_USERNAME: {
-                    "dn": [DEV_USER_DN],
-                    "groups": [DEV_GROUP],
-                    "token_subjects": [{"issuer": DEV_TOKEN_ISSUER, "subject": DEV_USERNAME}],
-                }
-            },
-            "groups": {DEV_GROUP: {"vo": DEV_VO, "properties": ["NormalUser", "FileWrite"]}},
-        },
-        "storage_elements": {"LocalSE": {"plugin": "file", "base": str(state / "storage" / "LocalSE"), "vos": [DEV_VO]}},
-    }
+    config = embedded_config(state)
+    config["http"]["port"] = free_port()
+    config["metrics"] = {"enabled": False}
+    return config
 
 
 def test_the_readme_runs_as_written(tmp_path):
