@@ -102,13 +102,18 @@ class Measurement:
 
 # -- the servers -----------------------------------------------------------
 
+# The side server's threads at the priority of nginx and of wrk. The service lowers them (``http.niceness``)
+# so that downloads yield the CPU to its own RPC calls; here they would yield it to the load generator
+# sharing the cores, which a real host does not run, and the comparison with nginx would be skewed.
+SAME_PRIORITY = {"niceness": 0}
+
 
 def prepare_seproxy(directory: Path, storage: Path) -> tuple[ServerProcess, str, list[str]]:
     """The service with its side server, the files staged; (process, base URL, paths of the signed URLs)."""
     credentials = ensure_dev_credentials(directory / "credentials")
     config = seproxy_config(credentials, directory / "state")
     config["storage_elements"] = {"BenchSE": {"plugin": "file", "base": str(storage)}}
-    config["http"] = {"enabled": True, "port": 0, "url_lifetime": "1d"}
+    config["http"] = {"enabled": True, "port": 0, "url_lifetime": "1d", **SAME_PRIORITY}
     config["metrics"] = {"enabled": False}  # its fixed port could be taken by another run
     server = ServerProcess(start_seproxy, [config], directory / "seproxy.log")
     url = f"https://localhost:{server.port}/DataManagement/StorageElementProxy"

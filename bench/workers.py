@@ -40,7 +40,7 @@ from urllib.parse import urlencode, urlsplit
 import tomli_w
 
 from bench.common import Nginx, children, free_port, median, nginx_scratch, nginx_version, print_table, process_cpu_seconds
-from bench.http_side import WRK, load, write_script
+from bench.http_side import SAME_PRIORITY, WRK, load, write_script
 from bench.rpc_ping import ROUTE, Plan, measure, seproxy_config
 from seproxy.config import available_cores
 from seproxy.security.devcreds import DevCredentials, ensure_dev_credentials
@@ -99,7 +99,10 @@ def service_config(credentials: DevCredentials, directory: Path, storage: Path, 
     config = seproxy_config(credentials, directory / "state")
     config["service"].update({"port": free_port(), "workers": workers, "max_connections": 4096})
     config["storage_elements"] = {"BenchSE": {"plugin": "file", "base": str(storage)}}
-    config["http"] = {"enabled": True, "host": "127.0.0.1", "port": free_port(), "url_lifetime": "1d", "max_connections": 4096}
+    config["http"] = {
+        "enabled": True, "host": "127.0.0.1", "port": free_port(), "url_lifetime": "1d", "max_connections": 4096,
+        **SAME_PRIORITY,
+    }  # fmt: skip
     config["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}
     return config
 

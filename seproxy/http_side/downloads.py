@@ -22,10 +22,10 @@ pins set when the link was made keep the files between downloads.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
-from contextlib import ExitStack
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
@@ -87,18 +87,23 @@ class Downloads:
         return self._serve(request, link)
 
     def _serve(self, request: RequestHead, link: Link) -> Response:
-        with ExitStack() as leases:
-            try:
-                entries = [leases.enter_context(self._leases.hold(member.entry_id)) for member in link.members]
-            except FileNotFoundError:
-                return plain(404, "the file is no longer in the cache")
-            except OutsideCache as exc:
-                log.error("%s: not served", exc)
-                return plain(404, NOT_FOUND)
+        try:
+            entries, release = self._leases.hold([member.entry_id for member in link.members])
+        except FileNotFoundError:
+            return plain(404, "the file is no longer in the cache")
+        except OutsideCache as exc:
+            log.error("%s: not served", exc)
+            return plain(404, NOT_FOUND)
+        try:
             response = self._file_response(request, link, entries)
-            if response.status < 400:
-                response.release = leases.pop_all().close
-            return response
+        except BaseException:
+            release()
+            raise
+        if response.status < 400:
+            response.release = release
+        else:
+            release()
+        return response
 
     def _file_response(self, request: RequestHead, link: Link, entries: list[Entry]) -> Response:
         body: list[Piece]
@@ -197,6 +202,7 @@ def _archive_etag(link: Link, entries: list[Entry]) -> str:
     return f'"tar-{digest.hexdigest()[:32]}"'
 
 
+@functools.lru_cache(maxsize=1024)
 def _attachment(name: str) -> str:
     """``Content-Disposition`` with the name as plain ASCII and, exactly, as RFC 6266's ``filename*``."""
     fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\%' else "_" for c in name)

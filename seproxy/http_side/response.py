@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,5 +63,8 @@ def _http_date() -> str:
     return _date_cache[1]
 
 
-def http_date(timestamp: float) -> str:
-    return email.utils.formatdate(timestamp, usegmt=True)
+@functools.lru_cache(maxsize=4096)
+def http_date(seconds: int) -> str:
+    """``seconds`` (since the epoch) as an HTTP date; remembered, for every answer about a cached file
+    carries its ``Last-Modified`` and formatting a date costs more than the rest of its headers."""
+    return email.utils.formatdate(seconds, usegmt=True)

@@ -66,6 +66,24 @@ _BYTES_SENT = metrics.BYTES_SENT.labels("http")
 _DOWNLOADS = metrics.ACTIVE_TRANSFERS.labels("http")
 
 
+class _Tally:
+    """A worker's changes to the download metrics, written once per turn of its loop: in a service
+    with worker processes each metric write is a write to a shared file, and a turn under load
+    answers many requests. Nothing is late: the turn ends before the loop waits again."""
+
+    def __init__(self) -> None:
+        self.downloads = 0  # started minus ended
+        self.bytes = 0
+
+    def write(self) -> None:
+        if self.downloads:
+            _DOWNLOADS.inc(self.downloads)
+            self.downloads = 0
+        if self.bytes:
+            _BYTES_SENT.inc(self.bytes)
+            self.bytes = 0
+
+
 class _ShortFile(Exception):
     """A cache file ended before the length its index gives: the answer can only be cut short."""
 
@@ -156,6 +174,7 @@ class _Worker:
         # Idle connections other threads asked this one to close (to make room for theirs).
         self._evictions_asked = 0
         self._evictions_lock = threading.Lock()
+        self.tally = _Tally()
 
     def start(self, listeners: list[socket.socket]) -> None:
         self._listeners = {listener.fileno(): listener for listener in listeners}
@@ -215,9 +234,11 @@ class _Worker:
                     for connection in [c for c in self.connections.values() if c.deadline < now]:
                         connection.log_timeout()
                         self._close(connection)
+                self.tally.write()
         finally:
             for connection in list(self.connections.values()):
                 self._close(connection)
+            self.tally.write()
             self._epoll.close()
 
     def _wind_down(self) -> bool:
@@ -250,7 +271,7 @@ class _Worker:
                 _refuse_busy(sock)
                 continue
             try:
-                connection = _Connection(sock, address, self.server, now)
+                connection = _Connection(sock, address, self.server, self.tally, now)
             except OSError:
                 limits.release(address[0])
                 sock.close()
@@ -304,7 +325,7 @@ def _refuse_busy(sock: socket.socket) -> None:
 class _Connection:
     """One client connection: the TLS handshake, then requests and answers, one at a time."""
 
-    def __init__(self, sock: socket.socket, address: tuple[str, int], server: SideServer, now: float) -> None:
+    def __init__(self, sock: socket.socket, address: tuple[str, int], server: SideServer, tally: _Tally, now: float) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if server.tls is not None:
@@ -313,6 +334,7 @@ class _Connection:
         self.fd = sock.fileno()
         self.client = address[0]
         self.server = server
+        self.tally = tally
         self.events = select.EPOLLIN
         self.handshaking = server.tls is not None
         self.lingering = False
@@ -426,7 +448,7 @@ class _Connection:
     def _start(self, response: Response, keep_alive: bool, now: float, *, with_body: bool) -> None:
         self.response = response
         if response.status < 400:
-            _DOWNLOADS.inc()
+            self.tally.downloads += 1
         self.keep_alive = keep_alive and not response.close and not self.server.stopping
         head = response.head(self.keep_alive)
         self.head_length = len(head)
@@ -522,8 +544,8 @@ class _Connection:
         method = self.request.method if self.request else "-"
         body = max(0, self.sent - self.head_length)
         if response.status < 400:
-            _DOWNLOADS.dec()
-            _BYTES_SENT.inc(body)
+            self.tally.downloads -= 1
+            self.tally.bytes += body
         log.info(
             "%s key=%s %s status=%d bytes=%d %.1fms%s",
             self.client, response.key, method, response.status, body, (time.monotonic() - self.started) * 1000, note,

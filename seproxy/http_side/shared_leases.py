@@ -18,12 +18,12 @@ long for a file nobody reads any more.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from seproxy.cache import Cache, Entry, ReadLease
@@ -64,17 +64,26 @@ class SharedLeases:
         if sweeper is not None:
             sweeper.join()
 
-    @contextmanager
-    def hold(self, entry_id: str) -> Iterator[Entry]:
-        """The entry, kept on disk until the block ends; ``FileNotFoundError`` if it is gone.
+    def hold(self, entry_ids: list[str]) -> tuple[list[Entry], Callable[[], None]]:
+        """The entries, kept on disk until the returned function is called (once); ``FileNotFoundError``
+        if one is gone. A plain function rather than a context manager: the side server releases
+        them when the answer is sent, in another turn of its loop.
 
-        Raises ``OutsideCache`` if the entry's file does not resolve inside
+        Raises ``OutsideCache`` if an entry's file does not resolve inside
         the cache (a symlink planted there): only cache files are served.
         """
-        entry = self._acquire(entry_id)
+        entries: list[Entry] = []
         try:
-            yield entry
-        finally:
+            for entry_id in entry_ids:
+                entries.append(self._acquire(entry_id))
+        except BaseException:
+            for entry in entries:
+                self._release(entry.id)
+            raise
+        return entries, functools.partial(self._release_all, entry_ids)
+
+    def _release_all(self, entry_ids: list[str]) -> None:
+        for entry_id in entry_ids:
             self._release(entry_id)
 
     def _acquire(self, entry_id: str) -> Entry:

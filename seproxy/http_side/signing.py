@@ -40,6 +40,8 @@ from seproxy.http_side.response import Refused
 # Seconds a key stays valid past its expiry, for clocks of instances that differ.
 CLOCK_SKEW = 30
 _VERSION = b"seproxy-http-v1"
+# How many checked keys a signer remembers (then it starts again: a few MiB at most).
+_VERIFIED_KEYS = 8192
 _KEY = re.compile(r"([A-Za-z0-9_-]{1,32})\.([0-9a-f]{32})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})")
 
 
@@ -59,6 +61,9 @@ class Signer:
         self.key_id = key_id
         # key id -> secret of every secret a key may carry: the current one signs, all check.
         self._secrets = {**(retired or {}), key_id: secret}
+        # Keys whose signature checked out, with their URL's name and route: a popular URL is fetched
+        # many times, and its HMAC need not be computed again (expiry is still checked every time).
+        self._verified: dict[tuple[str, str, str], SignedKey] = {}
 
     def sign(self, link_id: str, expires: int, name: str, route: str = "") -> str:
         """The key for ``link_id`` until ``expires``, for a URL whose last segment is ``name``."""
@@ -71,6 +76,17 @@ class Signer:
         A key not even shaped like ours is a 404 (a path we do not serve);
         a wrong signature, another key id or an expired key is a 403.
         """
+        signed = self._verified.get((key, name, route))
+        if signed is None:
+            signed = self._verify(key, name, route)
+            if len(self._verified) >= _VERIFIED_KEYS:
+                self._verified.clear()
+            self._verified[(key, name, route)] = signed
+        if now > signed.expires + CLOCK_SKEW:
+            raise Refused(403, "this link has expired")
+        return signed
+
+    def _verify(self, key: str, name: str, route: str) -> SignedKey:
         match = _KEY.fullmatch(key)
         if match is None:
             raise Refused(404, "no such download")
@@ -81,8 +97,6 @@ class Signer:
         expected = self._signature(f"{key_id}.{link_id}.{expires}", name, route, secret)
         if not hmac.compare_digest(expected, signature):
             raise Refused(403, "invalid link")
-        if now > int(expires) + CLOCK_SKEW:
-            raise Refused(403, "this link has expired")
         return SignedKey(key_id, link_id, int(expires))
 
     @staticmethod
