@@ -41,8 +41,12 @@ from urllib.parse import urlencode, urlsplit
 from bench.common import ServerProcess, free_port, machine_cpu_seconds, percentile, print_table, process_cpu_seconds, process_peak_rss_mib
 from bench.haproxy import HAProxy, Instance
 from bench.rpc_ping import CONTENT_LENGTH, ROUTE, seproxy_config, start_seproxy
+from bench.workers import ServiceTree
 from seproxy.security.devcreds import DevCredentials, ensure_dev_credentials
 from seproxy.security.tls import client_context
+
+# An instance: one process (``ServerProcess``) or a supervisor and its workers (``ServiceTree``).
+Running = ServerProcess | ServiceTree
 
 SE = "BenchSE"
 FILE_COUNT = 40
@@ -53,6 +57,8 @@ KINDS, CUMULATIVE = list(WEIGHTS), list(itertools.accumulate(WEIGHTS.values()))
 ROUTES = ("s1", "s2", "s3")
 TARGET_PING_P99 = 1.0  # seconds
 TARGET_SPREAD = 20.0  # % from the mean share
+# Operations per second of one instance with ``workers = "auto"`` against one single-process instance (issue 16).
+TARGET_WORKERS_GAIN = 1.5
 OPERATION_TIMEOUT = 60.0
 FIRST_ERRORS = 3  # messages kept per operation
 STATUS = re.compile(rb"HTTP/1\.1 (\d{3}) ")
@@ -361,6 +367,10 @@ class Run:
     peak_rss: dict[str, float]  # process -> MiB
     balance: dict[str, dict[str, int]]  # measure -> route -> count
 
+    @property
+    def operations_per_second(self) -> float:
+        return sum(len(values) for values in self.tally.latencies.values()) / self.seconds
+
 
 def haproxy_pid(balancer: HAProxy) -> int:
     """HAProxy's process id, from ``show info`` on its stats socket."""
@@ -392,7 +402,7 @@ def receive(pipes: list[Any], timeout: float) -> list[Any]:
     return messages
 
 
-def measure(name: str, plan: Plan, target: Target, instances: dict[str, ServerProcess], balancer: HAProxy | None) -> Run:
+def measure(name: str, plan: Plan, target: Target, instances: dict[str, Running], balancer: HAProxy | None) -> Run:
     """Start the generators, wait until every client runs, then measure one window."""
     context = multiprocessing.get_context("spawn")
     pipes, generators = [], []
@@ -414,14 +424,16 @@ def measure(name: str, plan: Plan, target: Target, instances: dict[str, ServerPr
         for pipe in pipes:
             pipe.send((start, start + plan.duration))
         time.sleep(start - time.monotonic())
-        cpu, machine = {key: process_cpu_seconds(pid) for key, pid in pids.items()}, machine_cpu_seconds()
+        cpu, machine = cpu_seconds(instances, pids), machine_cpu_seconds()
         window_start = sessions(balancer)
         time.sleep(start + plan.duration - time.monotonic())
-        cpu = {key: process_cpu_seconds(pid) - cpu[key] for key, pid in pids.items()}
+        cpu = {key: seconds - cpu[key] for key, seconds in cpu_seconds(instances, pids).items()}
         # /proc/stat and /proc/PID/stat tick apart: a quiet machine can come out a few ticks below zero.
         others = max(0.0, machine_cpu_seconds() - machine - sum(cpu.values()))
         window_end = sessions(balancer)
-        peaks = {key: process_peak_rss_mib(pid) for key, pid in pids.items()}
+        peaks = {
+            key: instances[key].peak_rss_mib() if key in instances else process_peak_rss_mib(pid) for key, pid in pids.items()
+        }
         tallies = receive(pipes, 2 * OPERATION_TIMEOUT)
     finally:
         for process in generators:
@@ -435,6 +447,11 @@ def measure(name: str, plan: Plan, target: Target, instances: dict[str, ServerPr
         balance["HTTP sessions"] = {r: window_end["seproxy_http"][r] - window_start["seproxy_http"][r] for r in instances}
     balance["requests"] = {route: sum(merged.by_route[route, kind] for kind in WEIGHTS) for route in instances}
     return Run(name, ready, plan.duration, merged, list(instances), cpu, others, peaks, balance)
+
+
+def cpu_seconds(instances: dict[str, Running], pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each process; an instance with worker processes counts them all."""
+    return {key: instances[key].cpu_seconds() if key in instances else process_cpu_seconds(pid) for key, pid in pids.items()}
 
 
 def merge(tallies: list[Tally]) -> Tally:
@@ -451,19 +468,25 @@ def merge(tallies: list[Tally]) -> Tally:
     return merged
 
 
-def run_cluster(bench: Bench, name: str, routes: tuple[str, ...]) -> Run:
-    """Instances for ``routes`` (behind HAProxy when more than one), loaded through their front."""
+def run_cluster(bench: Bench, name: str, routes: tuple[str, ...], workers: int | str | None = None) -> Run:
+    """Instances for ``routes`` (behind HAProxy when more than one), loaded through their front;
+    with ``workers``, each as ``seproxy serve`` runs it with that many worker processes."""
     secret = secrets.token_hex(32)
     home = bench.directory / name.partition(":")[0]
     front_rpc, front_http = (free_port(), free_port()) if len(routes) > 1 else (0, 0)
-    instances: dict[str, ServerProcess] = {}
+    instances: dict[str, Running] = {}
     http_ports: dict[str, int] = {}
     balancer = None
     try:
         for route in routes:
             (home / route).mkdir(parents=True)
             config = instance_config(bench, home / route, route, front_http, secret)
-            instances[route] = ServerProcess(start_seproxy, [config], home / route / "service.log")
+            if workers is None:
+                instances[route] = ServerProcess(start_seproxy, [config], home / route / "service.log")
+            else:
+                config["service"]["workers"] = workers
+                config["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}
+                instances[route] = ServiceTree(home / route, config)
             http_ports[route] = config["http"]["port"]
         if len(routes) > 1:
             fronted = [Instance(route, process.port, http_ports[route]) for route, process in instances.items()]
@@ -493,7 +516,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
-        runs = [run_cluster(bench, "A: one instance", ROUTES[:1]), run_cluster(bench, "B: three behind HAProxy", ROUTES)]
+        runs = [
+            run_cluster(bench, "A: one instance", ROUTES[:1]),
+            run_cluster(bench, "B: three behind HAProxy", ROUTES),
+            run_cluster(bench, "C: one instance, workers auto", ROUTES[:1], workers="auto"),
+        ]
     return report(runs)
 
 
@@ -563,6 +590,9 @@ def print_run(run_: Run) -> list[list[Any]]:
 def report(runs: list[Run]) -> dict[str, Any]:
     """Print every run and the verdict; ``passed``: no error, ping p99 and the spread on target in every run."""
     verdict = [row for run_ in runs for row in print_run(run_)]
+    one, workers = runs[0], runs[-1]
+    gain = workers.operations_per_second / one.operations_per_second if one.operations_per_second else 0.0
+    verdict.append([f"{workers.name}: ops/s against {one.name}", gain, f">= {TARGET_WORKERS_GAIN:g}", gain >= TARGET_WORKERS_GAIN])
     print()
     print_table(["measure", "value", "target", "verdict"], [[*row[:3], "PASS" if row[3] else "FAIL"] for row in verdict])
     return {"verdict": {row[0]: row[1] for row in verdict}, "passed": all(row[3] for row in verdict)}

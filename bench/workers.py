@@ -39,7 +39,17 @@ from urllib.parse import urlencode, urlsplit
 
 import tomli_w
 
-from bench.common import Nginx, children, free_port, median, nginx_scratch, nginx_version, print_table, process_cpu_seconds
+from bench.common import (
+    Nginx,
+    children,
+    free_port,
+    median,
+    nginx_scratch,
+    nginx_version,
+    print_table,
+    process_cpu_seconds,
+    process_peak_rss_mib,
+)
 from bench.http_side import SAME_PRIORITY, WRK, load, write_script
 from bench.rpc_ping import ROUTE, Plan, measure, seproxy_config
 from seproxy.config import available_cores
@@ -81,9 +91,20 @@ class ServiceTree:
                 raise RuntimeError(f"the service did not start; its log:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.1)
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _tree(self) -> list[int]:
+        return [self.process.pid, *children(self.process.pid)]
+
     def cpu_seconds(self) -> float:
         """The supervisor's and its workers' (or the one process's)."""
-        return sum(process_cpu_seconds(pid) for pid in [self.process.pid, *children(self.process.pid)])
+        return sum(process_cpu_seconds(pid) for pid in self._tree())
+
+    def peak_rss_mib(self) -> float:
+        """The supervisor's and its workers' peaks, added: what the service as a whole may need."""
+        return sum(process_peak_rss_mib(pid) for pid in self._tree())
 
     def stop(self) -> None:
         if self.process.poll() is None:
