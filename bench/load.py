@@ -1,4 +1,4 @@
-"""Load: 1000 clients mixing ping, prepareFile and HTTP downloads, on one instance, then on three behind HAProxy.
+"""Load: 1000 clients mixing ping, prepareFile and HTTP downloads, on one instance, on three behind HAProxy, and on one with workers.
 
 Issue 6, "Measured, not timed". Every client stands for a worker node: it
 has a loopback source address of its own (HAProxy's RPC backend hashes the
