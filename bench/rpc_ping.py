@@ -129,7 +129,7 @@ def seproxy_config(credentials: DevCredentials, state_dir: Path) -> dict[str, An
         },
         "registry": {
             "users": {"dev": {"dn": [credentials.user_dn], "groups": ["dev_user"]}},
-            "groups": {"dev_user": {"vo": "dev", "properties": ["NormalUser"]}},
+            "groups": {"dev_user": {"vo": "dev", "properties": ["NormalUser", "FileWrite"]}},
         },
         # Metrics on, as a site runs them, but on any free port: runs may overlap.
         "metrics": {"port": 0},

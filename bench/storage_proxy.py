@@ -1,6 +1,6 @@
-"""Storage proxy, 1 GiB: streamToClient next to nginx, streamed upload memory, prepareFile next to curl.
+"""Storage proxy, 1 GiB: streamToClient and the door next to nginx, streamed upload memory, prepareFile next to curl.
 
-Three measurements of issue 3 ("Measured, not timed"), in one run, on one
+The measurements of issue 3 ("Measured, not timed") and of the door, in one run, on one
 1 GiB file of random bytes:
 
 - **streamToClient** of the staged file, fetched by ``curl`` with the DIRAC
@@ -12,6 +12,14 @@ Three measurements of issue 3 ("Measured, not timed"), in one run, on one
   ``PUT <service URL>/stream/putFile/<name>`` route), the client in a fresh
   process. Targets: the client's peak RSS, and the service's peak RSS
   growth, each under 64 MiB.
+- **the storage door** (issue 14): ``curl`` GET of the cached file at
+  ``https://HOST:PORT/lfn/<LFN>`` with the development proxy, next to the
+  same ``curl`` from nginx over HTTPS. Target: at least 0.8 of nginx's
+  throughput. And ``gfal-copy`` of the file, not cached (the cache emptied
+  first), through the door (``davs://``), next to ``gfal-copy`` straight
+  from the WebDAV storage: the ratio is reported, not judged (staging
+  first, then serving, takes about twice as long until streaming while
+  staging lands).
 - **prepareFile** from a WebDAV storage (wsgidav, HTTPS) into the cache,
   next to ``curl`` fetching the same file from the same server over the same
   TLS. prepareFile writes the cache file and fsyncs it before it answers, so
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -70,6 +79,7 @@ from seproxy.transfer import StorageElementProxyClient, returnValueOrRaise
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 TARGET_STREAM_RATIO = 0.5
+TARGET_DOOR_RATIO = 0.8
 TARGET_PREPARE_RATIO = 1.2
 TARGET_RSS_MIB = 64
 SE = "BenchDAV"
@@ -194,6 +204,7 @@ class Bench:
     service_pid: int
     stored_url: str  # the file on the WebDAV storage
     served_url: str  # the same file from nginx
+    door_url: str  # the same file through the service's storage door
     clocks: dict[str, CpuClock]  # CPU seconds so far of each server process, by name
 
     def measure(self, transfer: Callable[[], Moved]) -> Run:
@@ -211,10 +222,13 @@ class Bench:
         peak = process_peak_rss_mib(self.service_pid)
         return Run(moved.seconds, moved.size, cpu, service_rss, peak, moved.peak_rss_mib)
 
-    def prepare_file(self) -> Moved:
-        """``prepareFile`` into an emptied cache, timed from the RPC call to its answer."""
+    def empty_cache(self) -> None:
         with open_cache(self.settings) as cache:
             purge(cache, PurgeRule(everything=True), force=True)
+
+    def prepare_file(self) -> Moved:
+        """``prepareFile`` into an emptied cache, timed from the RPC call to its answer."""
+        self.empty_cache()
         cpu, started = time.process_time(), time.perf_counter()
         size = returnValueOrRaise(self.client.prepareFile(SE, f"/{FILE_NAME}"))["Size"]
         return Moved(time.perf_counter() - started, size, time.process_time() - cpu)
@@ -238,6 +252,26 @@ class Bench:
                 os.close(descriptor)
             seconds += time.perf_counter() - started
         return Moved(seconds, size, cpu)
+
+    def gfal_copy(self, url: str, destination: Path, *, cold: bool) -> Moved:
+        """``gfal-copy`` of ``url`` (davs://) to a local file, as a grid job runs it: the development
+        proxy and CA directory in its environment. ``cold``: the service's cache is emptied first."""
+        if cold:
+            self.empty_cache()
+        destination.unlink(missing_ok=True)
+        environment = {
+            **os.environ, "X509_USER_PROXY": self.credentials["proxy"], "X509_CERT_DIR": self.credentials["ca_dir"],
+            # The CLI runs on Debian's python3, where the gfal2 bindings are, not on this virtual environment's.
+            "GFAL_PYTHONBIN": "/usr/bin/python3", "PYTHONPATH": "",
+        }  # fmt: skip
+        davs = "davs://" + url.removeprefix("https://")
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run(["gfal-copy", "-f", davs, f"file://{destination}"], env=environment, check=True, capture_output=True, timeout=3600)
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        return Moved(seconds, destination.stat().st_size, cpu)
 
     def stream_to_client(self) -> Moved:
         """curl posting DIRAC's ``receiveFile`` form (``streamToClient``) for the prepared file, to /dev/null."""
@@ -274,6 +308,7 @@ def start_servers(directory: Path, storage: Path, digests: dict[str, str], serve
     return Bench(
         credentials, settings_from_dict(config, "<bench>"), client, service_url, service.pid,
         f"https://127.0.0.1:{webdav.port}/{FILE_NAME}", f"https://127.0.0.1:{nginx.port}/{FILE_NAME}",
+        f"https://127.0.0.1:{service.port}/lfn/{FILE_NAME}",
         {"seproxy": service.cpu_seconds, "webdav": webdav.cpu_seconds, "nginx": nginx.cpu_seconds},
     )  # fmt: skip
 
@@ -318,9 +353,9 @@ class Results:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Write the file, start the three servers, measure in turns, print the tables and the verdict."""
-    for tool in (NGINX, shutil.which("curl")):
+    for name, tool in (("nginx", NGINX), ("curl", shutil.which("curl")), ("gfal-copy", shutil.which("gfal-copy"))):
         if tool is None or not os.access(tool, os.X_OK):
-            raise SystemExit(f"{tool or 'curl'} is missing: install the Debian packages of scripts/bench-packages.txt")
+            raise SystemExit(f"{name} is missing: install the Debian packages of scripts/bench-packages.txt and debian-packages.txt")
     plan = QUICK if args.quick else FULL
     results = Results()
     with tempfile.TemporaryDirectory(prefix="seproxy-bench-storage-") as temp, ExitStack() as servers:
@@ -343,8 +378,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "curl → /dev/null": lambda: bench.curl_get(bench.stored_url, DEVNULL),
         }
         results.alternate(bench, fetches, plan.rounds)
-        streams = {"seproxy streamToClient": bench.stream_to_client, "nginx": lambda: bench.curl_get(bench.served_url, DEVNULL)}
+        bench.curl_get(bench.door_url, DEVNULL)  # staged once: the door's GETs below read the cache
+        streams = {
+            "seproxy streamToClient": bench.stream_to_client,
+            "seproxy door GET": lambda: bench.curl_get(bench.door_url, DEVNULL),
+            "nginx": lambda: bench.curl_get(bench.served_url, DEVNULL),
+        }
         results.alternate(bench, streams, plan.rounds)
+        copies = {
+            "gfal-copy door (cold)": lambda: bench.gfal_copy(bench.door_url, directory / "copy.bin", cold=True),
+            "gfal-copy WebDAV": lambda: bench.gfal_copy(bench.stored_url, directory / "copy.bin", cold=False),
+        }
+        results.alternate(bench, copies, plan.rounds)
         results.alternate(bench, {"sendFile": lambda: bench.send_file(source)}, 1)
     return report(results)
 
@@ -377,10 +422,16 @@ def report(results: Results) -> dict[str, Any]:
             results.row("curl → /dev/null", ("webdav", "client")),
         ],
     )
-    print("\nstreamToClient next to nginx, both fetched by curl → /dev/null (CPU in s/GiB)\n")
+    print("\nstreamToClient and the door next to nginx, all fetched by curl → /dev/null (CPU in s/GiB)\n")
     print_table(
         ["server", "seconds", "MiB/s", "rounds MiB/s", "server CPU", "curl CPU", "service RSS +MiB"],
-        [results.row("seproxy streamToClient", ("seproxy", "client")), results.row("nginx", ("nginx", "client"))],
+        [results.row(name, (server, "client")) for name, server in
+         (("seproxy streamToClient", "seproxy"), ("seproxy door GET", "seproxy"), ("nginx", "nginx"))],
+    )  # fmt: skip
+    print("\ngfal-copy of the file not cached, through the door, next to gfal-copy from the storage (CPU in s/GiB)\n")
+    print_table(
+        ["copy", "seconds", "MiB/s", "rounds MiB/s", "seproxy CPU", "gfal-copy CPU", "service RSS +MiB"],
+        [results.row("gfal-copy door (cold)", ("seproxy", "client")), results.row("gfal-copy WebDAV", ("webdav", "client"))],
     )
     sent = results.runs["sendFile"][0]
     print("\nupload with TransferClient.sendFile, the streamed PUT route (CPU in s/GiB)\n")
@@ -392,12 +443,15 @@ def report(results: Results) -> dict[str, Any]:
 
     stream_ratio = results.median_rate("seproxy streamToClient") / results.median_rate("nginx")
     stream_growth = results.service_growth("seproxy streamToClient")
+    door_ratio = results.median_rate("seproxy door GET") / results.median_rate("nginx")
+    cold_ratio = results.median_seconds("gfal-copy door (cold)") / results.median_seconds("gfal-copy WebDAV")
     prepare_ratio = results.median_seconds("prepareFile") / results.median_seconds("curl → file + fsync")
     prepare_null_ratio = results.median_seconds("prepareFile") / results.median_seconds("curl → /dev/null")
     client_peak = sent.client_peak_mib or 0.0
     checks = [
         ["streamToClient / nginx throughput", stream_ratio, f">= {TARGET_STREAM_RATIO}", stream_ratio >= TARGET_STREAM_RATIO],
         ["streamToClient: service peak RSS growth MiB", stream_growth, f"< {TARGET_RSS_MIB}", stream_growth < TARGET_RSS_MIB],
+        ["door GET (cached) / nginx throughput", door_ratio, f">= {TARGET_DOOR_RATIO}", door_ratio >= TARGET_DOOR_RATIO],
         ["sendFile: client peak RSS MiB", client_peak, f"< {TARGET_RSS_MIB}", client_peak < TARGET_RSS_MIB],
         ["sendFile: service peak RSS growth MiB", sent.service_growth_mib, f"< {TARGET_RSS_MIB}", sent.service_growth_mib < TARGET_RSS_MIB],
         ["prepareFile / curl → file + fsync time", prepare_ratio, f"<= {TARGET_PREPARE_RATIO}", prepare_ratio <= TARGET_PREPARE_RATIO],
@@ -409,6 +463,7 @@ def report(results: Results) -> dict[str, Any]:
             *([*check[:3], "PASS" if check[3] else "FAIL"] for check in checks),
             # Not judged: that curl leaves nothing on disk, where prepareFile writes the cache and fsyncs it.
             ["prepareFile / curl → /dev/null time", prepare_null_ratio, "(information)", "-"],
+            ["gfal-copy door (cold) / gfal-copy WebDAV time", cold_ratio, "(information)", "-"],
         ],
     )
     return {
@@ -419,5 +474,7 @@ def report(results: Results) -> dict[str, Any]:
         "send_service_peak_mib": sent.service_peak_mib,
         "prepare_ratio": prepare_ratio,
         "prepare_null_ratio": prepare_null_ratio,
+        "door_ratio": door_ratio,
+        "cold_door_copy_ratio": cold_ratio,
         "passed": all(check[3] for check in checks),
     }
