@@ -22,6 +22,7 @@ pins set when the link was made keep the files between downloads.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -29,6 +30,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
+from seproxy import metrics
 from seproxy.cache import Cache, Entry
 from seproxy.http_side.body import FileSlice, Piece, body_length
 from seproxy.http_side.conditional import Validators
@@ -98,6 +100,7 @@ class Downloads:
             response = self._file_response(request, link, entries)
             if response.status < 400:
                 response.release = leases.pop_all().close
+                response.served = functools.partial(metrics.count_served, self._cache)
             return response
 
     def _file_response(self, request: RequestHead, link: Link, entries: list[Entry]) -> Response:
@@ -109,7 +112,7 @@ class Downloads:
             representation = Representation(body_length(body), validators)
         else:
             (entry,) = entries
-            body = [FileSlice(entry.path, 0, entry.size)]
+            body = [FileSlice(entry.path, 0, entry.size, se=entry.se)]
             representation = entry_representation(self._cache, entry)
             extra[XXH3_HEADER] = entry.xxh3
         if request.method == "PROPFIND":

@@ -36,7 +36,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -327,6 +327,8 @@ class _Connection:
         self.head_length = 0
         self.sent = 0
         self.file: tuple[int, Path] | None = None  # (descriptor, path) of the file being sent
+        # File bytes of the answer by (storage element, still being staged); through TLS, counted as read.
+        self.file_bytes: Counter[tuple[str | None, bool]] = Counter()
 
     @property
     def busy(self) -> bool:
@@ -431,6 +433,7 @@ class _Connection:
         head = response.head(self.keep_alive)
         self.head_length = len(head)
         self.sent = 0
+        self.file_bytes.clear()
         self.started = now
         self.deadline = now + self.server.idle_timeout
         # Empty pieces would leave the head waiting behind MSG_MORE for a write that never comes.
@@ -480,6 +483,7 @@ class _Connection:
             return sent, sent == offered
 
     def _advance_slice(self, piece: FileSlice, count: int) -> None:
+        self.file_bytes[piece.se, piece.growing] += count
         if count < piece.length:
             self.pending[0] = replace(piece, offset=piece.offset + count, length=piece.length - count)
         else:
@@ -524,6 +528,7 @@ class _Connection:
         if response.status < 400:
             _DOWNLOADS.dec()
             _BYTES_SENT.inc(body)
+            response.served(self.file_bytes)
         log.info(
             "%s key=%s %s status=%d bytes=%d %.1fms%s",
             self.client, response.key, method, response.status, body, (time.monotonic() - self.started) * 1000, note,

@@ -36,6 +36,7 @@ from urllib.parse import quote
 import tornado.iostream
 import tornado.web
 
+from seproxy import metrics
 from seproxy.cache import Entry
 from seproxy.config import LFN_FIELD
 from seproxy.errors import Refusal, failure
@@ -180,6 +181,7 @@ class DoorHandler(CacheUploadBody):
                     left -= len(block)
                     self.write(block)
                     await self.flush()
+                    metrics.count_served(self.resources.cache, {(piece.se, piece.growing): len(block)})
         self.finish()
 
     # -- the places of an LFN -------------------------------------------------
@@ -225,7 +227,7 @@ class DoorHandler(CacheUploadBody):
             if refused is not None:
                 await self._send(refused, refused.body)
                 return
-            pieces = framed(chosen, [FileSlice(lease.path, 0, lease.entry.size)], representation)
+            pieces = framed(chosen, [FileSlice(lease.path, 0, lease.entry.size, se=lease.entry.se)], representation)
             await self._send(Response(chosen.status, list(chosen.headers.items())), pieces)
         finally:
             await self._run(lambda: cache.release(lease))

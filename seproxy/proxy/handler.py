@@ -140,7 +140,7 @@ class StorageElementProxyHandler(RPCHandler):
         loop = asyncio.get_running_loop()
         lease = await loop.run_in_executor(None, cache.acquire_read, entry.id)
         try:
-            await send_cached_file(self, lease.entry, lease.path)
+            await send_cached_file(self, lease.entry, lease.path, cache)
         finally:
             await loop.run_in_executor(None, cache.release, lease)
         return None
