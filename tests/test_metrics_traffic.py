@@ -74,6 +74,9 @@ def test_hits_misses_and_their_ratio_by_storage_element(metered: Metered, pki: A
     for _ in range(2):
         file_id = ok(proxy.call("prepareFile", RPC_SE, "/rpc.dat"))["FileId"]
         assert proxy.download(file_id).content == rpc_data
+    # and once more in a bulk (an uncompressed tar archive)
+    bulk = proxy.post("bulkToClient", file_id, "", "", rawContent="True")
+    assert bulk.status_code == 200 and rpc_data in bulk.content
     # The side server: a signed URL, read whole twice, and one range of it.
     for _ in range(2):
         url = ok(proxy.call("prepareFileForHTTP", "/side.dat"))["HttpURL"]
@@ -86,7 +89,7 @@ def test_hits_misses_and_their_ratio_by_storage_element(metered: Metered, pki: A
         assert answer.status_code == 200 and answer.content == (door_data if method == "GET" else b"")
 
     expected = {
-        RPC_SE: {"hit": 2 * len(rpc_data), "miss": len(rpc_data), "stream-through": 0},
+        RPC_SE: {"hit": 3 * len(rpc_data), "miss": len(rpc_data), "stream-through": 0},
         LFN_SE: {
             "hit": 2 * len(side_data) + 10 + 2 * len(door_data),
             "miss": len(side_data) + len(door_data),
@@ -107,7 +110,7 @@ def test_hits_misses_and_their_ratio_by_storage_element(metered: Metered, pki: A
         assert {kind: traffic[se][kind.replace("-", "_")] for kind in KINDS} == counts, traffic[se]
         served = counts["hit"] + counts["stream-through"]
         assert traffic[se]["hit_ratio"] == pytest.approx(1 - counts["miss"] / served)
-    assert traffic[RPC_SE]["hit_ratio"] == pytest.approx(0.5)
+    assert traffic[RPC_SE]["hit_ratio"] == pytest.approx(2 / 3)
 
 
 def test_counts_add_up_over_restarts_and_show_in_du_text(metered: Metered) -> None:
