@@ -42,6 +42,7 @@ from seproxy.cache.locks import CacheLocks
 from seproxy.cache.recovery import check_everything, orphans, reap_dead_writers, recover_after_crash
 from seproxy.cache.singleflight import SingleFlight
 from seproxy.cache.space import DiskSpace
+from seproxy.cache.traffic import Traffic, traffic_by_se
 from seproxy.cache.writer import StagingWriter
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ class Cache:
         self.hits = 0
         self.misses = 0
         self._counting = threading.Lock()
+        # Bytes by storage element (hit, miss, stream-through), stored by the heartbeat for `cache du`.
+        self.traffic = Traffic()
         self._heartbeat: Heartbeat | None = None
         if read_only:
             if not self.layout.index.is_file():
@@ -171,6 +174,10 @@ class Cache:
         """Close; for a writer, also the mark of a clean shutdown (the next open recovers nothing)."""
         if self._heartbeat is not None:
             self._heartbeat.stop()
+            try:
+                self._store_traffic()
+            except sqlite3.Error as error:
+                log.warning("the last traffic counts are lost: the index cannot be written (%s)", error)
             self._index.drop_openers([self._opener])
         self._index.close()
 
@@ -468,6 +475,17 @@ class Cache:
             self._drop_lease(lease)
         now = time.time()
         self._index.renew(self._holder, self._opener, now, now + self._lease_ttl)
+        self._store_traffic()
+
+    def _store_traffic(self) -> None:
+        counts = self.traffic.take()
+        if not counts:
+            return
+        try:
+            self._index.add_traffic(counts)
+        except BaseException:
+            self.traffic.back(counts)
+            raise
 
     # --- names, pins, uploads
 
@@ -621,6 +639,7 @@ class Cache:
             low_watermark=self.quota.low_bytes,
             disk_free=self.space.free(),
             staging=len(self._index.leased(time.time(), "write")),
+            traffic=traffic_by_se(self._index.traffic()),
         )
 
     def _total(self) -> int:

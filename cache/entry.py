@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from seproxy.cache.traffic import SeTraffic
+
 Area = Literal["staged", "upload"]
 
 
@@ -69,3 +71,5 @@ class Usage:
     low_watermark: int
     disk_free: int
     staging: int  # stagings and uploads in progress (any process)
+    # Bytes served, fetched and streamed through, by storage element, as the heartbeats stored them.
+    traffic: dict[str, SeTraffic]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +130,18 @@ ALTER TABLE entries ADD COLUMN md5 TEXT;
 ALTER TABLE entries ADD COLUMN sha256 TEXT;
 """
 
-_MIGRATIONS = (_ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5)
+# Bytes by storage element and kind (hit, miss, stream-through: see ``traffic``), added to by
+# every process's heartbeat, read by `cache du`.
+_TRAFFIC_V6 = """
+CREATE TABLE traffic (
+    se TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (se, kind)
+);
+"""
+
+_MIGRATIONS = (_ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5, _TRAFFIC_V6)
 SCHEMA_VERSION = len(_MIGRATIONS)
 # From this version on, a crash leaves marks; an index of an earlier version
 # gets one full consistency check when it is upgraded.
@@ -473,6 +484,19 @@ class Index:
         """(area, SE or None, bytes, entries) for every pair that holds entries."""
         rows = self._rows("SELECT area, se, bytes, entries FROM totals WHERE entries > 0 ORDER BY area, se")
         return [(area, se or None, size, count) for area, se, size, count in rows]
+
+    def add_traffic(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Add (SE, kind) byte counts to the stored ones, in one transaction."""
+        with self.transaction():
+            self._db.executemany(
+                "INSERT INTO traffic (se, kind, bytes) VALUES (?, ?, ?)"
+                " ON CONFLICT (se, kind) DO UPDATE SET bytes = bytes + excluded.bytes",
+                [(se, kind, size) for (se, kind), size in counts.items()],
+            )
+
+    def traffic(self) -> list[tuple[str, str, int]]:
+        """(SE, kind, bytes) as stored."""
+        return [(se, kind, size) for se, kind, size in self._rows("SELECT se, kind, bytes FROM traffic ORDER BY se, kind")]
 
     # --- per-user names
 

@@ -16,7 +16,7 @@ are summed over the workers alive.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import prometheus_client
@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from seproxy.cache import Cache
+from seproxy.cache.traffic import HIT, STREAM_THROUGH
 
 RPC_CALLS = prometheus_client.Counter(
     "seproxy_rpc_calls", "RPC calls by method and outcome (ok, error, refused: 4xx, failed: 5xx)", ["method", "outcome"]
@@ -38,6 +39,11 @@ RPC_DURATION = prometheus_client.Histogram(
 BYTES_SENT = prometheus_client.Counter("seproxy_bytes_sent", "File bytes sent to clients", ["route"])
 BYTES_RECEIVED = prometheus_client.Counter("seproxy_bytes_received", "File bytes received from clients", ["route"])
 STAGINGS = prometheus_client.Counter("seproxy_stagings", "Downloads from storage elements into the cache", ["se", "outcome"])
+SE_BYTES = prometheus_client.Counter(
+    "seproxy_se_bytes",
+    "File bytes by storage element: sent from the cache (hit), fetched into it (miss), sent while being staged (stream-through)",
+    ["se", "kind"],
+)
 ACTIVE_TRANSFERS = prometheus_client.Gauge("seproxy_active_transfers", "Transfers in progress", ["kind"], multiprocess_mode="livesum")
 
 
@@ -48,6 +54,22 @@ def outcome_of(status: int, ok: bool) -> str:
     if status >= 400:
         return "refused"
     return "ok" if ok else "error"
+
+
+def count_se_bytes(cache: Cache, se: str | None, kind: str, size: int) -> None:
+    """Count ``size`` bytes of ``se``'s files, for Prometheus and for ``seproxy cache du``.
+
+    ``se`` None: an upload's file, which came from no storage element and is not counted."""
+    if se is None or size <= 0:
+        return
+    cache.traffic.add(se, kind, size)
+    SE_BYTES.labels(se, kind).inc(size)
+
+
+def count_served(cache: Cache, sent: Mapping[tuple[str | None, bool], int]) -> None:
+    """Count the file bytes one answer sent, by (SE, whether the file was still being staged)."""
+    for (se, growing), size in sent.items():
+        count_se_bytes(cache, se, STREAM_THROUGH if growing else HIT, size)
 
 
 class CacheCollector(Collector):

@@ -9,7 +9,11 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
+import pytest
+
 from seproxy.cache import Cache, StagingWriter
+
+pytestmark = pytest.mark.cases("faults", "a cache writer killed")
 
 # Stages a file of unknown size, says so half-way, and then never finishes.
 STAGE_AND_HANG = """

@@ -12,6 +12,8 @@ from fixtures.small_fs import SMALL_FS_SIZE, fill_up
 
 from seproxy.cache import Cache, Fetch, StagingWriter
 
+pytestmark = pytest.mark.cases("faults", "the cache's full disk")
+
 MiB = 1 << 20
 RESERVE = 256 * 1024
 

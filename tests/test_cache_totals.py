@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -154,3 +155,34 @@ def test_a_reader_leaves_an_old_index_alone_and_says_what_to_do(tmp_path: Path) 
         Cache(root, quota=1 << 30, min_free=0, read_only=True)
     with closing(sqlite3.connect(root / "index.sqlite3")) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (1,)
+
+
+def test_traffic_counts_reach_the_index_by_the_heartbeat_and_add_up_over_openers(tmp_path: Path) -> None:
+    """Counted in memory, stored by each opener's heartbeat (lease_ttl / 4) and when it closes; a
+    read-only opener (`cache du`) sees the sum of all."""
+    root = tmp_path / "cache"
+    first = Cache(root, quota=1 << 30, min_free=0, lease_ttl=0.4)
+    second = Cache(root, quota=1 << 30, min_free=0)  # heartbeat every 30 s: stores when it closes
+    try:
+        first.traffic.add("SE-A", "miss", 1000)
+        first.traffic.add("SE-A", "hit", 1500)
+        second.traffic.add("SE-A", "hit", 500)
+        second.traffic.add("SE-B", "stream-through", 7)
+        with pytest.raises(ValueError, match="no traffic kind 'bogus'"):
+            first.traffic.add("SE-A", "bogus", 1)
+
+        def seen() -> dict[str, tuple[int, int, int]]:
+            with Cache(root, quota=1 << 30, read_only=True) as looking:
+                return {se: (t.hit, t.miss, t.stream_through) for se, t in looking.usage().traffic.items()}
+
+        deadline = time.monotonic() + 10
+        while seen() != {"SE-A": (1500, 1000, 0)}:
+            assert time.monotonic() < deadline, seen()
+            time.sleep(0.05)
+    finally:
+        second.close()
+        first.close()
+    with Cache(root, quota=1 << 30, read_only=True) as looking:
+        traffic = looking.usage().traffic
+    assert (traffic["SE-A"].hit, traffic["SE-A"].miss) == (2000, 1000) and traffic["SE-A"].hit_ratio == 0.5
+    assert traffic["SE-B"].stream_through == 7 and traffic["SE-B"].hit_ratio == 1.0

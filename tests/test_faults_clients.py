@@ -29,6 +29,8 @@ from fixtures.service import free_port, post_form, rpc_fields
 from seproxy.http_side.signing import CLOCK_SKEW, Signer
 from seproxy.transfer import returnValueOrRaise
 
+pytestmark = pytest.mark.cases("faults", "clients that leave or disagree on the clock")
+
 # Far more than the socket buffers on the way hold: the service is mid-stream when the client leaves.
 SIZE = 24 * MiB
 # What the client reads before it leaves.

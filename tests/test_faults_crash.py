@@ -44,6 +44,8 @@ from fixtures.storage_servers import LoopbackCA, run_webdav
 
 from seproxy.transfer import codec
 
+pytestmark = pytest.mark.cases("faults", "a service killed mid-transfer")
+
 SLOW_DAV = "SLOW-DAV"
 # Paced transfers run at this rate: a few MiB take long enough to be killed half-way.
 SLOW_RATE = 4 * MiB

@@ -53,6 +53,8 @@ from fixtures.storage_servers import LOOPBACK, LoopbackCA, run_webdav
 
 from seproxy.transfer import codec
 
+pytestmark = pytest.mark.cases("faults", "failing storage elements")
+
 FAULTY_DAV, GONE_DAV, NO_XROOT = "FAULTY-DAV", "GONE-DAV", "NO-XROOT"
 # The service's limit for one call, and how long a storage element may stay silent.
 CALL_LIMIT = 3

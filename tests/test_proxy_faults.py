@@ -13,6 +13,8 @@ from fixtures.proxy import FILE_SE, MiB, ObservedStorage, ProxyService, file_pla
 from fixtures.small_fs import SMALL_FS_SIZE
 from fixtures.storage_servers import LoopbackCA, run_webdav
 
+pytestmark = pytest.mark.cases("faults", "the service's full disk")
+
 CHUNKED_DAV = "CHUNKED-DAV"
 TOO_BIG = SMALL_FS_SIZE + 2 * MiB
 

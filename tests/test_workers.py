@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -113,6 +114,30 @@ def test_twenty_callers_on_two_workers_share_one_download(workers: Callable[...,
     assert values['seproxy_stagings_total{outcome="ok",se="SLOW-DAV"}'] == 1
     assert values['seproxy_rpc_call_duration_seconds_count{method="prepareFile"}'] == 20
     assert values['seproxy_active_transfers{kind="staging"}'] == 0
+
+
+def test_bytes_by_storage_element_add_up_over_workers(workers: Callable[..., ProxyService]) -> None:
+    """seproxy_se_bytes_total sums the workers' counts, and `cache du` the counts each stored."""
+    service = workers()
+    data = os.urandom(100_000)
+    (service.place(FILE_SE).root / "counted.dat").write_bytes(data)
+    file_id = ok(service.call("prepareFile", FILE_SE, "/counted.dat"))["FileId"]
+    for _ in range(20):  # a connection each, over both workers
+        assert service.download(file_id).content == data
+    assert sorted(served_by(service, "streamToClient")) == ["0", "1"]
+    hit, miss = (f'seproxy_se_bytes_total{{kind="{kind}",se="{FILE_SE}"}}' for kind in ("hit", "miss"))
+    port = service.process.config["metrics"]["port"]
+    values = wait_until(lambda: (v := scrape(port)).get(hit) == 20 * len(data) and v, "the bytes of both workers counted")
+    assert values[miss] == len(data)
+    service.close_clients()
+    assert service.process.stop() == 0  # each worker stores what its heartbeat had not yet
+    done = subprocess.run(
+        [sys.executable, "-m", "seproxy", "cache", "du", "--json", "--config", str(service.process.config_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    traffic = json.loads(done.stdout)["traffic"]
+    assert traffic == {FILE_SE: {"hit": 20 * len(data), "miss": len(data), "stream_through": 0, "hit_ratio": 0.95}}
 
 
 def test_a_single_use_url_is_served_once_by_all_workers(workers: Callable[..., ProxyService]) -> None:

@@ -219,7 +219,8 @@ def run_du(args: argparse.Namespace) -> int:
         usage = cache.usage()
         root = cache.layout.root
     if args.json:
-        _print_json({**dataclasses.asdict(usage), "root": str(root)})
+        ratios = {se: {**dataclasses.asdict(counts), "hit_ratio": counts.hit_ratio} for se, counts in usage.traffic.items()}
+        _print_json({**dataclasses.asdict(usage), "traffic": ratios, "root": str(root)})
         return 0
     print(
         f"cache {root}: {format_size(usage.total)} in {plural(usage.count, 'entry', 'entries')}, "
@@ -234,6 +235,14 @@ def run_du(args: argparse.Namespace) -> int:
         print(f"{title}:")
         for name, size in sorted(totals.items()):
             print(f"  {name or '-':<24} {format_size(size):>10} in {plural(counts[name], 'entry', 'entries')}")
+    if usage.traffic:
+        print("traffic by storage element (hit: sent from the cache, miss: fetched, stream-through: sent while staged):")
+    for se, seen in usage.traffic.items():
+        ratio = "-" if seen.hit_ratio is None else f"{seen.hit_ratio:.0%}"
+        print(
+            f"  {se:<24} hit {format_size(seen.hit)}, miss {format_size(seen.miss)}, "
+            f"stream-through {format_size(seen.stream_through)}; hit ratio {ratio}"
+        )
     return 0
 
 

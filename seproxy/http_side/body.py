@@ -10,17 +10,23 @@ to compute, for one file and for a tar archive of many alike.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class FileSlice:
-    """``length`` bytes of the file at ``path``, from ``offset``."""
+    """``length`` bytes of the file at ``path``, from ``offset``.
+
+    ``se`` (the storage element the file was staged from; None for an
+    upload) and ``growing`` (the file is still being staged) say how the
+    bytes sent are counted: a hit, or a stream-through, of that element."""
 
     path: Path
     offset: int
     length: int
+    se: str | None = None
+    growing: bool = False
 
 
 Piece = bytes | FileSlice
@@ -45,7 +51,7 @@ def select(body: Sequence[Piece], start: int, length: int) -> list[Piece]:
         if low < high:
             skip, count = low - position, high - low
             if isinstance(piece, FileSlice):
-                selected.append(FileSlice(piece.path, piece.offset + skip, count))
+                selected.append(replace(piece, offset=piece.offset + skip, length=count))
             else:
                 selected.append(piece[skip : skip + count])
         position += size

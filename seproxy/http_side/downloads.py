@@ -29,6 +29,7 @@ import time
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
+from seproxy import metrics
 from seproxy.cache import Cache, Entry
 from seproxy.http_side.body import FileSlice, Piece, body_length
 from seproxy.http_side.conditional import Validators
@@ -57,6 +58,8 @@ class Downloads:
         self._cache = cache
         self._leases = SharedLeases(cache)
         self._route = route
+        # One function for every answer: the server adds up what answers sent before counting it.
+        self._count_served = functools.partial(metrics.count_served, cache)
 
     def close(self) -> None:
         self._leases.close()
@@ -101,6 +104,7 @@ class Downloads:
             raise
         if response.status < 400:
             response.release = release
+            response.served = self._count_served
         else:
             release()
         return response
@@ -114,7 +118,7 @@ class Downloads:
             representation = Representation(body_length(body), validators)
         else:
             (entry,) = entries
-            body = [FileSlice(entry.path, 0, entry.size)]
+            body = [FileSlice(entry.path, 0, entry.size, se=entry.se)]
             representation = entry_representation(self._cache, entry)
             extra[XXH3_HEADER] = entry.xxh3
         if request.method == "PROPFIND":

@@ -34,6 +34,16 @@ class BadPropfind(ValueError):
     """A PROPFIND body that is not a propfind document we can read."""
 
 
+def finite_depth_error(message: str) -> bytes:
+    """The body of the 403 that refuses ``Depth: infinity`` on a collection (RFC 4918 §9.1): the
+    ``propfind-finite-depth`` precondition, and ``message`` for a person reading it."""
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f'<d:error xmlns:d="DAV:"><d:propfind-finite-depth/><d:responsedescription>{escape(message)}'
+        "</d:responsedescription></d:error>\n"
+    ).encode()
+
+
 @dataclass(frozen=True)
 class Asked:
     """What the body asks: every property (``allprop``, or no body), their names only, or a list."""

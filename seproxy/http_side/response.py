@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -33,6 +33,8 @@ class Response:
     close: bool = False
     # Called once the body is sent or abandoned: drops the cache read leases.
     release: Callable[[], None] = lambda: None
+    # Called then too, with the file bytes sent by (storage element, file still being staged): counts them.
+    served: Callable[[Mapping[tuple[str | None, bool], int]], None] = lambda sent: None
     # For the access log: "<key id>:<link id>", never the signature.
     key: str = "-"
 

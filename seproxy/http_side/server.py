@@ -36,8 +36,8 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,6 +74,12 @@ class _Tally:
     def __init__(self) -> None:
         self.downloads = 0  # started minus ended
         self.bytes = 0
+        # File bytes sent, by the function that counts them (``Response.served``), then by (SE, still staged).
+        self.served: dict[Callable[[Mapping[tuple[str | None, bool], int]], None], Counter[tuple[str | None, bool]]] = {}
+
+    def add_served(self, response: Response, sent: Counter[tuple[str | None, bool]]) -> None:
+        if sent:
+            self.served.setdefault(response.served, Counter()).update(sent)
 
     def write(self) -> None:
         if self.downloads:
@@ -82,6 +88,9 @@ class _Tally:
         if self.bytes:
             _BYTES_SENT.inc(self.bytes)
             self.bytes = 0
+        served, self.served = self.served, {}
+        for count, sent in served.items():
+            count(sent)
 
 
 class _ShortFile(Exception):
@@ -349,6 +358,8 @@ class _Connection:
         self.head_length = 0
         self.sent = 0
         self.file: tuple[int, Path] | None = None  # (descriptor, path) of the file being sent
+        # File bytes of the answer by (storage element, still being staged); through TLS, counted as read.
+        self.file_bytes: Counter[tuple[str | None, bool]] = Counter()
 
     @property
     def busy(self) -> bool:
@@ -453,6 +464,7 @@ class _Connection:
         head = response.head(self.keep_alive)
         self.head_length = len(head)
         self.sent = 0
+        self.file_bytes.clear()
         self.started = now
         self.deadline = now + self.server.idle_timeout
         # Empty pieces would leave the head waiting behind MSG_MORE for a write that never comes.
@@ -502,6 +514,7 @@ class _Connection:
             return sent, sent == offered
 
     def _advance_slice(self, piece: FileSlice, count: int) -> None:
+        self.file_bytes[piece.se, piece.growing] += count
         if count < piece.length:
             self.pending[0] = replace(piece, offset=piece.offset + count, length=piece.length - count)
         else:
@@ -546,6 +559,7 @@ class _Connection:
         if response.status < 400:
             self.tally.downloads -= 1
             self.tally.bytes += body
+            self.tally.add_served(response, self.file_bytes)
         log.info(
             "%s key=%s %s status=%d bytes=%d %.1fms%s",
             self.client, response.key, method, response.status, body, (time.monotonic() - self.started) * 1000, note,

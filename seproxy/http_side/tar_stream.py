@@ -28,7 +28,7 @@ def tar_body(members: Sequence[tuple[str, Entry]]) -> list[Piece]:
     for name, entry in members:
         pending += member_header(name, entry.size, entry.created)
         pieces.append(pending)
-        pieces.append(FileSlice(entry.path, 0, entry.size))
+        pieces.append(FileSlice(entry.path, 0, entry.size, se=entry.se))
         total += len(pending) + entry.size
         pending = padding(entry.size)
     pieces.append(pending + end_of_archive(total + len(pending)))

@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from typing import IO
 
+from seproxy import metrics
 from seproxy.cache import Cache, Entry
 from seproxy.http_side.body import FileSlice
 from seproxy.http_side.tar_stream import tar_body
@@ -81,8 +82,9 @@ def bulk_files(cache: Cache, owner: str, bulk_id: str, areas: Sequence[str] = AR
 # -- downloads ---------------------------------------------------------------------
 
 
-def tar_chunks(members: Sequence[tuple[str, Entry]], compression: str) -> Iterator[bytes]:
-    """The archive of ``members`` in chunks of about ``CHUNK`` bytes, compressed as asked.
+def tar_chunks(members: Sequence[tuple[str, Entry]], compression: str, cache: Cache) -> Iterator[bytes]:
+    """The archive of ``members`` in chunks of about ``CHUNK`` bytes, compressed as asked; the file
+    bytes read are counted as hits of their storage elements in ``cache``.
 
     A generator run one step at a time off the event loop: each step reads
     (and compresses) one chunk, so memory stays at one chunk whatever the sizes.
@@ -90,6 +92,8 @@ def tar_chunks(members: Sequence[tuple[str, Entry]], compression: str) -> Iterat
     compressor = Compressor(compression)
     for piece in tar_body(members):
         for data in _piece_chunks(piece):
+            if isinstance(piece, FileSlice):
+                metrics.count_served(cache, {(piece.se, piece.growing): len(data)})
             if out := compressor.compress(data):
                 yield out
     if out := compressor.flush():

@@ -36,12 +36,13 @@ from urllib.parse import quote
 import tornado.iostream
 import tornado.web
 
+from seproxy import metrics
 from seproxy.cache import Entry
 from seproxy.config import LFN_FIELD
 from seproxy.errors import Refusal, failure
 from seproxy.http_side.body import FileSlice, Piece
 from seproxy.http_side.downloads import entry_representation, file_properties, propfind_answer, refusal
-from seproxy.http_side.propfind import FileProperties
+from seproxy.http_side.propfind import MULTISTATUS_TYPE, FileProperties, finite_depth_error
 from seproxy.http_side.representation import framed, plan
 from seproxy.http_side.request import MAX_BODY, RequestHead
 from seproxy.http_side.response import Response, http_date
@@ -69,6 +70,10 @@ _READ_BLOCK = 1 << 20
 
 def door_routes(prefix: str) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     return [(re.escape(prefix) + r"(/.*)?", DoorHandler)]
+
+
+class _InfiniteDepth(Exception):
+    """A PROPFIND of a whole directory tree, refused with ``propfind-finite-depth``."""
 
 
 def _door_lfn(raw: str | None) -> str:
@@ -180,6 +185,7 @@ class DoorHandler(CacheUploadBody):
                     left -= len(block)
                     self.write(block)
                     await self.flush()
+                    metrics.count_served(self.resources.cache, {(piece.se, piece.growing): len(block)})
         self.finish()
 
     # -- the places of an LFN -------------------------------------------------
@@ -225,7 +231,7 @@ class DoorHandler(CacheUploadBody):
             if refused is not None:
                 await self._send(refused, refused.body)
                 return
-            pieces = framed(chosen, [FileSlice(lease.path, 0, lease.entry.size)], representation)
+            pieces = framed(chosen, [FileSlice(lease.path, 0, lease.entry.size, se=lease.entry.se)], representation)
             await self._send(Response(chosen.status, list(chosen.headers.items())), pieces)
         finally:
             await self._run(lambda: cache.release(lease))
@@ -243,14 +249,21 @@ class DoorHandler(CacheUploadBody):
 
     async def _describe(self) -> None:
         depth = self.request.headers.get("Depth", "infinity").strip(" \t").lower()
-        resources = await self._run(lambda: self._properties(listing=depth != "0"))
+        try:
+            resources = await self._run(lambda: self._properties(listing=depth != "0", whole_tree=depth == "infinity"))
+        except _InfiniteDepth as refused:
+            body = finite_depth_error(str(refused))
+            return await self._send(Response(403, [("Content-Type", MULTISTATUS_TYPE), ("Content-Length", str(len(body)))]), [body])
         headers = {name.lower(): value for name, value in self.request.headers.get_all()}
         head = RequestHead("PROPFIND", self.request.path, (1, 1), headers, body=bytes(self._propfind_body))
         answer = propfind_answer(head, resources)
         await self._send(answer, answer.body)
 
-    def _properties(self, *, listing: bool) -> list[tuple[str, FileProperties]]:
-        """The LFN (and its children, when ``listing`` a directory) as the storage element tells."""
+    def _properties(self, *, listing: bool, whole_tree: bool) -> list[tuple[str, FileProperties]]:
+        """The LFN (and its children, when ``listing`` a directory) as the storage element tells.
+
+        A directory's ``whole_tree`` (``Depth: infinity``, also what no ``Depth`` means) is refused,
+        as RFC 4918 allows: one request must not walk a storage element."""
 
         def stat(se: str, pfn: str) -> tuple[StorageElement, FileInfo]:
             element = self.resources.stager.element(self.caller, se)
@@ -259,6 +272,8 @@ class DoorHandler(CacheUploadBody):
             return element, element.stat(path)
 
         se, (element, info), _errors = first_replica(self._places(), self.lfn, stat, "door PROPFIND")
+        if whole_tree and info.is_dir:
+            raise _InfiniteDepth(f"{self.lfn} is a directory: PROPFIND it with Depth 0 or 1, not infinity")
         href = self.service.settings.door.prefix + quote(self.lfn, errors="surrogateescape")
         found = [(href + ("/" if info.is_dir and self.lfn != "/" else ""), self._info_properties(se, info))]
         if listing and info.is_dir:

@@ -20,7 +20,8 @@ import tornado.web
 
 from seproxy import metrics
 from seproxy.byte_range import RangeNotSatisfiable, parse_range
-from seproxy.cache import Entry
+from seproxy.cache import Cache, Entry
+from seproxy.cache.traffic import HIT
 from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, format_digest
 
 log = logging.getLogger("seproxy.streams")
@@ -36,8 +37,9 @@ def _checksum_headers(entry: Entry) -> dict[str, str]:
     return headers
 
 
-async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, path: Path) -> None:
-    """Answer with the file at ``path`` (the committed bytes of ``entry``), honouring ``Range``.
+async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, path: Path, cache: Cache) -> None:
+    """Answer with the file at ``path`` (the committed bytes of ``entry``, counted as hits of its SE
+    in ``cache``), honouring ``Range``.
 
     Raises ``RangeNotSatisfiable`` (with ``Content-Range`` set) for an
     unsatisfiable range. Once the first byte is out an error can only cut
@@ -69,6 +71,7 @@ async def send_cached_file(handler: tornado.web.RequestHandler, entry: Entry, pa
                     raise OSError(errno.EIO, f"cache file {entry.id} is shorter than its index says")
                 length -= len(chunk)
                 await _send(handler, chunk)
+                metrics.count_se_bytes(cache, entry.se, HIT, len(chunk))
 
     await _streamed(handler, body(), f"cache entry {entry.id}")
 

@@ -140,7 +140,7 @@ class StorageElementProxyHandler(RPCHandler):
         loop = asyncio.get_running_loop()
         lease = await loop.run_in_executor(None, cache.acquire_read, entry.id)
         try:
-            await send_cached_file(self, lease.entry, lease.path)
+            await send_cached_file(self, lease.entry, lease.path, cache)
         finally:
             await loop.run_in_executor(None, cache.release, lease)
         return None
@@ -181,7 +181,7 @@ class StorageElementProxyHandler(RPCHandler):
         try:
             for entry in files.values():  # the files stay while they are read, as for streamToClient
                 leases.append(await loop.run_in_executor(None, cache.acquire_read, entry.id))
-            await send_chunks(self, tar_chunks([(name, lease.entry) for name, lease in zip(files, leases)], compress))
+            await send_chunks(self, tar_chunks([(name, lease.entry) for name, lease in zip(files, leases)], compress, cache))
         finally:
             for lease in leases:
                 await loop.run_in_executor(None, cache.release, lease)

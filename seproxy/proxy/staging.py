@@ -11,9 +11,12 @@ request: what it raises, ``seproxy.errors`` answers.
 from __future__ import annotations
 
 import errno
+import functools
+from collections.abc import Callable
 
 from seproxy import metrics
 from seproxy.cache import Cache, Entry
+from seproxy.cache.traffic import MISS
 from seproxy.proxy.rights import check_access, check_rights
 from seproxy.registry import Caller
 from seproxy.rpc.executor import CallCancelled, check_cancelled
@@ -24,10 +27,12 @@ from seproxy.transfer.checksum_headers import canonical_adler32
 
 
 class _CancellableSink:
-    """A download sink that lets a cancelled call stop the transfer between chunks."""
+    """A download sink that lets a cancelled call stop the transfer between chunks, and counts
+    the bytes fetched as misses of the element."""
 
-    def __init__(self, sink: DownloadSink) -> None:
+    def __init__(self, sink: DownloadSink, count: Callable[[int], None]) -> None:
         self._sink = sink
+        self._count = count
 
     def expect(self, size: int | None, checksums: dict[str, str], mtime: float | None = None) -> None:
         self._sink.expect(size, checksums, mtime)
@@ -35,6 +40,7 @@ class _CancellableSink:
     def write(self, data: bytes | memoryview) -> None:
         check_cancelled()
         self._sink.write(data)
+        self._count(len(data))
 
 
 def stale(cached: Entry, source: FileInfo) -> bool:
@@ -92,7 +98,7 @@ class Stager:
         def fetch(writer: DownloadSink) -> None:
             downloaded.append(True)
             with metrics.ACTIVE_TRANSFERS.labels("staging").track_inprogress():
-                element.download(path, _CancellableSink(writer))
+                element.download(path, _CancellableSink(writer, functools.partial(metrics.count_se_bytes, self.cache, se, MISS)))
 
         try:
             entry = self.cache.stage(se, path, fetch, owner=owner, name=name, force=force)

@@ -76,9 +76,14 @@ class CacheUploadBody(AdmittingHandler):
     async def begin(self, owner: str, name: str) -> bool:
         """Open the upload ``name`` of ``owner`` for the body, sized by ``Content-Length`` and checked
         against the ``Digest`` and ``X-Checksum-XXH3`` given; False when refused (and answered)."""
-        declared = self.request.headers.get("Content-Length", "")
-        if not declared.isdigit():
-            self.answer_failure(Refusal(411, errno.EINVAL, "a streamed upload needs a Content-Length header"), before_body=True)
+        declared = self.request.headers.get("Content-Length")
+        if declared is None or not declared.isdigit():
+            refusal = (
+                Refusal(411, errno.EINVAL, "a streamed upload needs a Content-Length header")
+                if declared is None
+                else Refusal(400, errno.EINVAL, f"Content-Length {declared[:40]!r} is not a number of bytes")
+            )
+            self.answer_failure(refusal, before_body=True)
             return False
         expected = parse_digest(self.request.headers.get(DIGEST_HEADER))
         if self.request.headers.get(XXH3_HEADER):
