@@ -142,10 +142,9 @@ class Cache:
         self._books = threading.Lock()
         # Entries this process evicted since it opened the cache (for metrics).
         self.evictions = 0
-        # Stagings this process answered from the cache (hits) or had to fetch (misses), for metrics.
-        self.hits = 0
-        self.misses = 0
-        self._counting = threading.Lock()
+        # Told of each staging answered from the cache ("hit") or fetched ("miss") and of evictions
+        # ("evicted"), with how many: the service counts them in its metrics, over all its processes.
+        self.on_count: Callable[[str, int], None] = lambda what, count: None
         # Bytes by storage element (hit, miss, stream-through), stored by the heartbeat for `cache du`.
         self.traffic = Traffic()
         self._heartbeat: Heartbeat | None = None
@@ -215,11 +214,7 @@ class Cache:
                 now = time.time()
                 cached = self._index.find_source(se, path)
                 hit = cached is not None and not force
-                with self._counting:
-                    if hit:
-                        self.hits += 1
-                    else:
-                        self.misses += 1
+                self.on_count("hit" if hit else "miss", 1)
                 if cached is not None and hit:
                     self._index.touch(cached.id, now)
                     return replace(cached, last_access=now)
@@ -569,6 +564,7 @@ class Cache:
             removed = [entry for entry, gone in decisions if gone]
         if removed:
             self.evictions += len(removed)
+            self.on_count("evicted", len(removed))
             log.info("cache evicted %d entries, %d bytes", len(removed), sum(e.size for e in removed))
         return removed
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import prometheus_client
 from prometheus_client import multiprocess
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from seproxy.cache import Cache
@@ -44,6 +44,10 @@ SE_BYTES = prometheus_client.Counter(
     "File bytes by storage element: sent from the cache (hit), fetched into it (miss), sent while being staged (stream-through)",
     ["se", "kind"],
 )
+CACHE_EVICTIONS = prometheus_client.Counter("seproxy_cache_evictions", "Entries evicted from the cache")
+CACHE_LOOKUPS = prometheus_client.Counter(
+    "seproxy_cache_lookups", "Stagings answered from the cache (hit) or fetched (miss)", ["result"]
+)
 ACTIVE_TRANSFERS = prometheus_client.Gauge("seproxy_active_transfers", "Transfers in progress", ["kind"], multiprocess_mode="livesum")
 
 
@@ -54,6 +58,14 @@ def outcome_of(status: int, ok: bool) -> str:
     if status >= 400:
         return "refused"
     return "ok" if ok else "error"
+
+
+def count_cache_event(what: str, count: int) -> None:
+    """What the cache tells its ``on_count``: evictions, and lookups by result."""
+    if what == "evicted":
+        CACHE_EVICTIONS.inc(count)
+    else:
+        CACHE_LOOKUPS.labels(what).inc(count)
 
 
 def count_se_bytes(cache: Cache, se: str | None, kind: str, size: int) -> None:
@@ -87,14 +99,6 @@ class CacheCollector(Collector):
         yield GaugeMetricFamily("seproxy_cache_entries", "Entries in the cache", value=usage.count)
         yield GaugeMetricFamily("seproxy_cache_quota_bytes", "Cache quota", value=usage.quota)
         yield GaugeMetricFamily("seproxy_cache_disk_free_bytes", "Free space on the cache's file system", value=usage.disk_free)
-        yield CounterMetricFamily("seproxy_cache_evictions", "Entries evicted by this process", value=self._cache.evictions)
-        lookups = CounterMetricFamily(
-            "seproxy_cache_lookups", "Stagings by this process answered from the cache (hit) or fetched (miss)",
-            labels=["result"],
-        )
-        lookups.add_metric(["hit"], self._cache.hits)
-        lookups.add_metric(["miss"], self._cache.misses)
-        yield lookups
 
 
 def _registry() -> prometheus_client.CollectorRegistry:

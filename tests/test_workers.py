@@ -116,8 +116,9 @@ def test_twenty_callers_on_two_workers_share_one_download(workers: Callable[...,
     assert values['seproxy_active_transfers{kind="staging"}'] == 0
 
 
-def test_bytes_by_storage_element_add_up_over_workers(workers: Callable[..., ProxyService]) -> None:
-    """seproxy_se_bytes_total sums the workers' counts, and `cache du` the counts each stored."""
+def test_bytes_and_lookups_add_up_over_workers(workers: Callable[..., ProxyService]) -> None:
+    """seproxy_se_bytes_total and seproxy_cache_lookups_total sum the workers' counts, and `cache du`
+    shows the counts each stored."""
     service = workers()
     data = os.urandom(100_000)
     (service.place(FILE_SE).root / "counted.dat").write_bytes(data)
@@ -129,6 +130,13 @@ def test_bytes_by_storage_element_add_up_over_workers(workers: Callable[..., Pro
     port = service.process.config["metrics"]["port"]
     values = wait_until(lambda: (v := scrape(port)).get(hit) == 20 * len(data) and v, "the bytes of both workers counted")
     assert values[miss] == len(data)
+    for _ in range(20):  # a connection each, over both workers: each finds the file cached
+        with service.new_client(service.writer) as client:
+            ok(client.prepareFile(FILE_SE, "/counted.dat"))
+    assert sorted(served_by(service, "prepareFile")) == ["0", "1"]
+    hits = 'seproxy_cache_lookups_total{result="hit"}'
+    values = wait_until(lambda: (v := scrape(port)).get(hits) == 20 and v, "the cache hits of both workers counted")
+    assert values['seproxy_cache_lookups_total{result="miss"}'] == 1
     service.close_clients()
     assert service.process.stop() == 0  # each worker stores what its heartbeat had not yet
     done = subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from seproxy import metrics
 from seproxy.cache import Cache
 from seproxy.cache.configured import open_cache
 from seproxy.config import Settings
@@ -27,6 +28,7 @@ class ProxyResources:
     def open(cls, settings: Settings, ca_dir: Path, service_host: str) -> ProxyResources:
         """Open everything the config names; the side server starts listening when enabled."""
         cache = open_cache(settings)
+        cache.on_count = metrics.count_cache_event
         elements = {
             name: make_storage_element(name, spec, default_ca_dir=ca_dir)
             for name, spec in settings.storage_elements.items()
