@@ -283,3 +283,25 @@ def test_no_checksum_header_when_the_source_announced_none(streaming: Streaming,
     head = curl(pki, lfn_url(streaming.service, "/vo/unsummed.dat"), tmp_path / "head", "-I", "-H", "Want-Digest: ADLER32")
     assert ended(head)[:2] == (0, "200")
     assert f"digest: adler32={zlib.adler32(data):08x}" in header_lines(tmp_path / "head")
+
+
+def test_a_staging_goes_on_when_its_reader_leaves(streaming: Streaming, pki: Any, tmp_path: Path) -> None:
+    data = put(streaming, "left.dat")
+    gate = streaming.storage.hold("left.dat")
+    output = tmp_path / "left.dat"
+    reader = curl(pki, lfn_url(streaming.service, "/vo/left.dat"), output)
+    try:
+        wait_until(lambda: output.exists() and output.stat().st_size > 0, "the first bytes")
+        reader.kill()
+        reader.wait(30)
+    finally:
+        gate.set()
+
+    def cached() -> bool:
+        with Cache(streaming.service.cache_root, quota=1 << 40, read_only=True) as cache:
+            return cache.lookup(SE, "/vo/left.dat") is not None
+
+    wait_until(cached, "the staging to end in the cache")
+    again = curl(pki, lfn_url(streaming.service, "/vo/left.dat"), tmp_path / "again.dat")
+    assert ended(again)[:2] == (0, "200") and (tmp_path / "again.dat").read_bytes() == data
+    assert streaming.storage.gets["left.dat"] == 1
