@@ -3,12 +3,14 @@
 The storage is held back by the test (a gate in its WSGI stack, after the first
 bytes of a GET body), so "the first bytes arrived before the staging ended" is
 shown from the state of things at that moment, not from timings: curl has
-bytes, and the cache still lists the staging as growing.
+bytes, and the cache still lists the staging as growing. The service runs two
+worker processes, so readers served by one follow the staging of the other.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 import zlib
@@ -29,6 +31,9 @@ from seproxy.cache import Cache
 
 SE = "GATED-DAV"
 SIZE = 8 * MiB + 12_345
+WORKERS = 2
+# The access-log line of a door GET, with the worker that answered it.
+DOOR_GET = re.compile(r" w(\d+) seproxy\.access \[[^]]+\] .* door=GET lfn='([^']*)' status=200")
 # Bytes the storage sends before its gate: curl must have some of them while the staging waits there.
 BEFORE_GATE = 2 * MiB
 
@@ -115,8 +120,10 @@ def streaming(pki: Any, tmp_path_factory: pytest.TempPathFactory, storage_ca: Lo
         metrics_port = free_port()
         config = proxy_config(pki, directory / "state", [place])
         config["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": metrics_port}
+        config["service"]["workers"] = WORKERS
         service = ProxyService(start_service(directory, config), pki, {SE: place})
         try:
+            wait_until(lambda: f"{WORKERS} workers serving" in service.process.log(), "every worker listening", 60)
             yield Streaming(service, storages[0], place.root, metrics_port)
         finally:
             print(f"service log:\n{service.process.log()}")
@@ -199,7 +206,9 @@ def test_twenty_curls_of_a_cold_file_get_bytes_before_its_one_staging_ends(strea
     assert all(output.read_bytes() == data for output in outputs)
     assert f"content-length: {SIZE}" in header_lines(outputs[0]) and "etag" not in header_lines(outputs[0])
     assert streaming.storage.gets["cold.dat"] == 1
-    assert stagings(streaming) - before == 1
+    # Both workers answered: one of them streamed a staging that the other process runs.
+    assert sorted({worker for worker, lfn in DOOR_GET.findall(streaming.service.process.log()) if lfn == "/vo/cold.dat"}) == ["0", "1"]
+    assert wait_until(lambda: stagings(streaming) - before == 1, "the staging counted")
     assert stream_through(streaming) - streamed_before >= 20 * BEFORE_GATE
     assert staging_files(streaming.service) == []
     # Cached now: a read gets the whole file with its validators.
