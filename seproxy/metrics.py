@@ -51,6 +51,11 @@ CACHE_LOOKUPS = prometheus_client.Counter(
 ACTIVE_TRANSFERS = prometheus_client.Gauge("seproxy_active_transfers", "Transfers in progress", ["kind"], multiprocess_mode="livesum")
 
 
+def sent(route: str, count: int) -> None:
+    """Count file bytes sent on ``route`` (by storage element: ``count_se_bytes``)."""
+    BYTES_SENT.labels(route).inc(count)
+
+
 def outcome_of(status: int, ok: bool) -> str:
     """501 (no such method) is the caller's mistake, like a 4xx; other 5xx are the service's."""
     if status >= 500 and status != 501:

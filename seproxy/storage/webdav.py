@@ -16,8 +16,9 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from seproxy import __version__
@@ -40,6 +42,17 @@ from seproxy.transfer.checksum_headers import canonical_adler32, parse_digest
 from seproxy.transfer.network_errors import causes
 
 _DAV = "{DAV:}"
+# How long a block of a download gathers bytes before it is handed on, even if not full: readers
+# that stream a file while it is staged see a slow storage's bytes this soon.
+_GATHER = 0.02
+# The size of the block after the first; the next ones double up to CHUNK_SIZE.
+_FIRST_FILL = 256 * 1024
+# What urllib3 raises mid-body, as requests would have raised it (so _transport names the failure).
+_BODY_ERRORS: dict[type[Exception], type[requests.exceptions.RequestException]] = {
+    urllib3.exceptions.ProtocolError: requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ReadTimeoutError: requests.exceptions.ConnectionError,
+    urllib3.exceptions.SSLError: requests.exceptions.SSLError,
+}
 _PROPFIND_BODY = (
     b'<?xml version="1.0" encoding="utf-8"?>'
     b'<propfind xmlns="DAV:"><prop><resourcetype/><getcontentlength/><getlastmodified/></prop></propfind>'
@@ -237,7 +250,7 @@ class WebDavStorage(StorageElement):
 
     def _chunks(self, response: requests.Response, path: str) -> Iterator[bytes]:
         with self._transport(path):
-            yield from response.iter_content(CHUNK_SIZE)
+            yield from _arriving(response.raw)
 
     def _write(self, stream: Any, size: int, path: str) -> None:
         # A PUT cut off half-way (a service killed mid-push) leaves what arrived under the name it
@@ -286,3 +299,34 @@ def _errno_of(exc: BaseException) -> int:
 def _innermost(exc: BaseException) -> str:
     *_, last = causes(exc)
     return str(last)
+
+
+def _arriving(raw: urllib3.HTTPResponse) -> Iterator[bytes]:
+    """A body in blocks: the first one handed on ``_GATHER`` seconds after its first bytes (or
+    when full), so that readers streaming the file while it is staged get a slow storage's first
+    bytes at once (``iter_content`` fills every 4 MiB block before handing it on); the next ones
+    filled, growing to ``CHUNK_SIZE``, each in one read (a loop per TLS record would slow a fast
+    storage, and few large blocks mean few writes into the cache)."""
+    pieces: list[bytes] = []
+    gathered = 0
+    started = time.monotonic()
+    while gathered < CHUNK_SIZE and time.monotonic() - started < _GATHER:
+        piece = _body_read(raw.read1, CHUNK_SIZE - gathered)
+        if not piece:
+            break
+        pieces.append(piece)
+        gathered += len(piece)
+    if pieces:
+        yield b"".join(pieces)
+    size = _FIRST_FILL
+    while block := _body_read(raw.read, size):
+        yield block
+        size = min(2 * size, CHUNK_SIZE)
+
+
+def _body_read(read: Callable[[int], bytes], amount: int) -> bytes:
+    """``read(amount)`` of a body, failing as requests would (so that _transport names the failure)."""
+    try:
+        return read(amount)
+    except tuple(_BODY_ERRORS) as exc:
+        raise next(wrap for kind, wrap in _BODY_ERRORS.items() if isinstance(exc, kind))(exc) from exc
