@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import secrets
-import time
+import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -42,11 +43,10 @@ from seproxy.transfer.checksum_headers import canonical_adler32, parse_digest
 from seproxy.transfer.network_errors import causes
 
 _DAV = "{DAV:}"
-# How long a block of a download gathers bytes before it is handed on, even if not full: readers
-# that stream a file while it is staged see a slow storage's bytes this soon.
-_GATHER = 0.02
-# The size of the block after the first; the next ones double up to CHUNK_SIZE.
-_FIRST_FILL = 256 * 1024
+# A download's bytes are taken off the connection in pieces of at most this (a read of more would
+# allocate that much each time, for a TLS record of 16 KiB), and at most this many wait for the cache.
+_PIECE = 64 * 1024
+_QUEUED_PIECES = 128
 # What urllib3 raises mid-body, as requests would have raised it (so _transport names the failure).
 _BODY_ERRORS: dict[type[Exception], type[requests.exceptions.RequestException]] = {
     urllib3.exceptions.ProtocolError: requests.exceptions.ChunkedEncodingError,
@@ -302,26 +302,60 @@ def _innermost(exc: BaseException) -> str:
 
 
 def _arriving(raw: urllib3.HTTPResponse) -> Iterator[bytes]:
-    """A body in blocks: the first one handed on ``_GATHER`` seconds after its first bytes (or
-    when full), so that readers streaming the file while it is staged get a slow storage's first
-    bytes at once (``iter_content`` fills every 4 MiB block before handing it on); the next ones
-    filled, growing to ``CHUNK_SIZE``, each in one read (a loop per TLS record would slow a fast
-    storage, and few large blocks mean few writes into the cache)."""
-    pieces: list[bytes] = []
-    gathered = 0
-    started = time.monotonic()
-    while gathered < CHUNK_SIZE and time.monotonic() - started < _GATHER:
-        piece = _body_read(raw.read1, CHUNK_SIZE - gathered)
-        if not piece:
-            break
-        pieces.append(piece)
-        gathered += len(piece)
-    if pieces:
-        yield b"".join(pieces)
-    size = _FIRST_FILL
-    while block := _body_read(raw.read, size):
-        yield block
-        size = min(2 * size, CHUNK_SIZE)
+    """A body in blocks of what has arrived: a thread takes the bytes off the connection as they
+    come, and each block joins all that waits, up to ``CHUNK_SIZE``.
+
+    Readers that stream a file while it is staged must see a slow storage's bytes as they come,
+    and nothing that arrived may sit in a half-filled block while the next read waits for a storage
+    that paused; a fast storage, on the other hand, must give few large blocks (each write into
+    the cache has a fixed cost). Reading in this thread alone could not do both: a read that
+    gathers a block blocks with the block in hand.
+    """
+    arrived: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_QUEUED_PIECES)
+    stopped = threading.Event()
+
+    def take_off_the_connection() -> None:
+        item: bytes | BaseException
+        while not stopped.is_set():
+            try:
+                item = _body_read(raw.read1, _PIECE)
+            except BaseException as exc:  # handed to the reader, who raises it
+                item = exc
+            while not stopped.is_set():
+                try:
+                    arrived.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    threading.Thread(target=take_off_the_connection, name="webdav-body", daemon=True).start()
+    try:
+        while True:
+            pieces, size, ended = [], 0, False
+            item = arrived.get()
+            while True:
+                if isinstance(item, BaseException):
+                    raise item
+                if not item:
+                    ended = True
+                    break
+                pieces.append(item)
+                size += len(item)
+                if size >= CHUNK_SIZE:
+                    break
+                try:
+                    item = arrived.get_nowait()
+                except queue.Empty:
+                    break
+            if pieces:
+                yield b"".join(pieces)
+            if ended:
+                return
+    finally:
+        # The connection is closed by the caller; a read blocked on it then fails and the thread ends.
+        stopped.set()
 
 
 def _body_read(read: Callable[[int], bytes], amount: int) -> bytes:
