@@ -38,11 +38,22 @@ class Entry:
     # Checksums computed on first request (the HTTP side's Want-Digest), hex.
     md5: str | None = None
     sha256: str | None = None
+    # When the copy was last found to match its source (None: not since it was staged).
+    verified: float | None = None
+    # Why the last attempt to revalidate it failed (the source unreachable); None once one succeeds.
+    unverified: str | None = None
+    # When a write through seproxy replaced or removed its source: never handed to a new reader.
+    dropped: float | None = None
 
     @property
     def modified(self) -> float:
         """The file's modification time as served: the source's where known, else when it was cached."""
         return self.source_mtime if self.source_mtime is not None else self.created
+
+    @property
+    def checked(self) -> float:
+        """When the copy was last known to match its source: its last revalidation, else its staging."""
+        return self.verified if self.verified is not None else self.created
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,15 @@ ALTER TABLE entries ADD COLUMN md5 TEXT;
 ALTER TABLE entries ADD COLUMN sha256 TEXT;
 """
 
-_MIGRATIONS = (_ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5)
+# Freshness: when a staged copy was last revalidated against its source (or why that failed), and
+# when a write through seproxy dropped it (kept only for the readers it had then).
+_FRESHNESS_V6 = """
+ALTER TABLE entries ADD COLUMN verified REAL;
+ALTER TABLE entries ADD COLUMN unverified TEXT;
+ALTER TABLE entries ADD COLUMN dropped REAL;
+"""
+
+_MIGRATIONS = (_ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5, _FRESHNESS_V6)
 SCHEMA_VERSION = len(_MIGRATIONS)
 # From this version on, a crash leaves marks; an index of an earlier version
 # gets one full consistency check when it is upgraded.
@@ -140,6 +148,7 @@ CRASH_MARKS_VERSION = 4
 _FIELDS = (
     "id", "area", "size", "xxh3", "adler32", "se", "source_path", "owner", "name",
     "created", "last_access", "pinned_until", "upload_pending", "source_mtime", "md5", "sha256",
+    "verified", "unverified", "dropped",
 )  # fmt: skip
 # The checksums that may be recorded after the entry was written (column names): adler32 for
 # entries written before it was always computed.
@@ -301,9 +310,11 @@ class Index:
         return found[0] if found else None
 
     def find_source(self, se: str, source_path: str) -> Entry | None:
-        """The newest staged copy of a source (a forced re-stage may leave an older one in use)."""
+        """The newest staged copy of a source (a forced re-stage may leave an older one in use), unless dropped."""
         found = self._entries(
-            "e.area = 'staged' AND e.se = ? AND e.source_path = ?", (se, source_path), "e.created DESC"
+            "e.area = 'staged' AND e.se = ? AND e.source_path = ? AND e.dropped IS NULL",
+            (se, source_path),
+            "e.created DESC",
         )
         return found[0] if found else None
 
@@ -377,6 +388,30 @@ class Index:
         if algorithm not in _RECORDED_DIGESTS:
             raise ValueError(f"no {algorithm!r} checksum is kept in the index")
         self._change(f"UPDATE entries SET {algorithm} = ? WHERE id = ?", (value, entry_id))
+
+    def record_check(self, entry_id: str, now: float, failure: str | None) -> None:
+        """The outcome of one revalidation: the copy matched its source at ``now``, or ``failure`` says why
+        it could not be compared (the time of the last success stays)."""
+        if failure is None:
+            self._change("UPDATE entries SET verified = ?, unverified = NULL WHERE id = ?", (now, entry_id))
+        else:
+            self._change("UPDATE entries SET unverified = ? WHERE id = ?", (failure, entry_id))
+
+    def drop_source(self, se: str, path: str, now: float, *, tree: bool) -> list[str]:
+        """Mark the staged copies of ``path`` on ``se`` (and, with ``tree``, of every file below it)
+        dropped, in one transaction: no lookup finds them, no new read lease is taken on them, their
+        names and pins go and they come first for eviction; return their ids. The readers they have keep their leases."""
+        below = path.rstrip("/") + "/"
+        # Below: source paths from "<path>/" up to "<path>0" ('0' follows '/'), along the source index.
+        where = "(e.source_path = :path OR (:tree AND e.source_path >= :below AND e.source_path < :after))"
+        with self.transaction():
+            rows = self._db.execute(
+                "UPDATE entries AS e SET dropped = :now, pinned_until = 0, last_access = 0"
+                f" WHERE e.area = 'staged' AND e.se = :se AND e.dropped IS NULL AND {where} RETURNING id",
+                {"se": se, "path": path, "tree": tree, "below": below, "after": below[:-1] + "0", "now": now},
+            ).fetchall()
+            self._db.executemany("DELETE FROM aliases WHERE entry_id = ?", rows)
+        return [entry_id for (entry_id,) in rows]
 
     def touch(self, entry_id: str, now: float) -> None:
         self._change("UPDATE entries SET last_access = ? WHERE id = ?", (now, entry_id))
@@ -507,9 +542,9 @@ class Index:
     # --- leases
 
     def add_lease(self, entry_id: str, kind: str, holder: Holder, expires: float, now: float) -> int | None:
-        """Record a lease; a read lease only on an existing entry (then also its last access)."""
+        """Record a lease; a read lease only on an existing entry not dropped (then also its last access)."""
         with self.transaction():
-            touched = "UPDATE entries SET last_access = ? WHERE id = ?"
+            touched = "UPDATE entries SET last_access = ? WHERE id = ? AND dropped IS NULL"
             if kind == "read" and self._db.execute(touched, (now, entry_id)).rowcount == 0:
                 return None
             cursor = self._db.execute(

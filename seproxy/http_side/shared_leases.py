@@ -14,10 +14,15 @@ cost two SQLite writes per request. So a lease is kept ``LINGER`` seconds
 after its last download ends, and dropped then by a sweeper thread unless
 another download took it meanwhile. Eviction and purge wait at most that
 long for a file nobody reads any more.
+
+A download that joins a lease held already reads the entry's row (a read,
+no write): a file that a write through seproxy dropped meanwhile stays for
+the downloads it has, and is not served to a new one.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -80,6 +85,8 @@ class SharedLeases:
     def _acquire(self, entry_id: str) -> Entry:
         with self._lock:
             held = self._held.get(entry_id)
+            if held is not None and self._dropped(entry_id):
+                raise FileNotFoundError(errno.ENOENT, "the file was replaced or removed since", entry_id)
             if held is None:
                 lease = self._cache.acquire_read(entry_id)
                 if not os.path.realpath(lease.path).startswith(self._data_dir):
@@ -88,6 +95,12 @@ class SharedLeases:
                 held = self._held[entry_id] = _Held(lease, 0)
             held.users += 1
             return held.lease.entry
+
+    def _dropped(self, entry_id: str) -> bool:
+        """Whether a write through seproxy dropped the entry since its lease was taken (an index read,
+        no write): its present readers keep it, a new one must not get the old bytes."""
+        entry = self._cache.get(entry_id)
+        return entry is None or entry.dropped is not None
 
     def _release(self, entry_id: str) -> None:
         with self._lock:

@@ -33,6 +33,7 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import tornado.httputil
 import tornado.iostream
 import tornado.web
 
@@ -40,7 +41,7 @@ from seproxy.cache import Entry
 from seproxy.config import LFN_FIELD
 from seproxy.errors import Refusal, failure
 from seproxy.http_side.body import FileSlice, Piece
-from seproxy.http_side.downloads import entry_representation, file_properties, propfind_answer, refusal
+from seproxy.http_side.downloads import entry_representation, file_properties, propfind_answer, refusal, staleness
 from seproxy.http_side.propfind import FileProperties
 from seproxy.http_side.representation import framed, plan
 from seproxy.http_side.request import MAX_BODY, RequestHead
@@ -69,6 +70,18 @@ _READ_BLOCK = 1 << 20
 
 def door_routes(prefix: str) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     return [(re.escape(prefix) + r"(/.*)?", DoorHandler)]
+
+
+def wants_revalidation(headers: tornado.httputil.HTTPHeaders) -> bool:
+    """Whether a GET asks that a cached copy be compared with its source first: ``Cache-Control:
+    no-cache`` or ``max-age=0`` (RFC 9111), or HTTP/1.0's ``Pragma: no-cache``."""
+    directives = {
+        part.strip(" \t").lower()
+        for name in ("Cache-Control", "Pragma")
+        for value in headers.get_list(name)
+        for part in value.split(",")
+    }
+    return bool(directives & {"no-cache", "max-age=0"})
 
 
 def _door_lfn(raw: str | None) -> str:
@@ -196,11 +209,6 @@ class DoorHandler(CacheUploadBody):
         element = self.resources.stager.element(self.caller, se, write=write)
         return se, element, element.normalize(template.replace(LFN_FIELD, self.lfn))
 
-    def _drop_cached(self, se: str, path: str) -> None:
-        cached = self.resources.cache.lookup(se, path)
-        if cached is not None:
-            self.resources.cache.remove(cached.id, force=True)
-
     # -- reading ----------------------------------------------------------------
 
     async def get(self, _path: str | None = None) -> None:
@@ -212,8 +220,10 @@ class DoorHandler(CacheUploadBody):
     async def _serve(self) -> None:
         stager, cache = self.resources.stager, self.resources.cache
 
+        revalidate = wants_revalidation(self.request.headers)
+
         def stage(se: str, pfn: str) -> Entry:
-            return stager.stage(self.caller, se, pfn, name=self.lfn)
+            return stager.stage(self.caller, se, pfn, name=self.lfn, revalidate=revalidate)
 
         _se, entry, _errors = await self._run(lambda: first_replica(self._places(), self.lfn, stage, "door GET"))
         lease = await self._run(lambda: cache.acquire_read(entry.id))
@@ -226,7 +236,8 @@ class DoorHandler(CacheUploadBody):
                 await self._send(refused, refused.body)
                 return
             pieces = framed(chosen, [FileSlice(lease.path, 0, lease.entry.size)], representation)
-            await self._send(Response(chosen.status, list(chosen.headers.items())), pieces)
+            headers = {**chosen.headers, **staleness([lease.entry])}
+            await self._send(Response(chosen.status, list(headers.items())), pieces)
         finally:
             await self._run(lambda: cache.release(lease))
 
@@ -330,7 +341,7 @@ class DoorHandler(CacheUploadBody):
             finally:
                 cache.mark_uploaded(entry.id)
                 cache.remove(entry.id, force=True)
-            self._drop_cached(se, path)
+                cache.drop_source(se, path)
 
         try:
             await self._run(push)
@@ -352,11 +363,14 @@ class DoorHandler(CacheUploadBody):
     def _remove(self) -> None:
         se, element, path = self._primary(write=True)
         check_access(se, self.caller, (Access.MODIFY,), path)
-        if element.stat(path).is_dir:
-            element.rmdir(path)
-        else:
-            element.remove(path)
-            self._drop_cached(se, path)
+        directory = element.stat(path).is_dir
+        try:
+            if directory:
+                element.rmdir(path)
+            else:
+                element.remove(path)
+        finally:
+            self.resources.cache.drop_source(se, path, tree=directory)
 
     async def mkcol(self, _path: str | None = None) -> None:
         await self._answer(lambda: self._done(201, self._make_directory))

@@ -31,7 +31,7 @@ class ProxyResources:
             name: make_storage_element(name, spec, default_ca_dir=ca_dir)
             for name, spec in settings.storage_elements.items()
         }
-        resources = cls(cache, elements, Stager(cache, elements))
+        resources = cls(cache, elements, Stager(cache, elements, revalidate_after=settings.cache.revalidate_after))
         if settings.http.enabled:
             resources.http = HTTPSide(settings, cache, service_host)
             resources.http.start()
