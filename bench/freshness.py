@@ -28,13 +28,13 @@ import shutil
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.common import ServerProcess, median, print_table
 from bench.rpc_ping import seproxy_config, start_seproxy
 from bench.storage_proxy import start_webdav, write_durably
+from bench.transfer_client import Plan
 from seproxy.security.devcreds import ensure_dev_credentials
 from seproxy.transfer import StorageElementProxyClient, returnValueOrRaise
 
@@ -46,18 +46,13 @@ ELEMENTS = {"DAV": "WebDAV (PROPFIND + HEAD)", "FILE-RW": "file, ADLER32 recorde
 SERVICES = {"compare every time (0)": 0, "default (10 min)": 600}
 
 
-@dataclass(frozen=True)
-class Plan:
-    size: int
-    calls: int
-
-
-FULL = Plan(size=256 * MiB, calls=30)
-QUICK = Plan(size=16 * MiB, calls=5)
+# Rounds: prepareFile calls per service and element.
+FULL = Plan(size=256 * MiB, rounds=30)
+QUICK = Plan(size=16 * MiB, rounds=5)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Stage the file once per service and element, then time ``calls`` prepareFile of the cached copy."""
+    """Stage the file once per service and element, then time ``rounds`` prepareFile of the cached copy."""
     plan = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="seproxy-bench-freshness-") as temp, ExitStack() as servers:
         directory = Path(temp)
@@ -73,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             directory / "webdav.log",
         )  # fmt: skip
         servers.callback(webdav.stop)
-        print(f"freshness: {plan.size // MiB} MiB file, {plan.calls} calls each, {os.cpu_count()} cores", flush=True)
+        print(f"freshness: {plan.size // MiB} MiB file, {plan.rounds} calls each, {os.cpu_count()} cores", flush=True)
         medians: dict[tuple[str, str], float] = {}
         for service_name, revalidate_after in SERVICES.items():
             config = seproxy_config(developer, directory / f"state-{revalidate_after}")
@@ -88,7 +83,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with StorageElementProxyClient(url, proxy=str(developer.proxy), ca_dir=str(developer.ca_dir)) as client:
                 for element in ELEMENTS:
                     returnValueOrRaise(client.prepareFile(element, FILE_NAME))  # staged: from now on a hit
-                    medians[service_name, element] = median([_timed(client, element) for _ in range(plan.calls)])
+                    medians[service_name, element] = median([_timed(client, element) for _ in range(plan.rounds)])
             service.stop()
     rows = [[ELEMENTS[element], *(medians[service, element] * 1000 for service in SERVICES)] for element in ELEMENTS]
     print_table(["prepareFile of a cached file, median ms", *SERVICES], rows)
