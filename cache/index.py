@@ -400,15 +400,20 @@ class Index:
     def drop_source(self, se: str, path: str, now: float, *, tree: bool) -> list[str]:
         """Mark the staged copies of ``path`` on ``se`` (and, with ``tree``, of every file below it)
         dropped, in one transaction: no lookup finds them, no new read lease is taken on them, their
-        names and pins go and they come first for eviction; return their ids. The readers they have keep their leases."""
+        names and pins go and they come first for eviction; return their ids. The readers they have
+        keep their leases. One range of the source index: the cost follows the copies dropped."""
         below = path.rstrip("/") + "/"
-        # Below: source paths from "<path>/" up to "<path>0" ('0' follows '/'), along the source index.
-        where = "(e.source_path = :path OR (:tree AND e.source_path >= :below AND e.source_path < :after))"
+        # One range of the source index holds the path and all below it: from "<path>" up to "<path>0"
+        # ('0' follows '/'); what else sorts in there ("<path>-1") is left out by the exact test.
+        where = (
+            "e.source_path >= :path AND e.source_path < :after"
+            " AND (e.source_path = :path OR (:tree AND substr(e.source_path, 1, :length) = :below))"
+        )
         with self.transaction():
             rows = self._db.execute(
                 "UPDATE entries AS e SET dropped = :now, pinned_until = 0, last_access = 0"
-                f" WHERE e.area = 'staged' AND e.se = :se AND e.dropped IS NULL AND {where} RETURNING id",
-                {"se": se, "path": path, "tree": tree, "below": below, "after": below[:-1] + "0", "now": now},
+                f" WHERE e.se = :se AND {where} AND e.area = 'staged' AND e.dropped IS NULL RETURNING id",
+                {"se": se, "path": path, "tree": tree, "below": below, "length": len(below), "after": below[:-1] + "0", "now": now},
             ).fetchall()
             self._db.executemany("DELETE FROM aliases WHERE entry_id = ?", rows)
         return [entry_id for (entry_id,) in rows]
