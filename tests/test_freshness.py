@@ -1,7 +1,7 @@
 """Freshness of cached copies: revalidation, stale-if-error, and writes that drop cached copies.
 
-Real services in front of a real file element and a real WebDAV server
-(wsgidav), read through the RPC methods, the storage door and the side
+Real services in front of a real file element, a real WebDAV server
+(wsgidav) and a real XRootD server, read through the RPC methods, the storage door and the side
 server as users read them (requests, curl). Sources are changed behind the
 service's back on their directories; a WebDAV server is stopped to make its
 element unreachable. Services that must not revalidate within a test run
@@ -25,15 +25,25 @@ from typing import Any
 import pytest
 import requests
 from fixtures.http_side import curl
-from fixtures.proxy import Place, ProxyService, file_place, ok, proxy_config, refused, unique, webdav_place
+from fixtures.proxy import (
+    Place,
+    ProxyService,
+    file_place,
+    ok,
+    proxy_config,
+    refused,
+    unique,
+    webdav_place,
+    xroot_place,
+)
 from fixtures.service import start_service
-from fixtures.storage_servers import LOOPBACK, LoopbackCA, run_webdav
+from fixtures.storage_servers import LOOPBACK, LoopbackCA, XRootDServer, run_webdav
 
 from seproxy.cache import Cache, StagingWriter
 from seproxy.config import ConfigError, settings_from_dict
 
-FILE, DAV = "FRESH-FILE", "FRESH-DAV"
-ELEMENTS = {"file": FILE, "webdav": DAV}
+FILE, DAV, XROOT = "FRESH-FILE", "FRESH-DAV", "FRESH-XROOT"
+ELEMENTS = {"file": FILE, "webdav": DAV, "xroot": XROOT}
 HOUR = 3600
 WARNING = '111 - "Revalidation Failed"'
 
@@ -47,9 +57,11 @@ def start_fresh(pki: Any, directory: Path, places: list[Place], revalidate_after
 
 
 @pytest.fixture(scope="module")
-def services(pki: Any, tmp_path_factory: pytest.TempPathFactory, storage_ca: LoopbackCA) -> Iterator[dict[str, ProxyService]]:
-    """"hour": copies stay fresh for an hour; "second": for one second. Both on one file element
-    and one WebDAV server (directories of their own)."""
+def services(
+    pki: Any, tmp_path_factory: pytest.TempPathFactory, storage_ca: LoopbackCA, xrootd_server: XRootDServer
+) -> Iterator[dict[str, ProxyService]]:
+    """"hour": copies stay fresh for an hour; "second": for one second. Each with a file element, and
+    directories of their own on one WebDAV server and on the XRootD server."""
     directory = tmp_path_factory.mktemp("freshness")
     dav_root = directory / "dav"
     dav_root.mkdir()
@@ -57,7 +69,11 @@ def services(pki: Any, tmp_path_factory: pytest.TempPathFactory, storage_ca: Loo
         url = stack.enter_context(run_webdav(dav_root, storage_ca))
         running = {}
         for name, seconds in (("hour", HOUR), ("second", 1)):
-            places = [file_place(FILE, directory / name / "file-se"), webdav_place(DAV, url, dav_root, storage_ca)]
+            places = [
+                file_place(FILE, directory / name / "file-se"),
+                webdav_place(DAV, url, dav_root, storage_ca),
+                xroot_place(XROOT, xrootd_server),
+            ]
             running[name] = start_fresh(pki, directory / name, places, seconds)
             stack.callback(running[name].process.stop)
             stack.callback(running[name].close_clients)
@@ -214,6 +230,7 @@ def test_an_overwrite_by_upload_file_is_read_at_once(hour: ProxyService, plugin:
     hour.store(se, lfn, first)
     assert hour.fetch(se, lfn) == first
     old_url = ok(hour.call("prepareFileForHTTP", lfn))["HttpURL"]
+    assert requests.get(old_url, timeout=30).content == first  # its read lease lingers a moment after
 
     hour.store(se, lfn, second)
     old_name = hour.download(f"getFile/{lfn.lstrip('/')}")
