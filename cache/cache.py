@@ -476,8 +476,9 @@ class Cache:
 
     @_full_index_is_enospc
     def record_check(self, entry_id: str, failure: str | None = None) -> None:
-        """One revalidation of a staged copy against its source: it matched (``failure`` None: its
-        freshness starts again now) or it could not be compared, ``failure`` saying why."""
+        """One revalidation of a staged copy against its source: it matched (``failure`` None), or it
+        could not be compared, ``failure`` saying why. Either way its freshness starts again now:
+        a source that cannot be reached is asked again when the copy is due, not by every reader."""
         self._index.record_check(check_entry_id(entry_id), time.time(), failure)
 
     @_full_index_is_enospc

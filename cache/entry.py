@@ -38,9 +38,9 @@ class Entry:
     # Checksums computed on first request (the HTTP side's Want-Digest), hex.
     md5: str | None = None
     sha256: str | None = None
-    # When the copy was last found to match its source (None: not since it was staged).
-    verified: float | None = None
-    # Why the last attempt to revalidate it failed (the source unreachable); None once one succeeds.
+    # When the copy was last compared with its source, or tried to be (None: not since it was staged).
+    checked: float | None = None
+    # Why that last comparison could not be made (the source unreachable); None when it was made.
     unverified: str | None = None
     # When a write through seproxy replaced or removed its source: never handed to a new reader.
     dropped: float | None = None
@@ -51,9 +51,9 @@ class Entry:
         return self.source_mtime if self.source_mtime is not None else self.created
 
     @property
-    def checked(self) -> float:
-        """When the copy was last known to match its source: its last revalidation, else its staging."""
-        return self.verified if self.verified is not None else self.created
+    def fresh_since(self) -> float:
+        """What its freshness counts from: its last revalidation (made or failed), else its staging."""
+        return self.checked if self.checked is not None else self.created
 
 
 @dataclass(frozen=True)

@@ -130,10 +130,10 @@ ALTER TABLE entries ADD COLUMN md5 TEXT;
 ALTER TABLE entries ADD COLUMN sha256 TEXT;
 """
 
-# Freshness: when a staged copy was last revalidated against its source (or why that failed), and
+# Freshness: when a staged copy was last revalidated against its source (and why that failed), and
 # when a write through seproxy dropped it (kept only for the readers it had then).
 _FRESHNESS_V6 = """
-ALTER TABLE entries ADD COLUMN verified REAL;
+ALTER TABLE entries ADD COLUMN checked REAL;
 ALTER TABLE entries ADD COLUMN unverified TEXT;
 ALTER TABLE entries ADD COLUMN dropped REAL;
 """
@@ -148,7 +148,7 @@ CRASH_MARKS_VERSION = 4
 _FIELDS = (
     "id", "area", "size", "xxh3", "adler32", "se", "source_path", "owner", "name",
     "created", "last_access", "pinned_until", "upload_pending", "source_mtime", "md5", "sha256",
-    "verified", "unverified", "dropped",
+    "checked", "unverified", "dropped",
 )  # fmt: skip
 # The checksums that may be recorded after the entry was written (column names): adler32 for
 # entries written before it was always computed.
@@ -390,12 +390,8 @@ class Index:
         self._change(f"UPDATE entries SET {algorithm} = ? WHERE id = ?", (value, entry_id))
 
     def record_check(self, entry_id: str, now: float, failure: str | None) -> None:
-        """The outcome of one revalidation: the copy matched its source at ``now``, or ``failure`` says why
-        it could not be compared (the time of the last success stays)."""
-        if failure is None:
-            self._change("UPDATE entries SET verified = ?, unverified = NULL WHERE id = ?", (now, entry_id))
-        else:
-            self._change("UPDATE entries SET unverified = ? WHERE id = ?", (failure, entry_id))
+        """One revalidation at ``now``: the copy matched its source, or ``failure`` says why it could not be compared."""
+        self._change("UPDATE entries SET checked = ?, unverified = ? WHERE id = ?", (now, failure, entry_id))
 
     def drop_source(self, se: str, path: str, now: float, *, tree: bool) -> list[str]:
         """Mark the staged copies of ``path`` on ``se`` (and, with ``tree``, of every file below it)

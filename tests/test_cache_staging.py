@@ -82,7 +82,7 @@ def test_an_index_of_the_first_version_gets_the_new_columns(tmp_path: Path) -> N
     with Cache(tmp_path / "cache", quota=1 << 30, min_free=0) as cache:
         entry = cache.stage("SE", "/f", source(b"abc", 3))
     db = sqlite3.connect(tmp_path / "cache" / "index.sqlite3")
-    for column in ("source_mtime", "md5", "sha256", "verified", "unverified", "dropped"):
+    for column in ("source_mtime", "md5", "sha256", "checked", "unverified", "dropped"):
         db.execute(f"ALTER TABLE entries DROP COLUMN {column}")
     db.execute("PRAGMA user_version = 4")
     db.commit()

@@ -154,12 +154,12 @@ def test_after_revalidate_after_a_changed_source_is_staged_again_and_an_unchange
     source.write_bytes(first)
     assert service.fetch(se, lfn) == first
     (kept,) = staged_copies(service, se, lfn)
-    assert kept.verified is None
+    assert kept.checked is None
 
     time.sleep(1.2)
     assert service.fetch(se, lfn) == first  # compared with the source, found current: the same copy
     (checked,) = staged_copies(service, se, lfn)
-    assert checked.id == kept.id and checked.verified is not None and checked.verified > kept.created
+    assert checked.id == kept.id and checked.checked is not None and checked.checked > kept.created
 
     rewrite(source, second)
     time.sleep(1.2)
@@ -323,16 +323,16 @@ def test_a_drop_waits_for_the_staging_in_progress_and_drops_it_too(tmp_path: Pat
         assert cache.lookup("SE", "/f") is None and cache.get(staged.id) is None
 
 
-def test_a_revalidation_is_recorded_once_and_a_failed_one_until_one_succeeds(tmp_path: Path) -> None:
+def test_a_revalidation_restarts_freshness_and_a_failed_one_marks_the_copy_until_one_succeeds(tmp_path: Path) -> None:
     with Cache(tmp_path / "cache", quota=1 << 30, min_free=0) as cache:
         entry = cache.stage("SE", "/f", bytes_of(b"f"))
-        assert entry.checked == entry.created and entry.unverified is None
+        assert entry.fresh_since == entry.created and entry.unverified is None
         cache.record_check(entry.id, failure="SE: /f: storage at host: unreachable")
         failed = cache.get(entry.id)
-        assert failed is not None and failed.unverified and failed.checked == entry.created
+        assert failed is not None and failed.unverified and failed.fresh_since > entry.created
         cache.record_check(entry.id)
         current = cache.get(entry.id)
-        assert current is not None and current.unverified is None and current.checked > entry.created
+        assert current is not None and current.unverified is None and current.fresh_since >= failed.fresh_since
 
 
 def test_revalidate_after_is_a_duration_of_zero_or_more() -> None:

@@ -14,7 +14,9 @@ file element whose ADLER32 is not recorded a read of the whole file
 (``bench/freshness.py`` measures it). An older one is compared (size, mtime,
 ADLER32 where the source offers one) and staged again if it changed; when
 the source cannot be reached, it is served anyway and marked so
-(stale-if-error), while a source that answers "no such file" drops it.
+(stale-if-error) until a later comparison succeeds; the failed one counts
+for freshness, so that a source that hangs is not asked by every reader.
+A source that answers "no such file" drops the copy.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class Stager:
         path = element.normalize(pfn)
         check_access(se, caller, (Access.READ, Access.STAGE), path)
         cached = self.cache.lookup(se, path)
-        fresh = cached is not None and not revalidate and time.time() - cached.checked < self.revalidate_after
+        fresh = cached is not None and not revalidate and time.time() - cached.fresh_since < self.revalidate_after
         force = False
         if not fresh:
             source = self._source(element, path, cached)
