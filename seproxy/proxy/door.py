@@ -219,7 +219,6 @@ class DoorHandler(CacheUploadBody):
 
     async def _serve(self) -> None:
         stager, cache = self.resources.stager, self.resources.cache
-
         revalidate = wants_revalidation(self.request.headers)
 
         def stage(se: str, pfn: str) -> Entry:
@@ -339,9 +338,9 @@ class DoorHandler(CacheUploadBody):
                 with cache.open_read(entry.id) as lease:
                     element.upload(lease.path, path, checksums={"adler32": entry.adler32} if entry.adler32 else None)
             finally:
+                cache.drop_source(se, path)  # the old copy is wrong now, and so is a partial write's
                 cache.mark_uploaded(entry.id)
                 cache.remove(entry.id, force=True)
-                cache.drop_source(se, path)
 
         try:
             await self._run(push)

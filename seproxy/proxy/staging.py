@@ -8,8 +8,8 @@ that concurrent callers of one file share one download. It never touches a
 request: what it raises, ``seproxy.errors`` answers.
 
 Freshness: a copy younger than ``cache.revalidate_after`` (since it was
-staged or last revalidated) is served without asking its source, as XCache
-and nginx do: a comparison costs a PROPFIND and a HEAD on WebDAV, and on a
+staged or last revalidated) is served without asking its source, as nginx
+does (XCache never asks): a comparison costs a PROPFIND and a HEAD on WebDAV, and on a
 file element whose ADLER32 is not recorded a read of the whole file
 (``bench/freshness.py`` measures it). An older one is compared (size, mtime,
 ADLER32 where the source offers one) and staged again if it changed; when
