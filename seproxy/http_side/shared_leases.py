@@ -16,7 +16,8 @@ another download took it meanwhile. Eviction and purge wait at most that
 long for a file nobody reads any more.
 
 A download that joins a lease held already reads the entry's row (a read,
-no write): a file that a write through seproxy dropped meanwhile stays for
+no write), so it sees what changed since (a copy marked stale, a checksum
+recorded); a file that a write through seproxy dropped meanwhile stays for
 the downloads it has, and is not served to a new one.
 """
 
@@ -85,22 +86,24 @@ class SharedLeases:
     def _acquire(self, entry_id: str) -> Entry:
         with self._lock:
             held = self._held.get(entry_id)
-            if held is not None and self._dropped(entry_id):
-                raise FileNotFoundError(errno.ENOENT, "the file was replaced or removed since", entry_id)
-            if held is None:
-                lease = self._cache.acquire_read(entry_id)
-                if not os.path.realpath(lease.path).startswith(self._data_dir):
-                    self._cache.release(lease)
-                    raise OutsideCache(f"cache entry {entry_id} resolves outside {self._data_dir}")
-                held = self._held[entry_id] = _Held(lease, 0)
-            held.users += 1
-            return held.lease.entry
+            if held is not None:
+                return self._join(held, entry_id)
+            lease = self._cache.acquire_read(entry_id)
+            if not os.path.realpath(lease.path).startswith(self._data_dir):
+                self._cache.release(lease)
+                raise OutsideCache(f"cache entry {entry_id} resolves outside {self._data_dir}")
+            self._held[entry_id] = _Held(lease, 1)
+            return lease.entry
 
-    def _dropped(self, entry_id: str) -> bool:
-        """Whether a write through seproxy dropped the entry since its lease was taken (an index read,
-        no write): its present readers keep it, a new one must not get the old bytes."""
+    def _join(self, held: _Held, entry_id: str) -> Entry:
+        """A new download of a file whose lease is held: the entry as the index has it now (an index
+        read, no write), unless a write through seproxy dropped it since: the downloads it has keep
+        it, a new one must not get the old bytes."""
         entry = self._cache.get(entry_id)
-        return entry is None or entry.dropped is not None
+        if entry is None or entry.dropped is not None:
+            raise FileNotFoundError(errno.ENOENT, "the file was replaced or removed since", entry_id)
+        held.users += 1
+        return entry
 
     def _release(self, entry_id: str) -> None:
         with self._lock:
