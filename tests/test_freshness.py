@@ -96,9 +96,9 @@ _STAMPS = itertools.count(1_700_000_000)
 
 
 def rewrite(path: Path, data: bytes) -> None:
-    """Change a source behind the service's back, with an mtime of its own: grid storage keeps a
-    file's ADLER32 with the second of its mtime (XRootD's record), so a rewrite within the same
-    second would pass for unchanged (a storage limit, not the cache's)."""
+    """Change a source behind the service's back, with an mtime of its own: a file element keeps a
+    file's ADLER32 with the second of its mtime (XRootD's record), so after a rewrite within the same
+    second the old record would still look valid and the new bytes would fail their checksum."""
     path.write_bytes(data)
     stamp = next(_STAMPS)
     os.utime(path, (stamp, stamp))
