@@ -75,6 +75,11 @@ class NewEntry:
     fields: dict[str, Any]
 
 
+def _staging_lock(se: str, path: str) -> str:
+    """The lock a staging of ``path`` on ``se`` holds from its lookup to its commit (in every process)."""
+    return f"stage\0{se}\0{path}"
+
+
 def _no_entry(entry_id: str) -> FileNotFoundError:
     return FileNotFoundError(errno.ENOENT, "no such cache entry", entry_id)
 
@@ -210,7 +215,7 @@ class Cache:
         """
 
         def work() -> Entry:
-            with self._locks.hold(f"stage\0{se}\0{path}"):
+            with self._locks.hold(_staging_lock(se, path)):
                 now = time.time()
                 cached = self._index.find_source(se, path)
                 hit = cached is not None and not force
@@ -514,6 +519,31 @@ class Cache:
         except BaseException:
             self.traffic.back(counts)
             raise
+
+    @_full_index_is_enospc
+    def record_check(self, entry_id: str, failure: str | None = None) -> None:
+        """One revalidation of a staged copy against its source: it matched (``failure`` None), or it
+        could not be compared, ``failure`` saying why. Either way its freshness starts again now:
+        a source that cannot be reached is asked again when the copy is due, not by every reader."""
+        self._index.record_check(check_entry_id(entry_id), time.time(), failure)
+
+    @_full_index_is_enospc
+    def drop_source(self, se: str, path: str, *, tree: bool = False) -> int:
+        """What every write or removal through seproxy does once the storage element has it: forget
+        the cached copies of ``path`` on ``se`` (with ``tree``, of every file below it too).
+
+        Atomic for every process: after the one index transaction no lookup,
+        link or ``getFile`` name reaches them, so no new reader gets the old
+        bytes. A staging of ``path`` in progress is waited for (it holds the
+        same lock) and dropped with the rest. A copy being read stays for
+        its readers until their leases go, unpinned and marked least
+        recently used, so that the next eviction or purge takes it first; the
+        others are removed now. Returns how many copies were dropped."""
+        with self._locks.hold(_staging_lock(se, path)):
+            dropped = self._index.drop_source(se, path, time.time(), tree=tree)
+        entries = [entry for entry in map(self._index.get, dropped) if entry is not None]
+        self.delete_batch(entries, force=True)
+        return len(dropped)
 
     # --- names, pins, uploads
 

@@ -40,11 +40,22 @@ class Entry:
     # Checksums computed on first request (the HTTP side's Want-Digest), hex.
     md5: str | None = None
     sha256: str | None = None
+    # When the copy was last compared with its source, or tried to be (None: not since it was staged).
+    checked: float | None = None
+    # Why that last comparison could not be made (the source unreachable); None when it was made.
+    unverified: str | None = None
+    # When a write through seproxy replaced or removed its source: never handed to a new reader.
+    dropped: float | None = None
 
     @property
     def modified(self) -> float:
         """The file's modification time as served: the source's where known, else when it was cached."""
         return self.source_mtime if self.source_mtime is not None else self.created
+
+    @property
+    def fresh_since(self) -> float:
+        """What its freshness counts from: its last revalidation (made or failed), else its staging."""
+        return self.checked if self.checked is not None else self.created
 
 
 @dataclass(frozen=True)

@@ -161,8 +161,17 @@ CREATE TABLE growing (
 CREATE INDEX growing_source ON growing (se, source_path);
 """
 
+# Freshness: when a staged copy was last revalidated against its source (and why that failed), and
+# when a write through seproxy dropped it (kept only for the readers it had then).
+_FRESHNESS_V8 = """
+ALTER TABLE entries ADD COLUMN checked REAL;
+ALTER TABLE entries ADD COLUMN unverified TEXT;
+ALTER TABLE entries ADD COLUMN dropped REAL;
+"""
+
 _MIGRATIONS = (
     _ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5, _TRAFFIC_V6, _GROWING_V7,
+    _FRESHNESS_V8,
 )  # fmt: skip
 SCHEMA_VERSION = len(_MIGRATIONS)
 # From this version on, a crash leaves marks; an index of an earlier version
@@ -173,6 +182,7 @@ CRASH_MARKS_VERSION = 4
 _FIELDS = (
     "id", "area", "size", "xxh3", "adler32", "se", "source_path", "owner", "name",
     "created", "last_access", "pinned_until", "upload_pending", "source_mtime", "md5", "sha256",
+    "checked", "unverified", "dropped",
 )  # fmt: skip
 # The checksums that may be recorded after the entry was written (column names): adler32 for
 # entries written before it was always computed.
@@ -334,9 +344,11 @@ class Index:
         return found[0] if found else None
 
     def find_source(self, se: str, source_path: str) -> Entry | None:
-        """The newest staged copy of a source (a forced re-stage may leave an older one in use)."""
+        """The newest staged copy of a source (a forced re-stage may leave an older one in use), unless dropped."""
         found = self._entries(
-            "e.area = 'staged' AND e.se = ? AND e.source_path = ?", (se, source_path), "e.created DESC"
+            "e.area = 'staged' AND e.se = ? AND e.source_path = ? AND e.dropped IS NULL",
+            (se, source_path),
+            "e.created DESC",
         )
         return found[0] if found else None
 
@@ -410,6 +422,31 @@ class Index:
         if algorithm not in _RECORDED_DIGESTS:
             raise ValueError(f"no {algorithm!r} checksum is kept in the index")
         self._change(f"UPDATE entries SET {algorithm} = ? WHERE id = ?", (value, entry_id))
+
+    def record_check(self, entry_id: str, now: float, failure: str | None) -> None:
+        """One revalidation at ``now``: the copy matched its source, or ``failure`` says why it could not be compared."""
+        self._change("UPDATE entries SET checked = ?, unverified = ? WHERE id = ?", (now, failure, entry_id))
+
+    def drop_source(self, se: str, path: str, now: float, *, tree: bool) -> list[str]:
+        """Mark the staged copies of ``path`` on ``se`` (and, with ``tree``, of every file below it)
+        dropped, in one transaction: no lookup finds them, no new read lease is taken on them, their
+        names and pins go and they come first for eviction; return their ids. The readers they have
+        keep their leases. One range of the source index: the cost follows the copies dropped."""
+        below = path.rstrip("/") + "/"
+        # One range of the source index holds the path and all below it: from "<path>" up to "<path>0"
+        # ('0' follows '/'); what else sorts in there ("<path>-1") is left out by the exact test.
+        where = (
+            "e.source_path >= :path AND e.source_path < :after"
+            " AND (e.source_path = :path OR (:tree AND substr(e.source_path, 1, :length) = :below))"
+        )
+        with self.transaction():
+            rows = self._db.execute(
+                "UPDATE entries AS e SET dropped = :now, pinned_until = 0, last_access = 0"
+                f" WHERE e.se = :se AND {where} AND e.area = 'staged' AND e.dropped IS NULL RETURNING id",
+                {"se": se, "path": path, "tree": tree, "below": below, "length": len(below), "after": below[:-1] + "0", "now": now},
+            ).fetchall()
+            self._db.executemany("DELETE FROM aliases WHERE entry_id = ?", rows)
+        return [entry_id for (entry_id,) in rows]
 
     def touch(self, entry_id: str, now: float) -> None:
         self._change("UPDATE entries SET last_access = ? WHERE id = ?", (now, entry_id))
@@ -553,9 +590,9 @@ class Index:
     # --- leases
 
     def add_lease(self, entry_id: str, kind: str, holder: Holder, expires: float, now: float) -> int | None:
-        """Record a lease; a read lease only on an existing entry (then also its last access)."""
+        """Record a lease; a read lease only on an existing entry not dropped (then also its last access)."""
         with self.transaction():
-            touched = "UPDATE entries SET last_access = ? WHERE id = ?"
+            touched = "UPDATE entries SET last_access = ? WHERE id = ? AND dropped IS NULL"
             if kind == "read" and self._db.execute(touched, (now, entry_id)).rowcount == 0:
                 return None
             cursor = self._db.execute(

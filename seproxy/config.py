@@ -87,6 +87,10 @@ def _positive(value: float) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
 def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number from 0 to 65535 (0: any free port)"
 
@@ -173,6 +177,11 @@ class CacheSettings:
     # each worker process; more wait for one to end. Each runs to its end (at most service.call_timeout)
     # even when its reader leaves, so that the next reader finds the file.
     background_stagings: int = field(default=4, metadata=_check(_positive))
+    # A staged copy is served without asking its storage element for this long after it was staged
+    # or last revalidated; later it is compared with the source (size, mtime, ADLER32 where offered)
+    # before it is served, and staged again if it changed. 0: compare before every use. Writes through
+    # seproxy drop the cached copy at once, whatever this says (docs/operations.md, "Freshness").
+    revalidate_after: Duration = field(default=Duration(600), metadata=_check(_not_negative))
 
 
 @dataclass

@@ -77,11 +77,12 @@ def test_source_mtime_and_recorded_digests_are_kept(cache: Cache) -> None:
 
 
 def test_an_index_of_the_first_version_gets_the_new_columns(tmp_path: Path) -> None:
-    """An index file written before source_mtime, md5 and sha256 existed (schema 4) opens, and its entries stay."""
+    """An index file written before source_mtime, md5, sha256 and the freshness columns existed (schema 4)
+    opens, and its entries stay."""
     with Cache(tmp_path / "cache", quota=1 << 30, min_free=0) as cache:
         entry = cache.stage("SE", "/f", source(b"abc", 3))
     db = sqlite3.connect(tmp_path / "cache" / "index.sqlite3")
-    for column in ("source_mtime", "md5", "sha256"):
+    for column in ("source_mtime", "md5", "sha256", "checked", "unverified", "dropped"):
         db.execute(f"ALTER TABLE entries DROP COLUMN {column}")
     db.execute("DROP TABLE traffic")  # and what later versions added
     db.execute("DROP TABLE growing")

@@ -130,13 +130,19 @@ class Downloads:
         if request.method == "GET" and link.single_use and not self._links.claim(link.id, time.time()):
             return plain(403, "this single-use link was already used")
         pieces = framed(chosen, body, representation)
-        headers = {**chosen.headers, **extra, "Content-Disposition": _attachment(link.name)}
+        headers = {**chosen.headers, **extra, **staleness(entries), "Content-Disposition": _attachment(link.name)}
         return Response(chosen.status, list(headers.items()), pieces)
 
 
 def entry_representation(cache: Cache, entry: Entry) -> Representation:
     """One cached file as served, wherever it is served from (the side server, the door)."""
     return Representation(entry.size, Validators(f'"{entry.xxh3}"', entry.modified), recorded_digests(cache, entry))
+
+
+def staleness(entries: list[Entry]) -> dict[str, str]:
+    """The header that tells a client its copy could not be revalidated (the source was unreachable
+    when last asked), as RFC 7234 caches say it; none for copies known current."""
+    return {"Warning": '111 - "Revalidation Failed"'} if any(entry.unverified for entry in entries) else {}
 
 
 def recorded_digests(cache: Cache, entry: Entry) -> DigestOf:

@@ -14,10 +14,16 @@ cost two SQLite writes per request. So a lease is kept ``LINGER`` seconds
 after its last download ends, and dropped then by a sweeper thread unless
 another download took it meanwhile. Eviction and purge wait at most that
 long for a file nobody reads any more.
+
+A download that joins a lease held already reads the entry's row (a read,
+no write), so it sees what changed since (a copy marked stale, a checksum
+recorded); a file that a write through seproxy dropped meanwhile stays for
+the downloads it has, and is not served to a new one.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -94,9 +100,17 @@ class SharedLeases:
                 if not os.path.realpath(lease.path).startswith(self._data_dir):
                     self._cache.release(lease)
                     raise OutsideCache(f"cache entry {entry_id} resolves outside {self._data_dir}")
-                held = self._held[entry_id] = _Held(lease, 0)
-            held.users += 1
-            return held.lease.entry
+                self._held[entry_id] = _Held(lease, 1)
+                return lease.entry
+            held.users += 1  # the lease stays while the index is read, outside the lock
+        # Joining a lease held already: the entry as the index has it now (a read, no write), unless a
+        # write through seproxy dropped it since: the downloads it has keep it, a new one must not
+        # get the old bytes.
+        entry = self._cache.get(entry_id)
+        if entry is None or entry.dropped is not None:
+            self._release(entry_id)
+            raise FileNotFoundError(errno.ENOENT, "the file was replaced or removed since", entry_id)
+        return entry
 
     def _release(self, entry_id: str) -> None:
         with self._lock:

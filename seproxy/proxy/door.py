@@ -35,6 +35,7 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import tornado.httputil
 import tornado.iostream
 import tornado.web
 
@@ -45,7 +46,7 @@ from seproxy.errors import Refusal, failure
 from seproxy.http_side.body import FileSlice, Piece
 from seproxy.http_side.conditional import Validators
 from seproxy.http_side.digests import digest_headers
-from seproxy.http_side.downloads import entry_representation, file_properties, propfind_answer, refusal
+from seproxy.http_side.downloads import entry_representation, file_properties, propfind_answer, refusal, staleness
 from seproxy.http_side.propfind import MULTISTATUS_TYPE, FileProperties, finite_depth_error
 from seproxy.http_side.representation import OCTET_STREAM, Representation, framed, plan
 from seproxy.http_side.request import MAX_BODY, RequestHead
@@ -77,6 +78,18 @@ _CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-
 
 def door_routes(prefix: str) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
     return [(re.escape(prefix) + r"(/.*)?", DoorHandler)]
+
+
+def wants_revalidation(headers: tornado.httputil.HTTPHeaders) -> bool:
+    """Whether a GET asks that a cached copy be compared with its source first: ``Cache-Control:
+    no-cache`` or ``max-age=0`` (RFC 9111), or HTTP/1.0's ``Pragma: no-cache``."""
+    directives = {
+        part.strip(" \t").lower()
+        for name in ("Cache-Control", "Pragma")
+        for value in headers.get_list(name)
+        for part in value.split(",")
+    }
+    return bool(directives & {"no-cache", "max-age=0"})
 
 
 class _InfiniteDepth(Exception):
@@ -220,11 +233,6 @@ class DoorHandler(CacheUploadBody):
         element = self.resources.stager.element(self.caller, se, write=write)
         return se, element, element.normalize(template.replace(LFN_FIELD, self.lfn))
 
-    def _drop_cached(self, se: str, path: str) -> None:
-        cached = self.resources.cache.lookup(se, path)
-        if cached is not None:
-            self.resources.cache.remove(cached.id, force=True)
-
     # -- reading ----------------------------------------------------------------
 
     async def get(self, _path: str | None = None) -> None:
@@ -235,9 +243,10 @@ class DoorHandler(CacheUploadBody):
 
     async def _serve(self) -> None:
         stager, cache = self.resources.stager, self.resources.cache
+        revalidate = wants_revalidation(self.request.headers)
 
         def stage(se: str, pfn: str) -> Entry | Growing:
-            return stager.open(self.caller, se, pfn, name=self.lfn)
+            return stager.open(self.caller, se, pfn, name=self.lfn, revalidate=revalidate)
 
         _se, found, _errors = await self._run(lambda: first_replica(self._places(), self.lfn, stage, "door GET"))
         if isinstance(found, Growing):
@@ -256,7 +265,8 @@ class DoorHandler(CacheUploadBody):
                 await self._send(refused, refused.body)
                 return
             pieces = framed(chosen, [FileSlice(lease.path, 0, lease.entry.size, se=lease.entry.se)], representation)
-            await self._send(Response(chosen.status, list(chosen.headers.items())), pieces)
+            headers = {**chosen.headers, **staleness([lease.entry])}
+            await self._send(Response(chosen.status, list(headers.items())), pieces)
         finally:
             await self._run(lambda: cache.release(lease))
 
@@ -408,9 +418,9 @@ class DoorHandler(CacheUploadBody):
                 with cache.open_read(entry.id) as lease:
                     element.upload(lease.path, path, checksums={"adler32": entry.adler32} if entry.adler32 else None)
             finally:
+                cache.drop_source(se, path)  # the old copy is wrong now, and so is a partial write's
                 cache.mark_uploaded(entry.id)
                 cache.remove(entry.id, force=True)
-            self._drop_cached(se, path)
 
         try:
             await self._run(push)
@@ -432,11 +442,14 @@ class DoorHandler(CacheUploadBody):
     def _remove(self) -> None:
         se, element, path = self._primary(write=True)
         check_access(se, self.caller, (Access.MODIFY,), path)
-        if element.stat(path).is_dir:
-            element.rmdir(path)
-        else:
-            element.remove(path)
-            self._drop_cached(se, path)
+        directory = element.stat(path).is_dir
+        try:
+            if directory:
+                element.rmdir(path)
+            else:
+                element.remove(path)
+        finally:
+            self.resources.cache.drop_source(se, path, tree=directory)
 
     async def mkcol(self, _path: str | None = None) -> None:
         await self._answer(lambda: self._done(201, self._make_directory))

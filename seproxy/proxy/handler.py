@@ -199,9 +199,12 @@ class StorageElementProxyHandler(RPCHandler):
         if entry is None or not entry.upload_pending:
             return S_ERROR(errno.ENOENT, f"no file {name!r} waiting to be uploaded: send it first (sendFile)")
         checksums = {"adler32": entry.adler32} if entry.adler32 else None
-        with cache.open_read(entry.id) as lease:
-            check_cancelled()
-            stored = element.upload(lease.path, path, checksums=checksums)
+        try:
+            with cache.open_read(entry.id) as lease:
+                check_cancelled()
+                stored = element.upload(lease.path, path, checksums=checksums)
+        finally:
+            cache.drop_source(se, path)  # the old copy is wrong now, and so is a partial write's
         cache.mark_uploaded(entry.id)
         return S_OK({"PFN": element.url(path), "Size": stored.size, "Checksum": entry.adler32 or ""})
 
@@ -217,7 +220,9 @@ class StorageElementProxyHandler(RPCHandler):
         paths = paths_of(args[0])
         options = options_of(operation, name, args[1:], kwargs)
         check = functools.partial(check_access, se, self.caller, (operation.access,))
-        return S_OK(run_bulk(element, operation, paths, options, check))
+        # A write or removal, done or failed half-way, leaves no cached copy of what it touched.
+        done = functools.partial(self.resources.cache.drop_source, se, tree=True) if operation.writes else None
+        return S_OK(run_bulk(element, operation, paths, options, check, done))
 
     def export_prepareFileForHTTP(self, lfns: str | list[Any]) -> dict[str, Any]:
         """Stage files by LFN; answer with one signed ``HttpURL`` for them (a tar archive for several)."""

@@ -146,15 +146,21 @@ def run_bulk(
     paths: list[str],
     options: dict[str, Any],
     check: Callable[[str], None] = lambda path: None,
+    done: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
-    """Run ``operation`` for every path that passes ``check``; an ``OSError`` fails that path only."""
+    """Run ``operation`` for every path that passes ``check``; an ``OSError`` fails that path only.
+    ``done(path)`` follows every run, whether it succeeded or failed."""
     successful: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for original in paths:
         try:
             path = element.normalize(original)
             check(path)
-            successful[original] = operation.run(element, path, **options)
+            try:
+                successful[original] = operation.run(element, path, **options)
+            finally:
+                if done is not None:
+                    done(path)
         except OSError as exc:
             failed[original] = str(exc.strerror or exc)
     return {"Successful": successful, "Failed": failed}

@@ -34,8 +34,9 @@ class ProxyResources:
             for name, spec in settings.storage_elements.items()
         }
         stager = Stager(
-            cache, elements, background=settings.cache.background_stagings, staging_limit=settings.service.call_timeout
-        )
+            cache, elements, background=settings.cache.background_stagings, staging_limit=settings.service.call_timeout,
+            revalidate_after=settings.cache.revalidate_after,
+        )  # fmt: skip
         resources = cls(cache, elements, stager)
         if settings.http.enabled:
             resources.http = HTTPSide(settings, cache, service_host)

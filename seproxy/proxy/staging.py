@@ -14,6 +14,17 @@ of the Stager's own, bounded by the staging limit and not by its reader:
 when that reader leaves, the file is still completed for the next one (as
 XCache and nginx's proxy_cache do), and a second reader in the meantime
 follows the same staging.
+
+Freshness: a copy younger than ``cache.revalidate_after`` (since it was
+staged or last revalidated) is served without asking its source, as nginx
+does (XCache never asks): a comparison costs a PROPFIND and a HEAD on WebDAV, and on a
+file element whose ADLER32 is not recorded a read of the whole file
+(``bench/freshness.py`` measures it). An older one is compared (size, mtime,
+ADLER32 where the source offers one) and staged again if it changed; when
+the source cannot be reached, it is served anyway and marked so
+(stale-if-error) until a later comparison succeeds; the failed one counts
+for freshness, so that a source that hangs is not asked by every reader.
+A source that answers "no such file" drops the copy.
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from seproxy.proxy.rights import check_access, check_rights
 from seproxy.registry import Caller
 from seproxy.rpc.executor import CallCancelled, CallContext, call_in, check_cancelled
 from seproxy.security.scopes import Access
-from seproxy.storage.base import DownloadSink, FileInfo, StorageElement
+from seproxy.storage.base import DownloadSink, FileInfo, StorageElement, StorageUnavailable
 from seproxy.transfer import SErrorException
 from seproxy.transfer.checksum_headers import canonical_adler32
 
@@ -81,11 +92,14 @@ class Stager:
     """
 
     def __init__(
-        self, cache: Cache, elements: dict[str, StorageElement], *, background: int = 4, staging_limit: float = 600.0
-    ) -> None:
+        self, cache: Cache, elements: dict[str, StorageElement], *, background: int = 4, staging_limit: float = 600.0,
+        revalidate_after: float = 0.0,
+    ) -> None:  # fmt: skip
         self.cache = cache
         self.elements = elements
         self.staging_limit = staging_limit
+        # Seconds a copy is served without asking its source (cache.revalidate_after).
+        self.revalidate_after = revalidate_after
         self._pool = ThreadPoolExecutor(max_workers=background, thread_name_prefix="staging")
         # The stagings ``open`` started in this process, by source, until they end.
         self._started: dict[tuple[str, str], tuple[Future[Entry], CallContext]] = {}
@@ -108,22 +122,26 @@ class Stager:
         check_rights(se, element.settings, caller, write=write)
         return element
 
-    def stage(self, caller: Caller, se: str, pfn: str, *, name: str | None = None) -> Entry:
+    def stage(self, caller: Caller, se: str, pfn: str, *, name: str | None = None, revalidate: bool = False) -> Entry:
         """The cache entry for ``pfn`` on ``se``: staged now, or cached and still current.
 
-        ``name`` records the logical file name when the caller knows it.
+        ``name`` records the logical file name when the caller knows it;
+        ``revalidate`` compares a cached copy with its source however fresh
+        it is (a door GET with ``Cache-Control: no-cache``). An entry whose
+        ``unverified`` is set is a copy that could not be revalidated: its
+        source was unreachable (stale-if-error).
         """
-        element, path, _cached, force = self._source(caller, se, pfn)
+        element, path, _cached, force = self._source(caller, se, pfn, revalidate)
         return self._until_staged(element, path, caller.username, name, force)
 
-    def open(self, caller: Caller, se: str, pfn: str, *, name: str | None = None) -> Entry | Growing:
+    def open(self, caller: Caller, se: str, pfn: str, *, name: str | None = None, revalidate: bool = False) -> Entry | Growing:
         """What a reader of ``pfn`` on ``se`` reads: the cached copy if current, else the staging in
         progress (in any process), started now if there is none.
 
         Returns as soon as the staging has announced itself, or with its
-        entry or its error if it ended before that. Same rights as ``stage``.
+        entry or its error if it ended before that. Same rights and freshness as ``stage``.
         """
-        element, path, cached, force = self._source(caller, se, pfn)
+        element, path, cached, force = self._source(caller, se, pfn, revalidate)
         if cached is not None and not force:
             return self._until_staged(element, path, caller.username, name, False)  # a hit: no fetch
         growing = self.cache.growing(se, path)
@@ -148,16 +166,42 @@ class Stager:
         """For a ``Follower`` of ``growing``: whether its staging still runs (its writer lives)."""
         return lambda: self.cache.growing_entry(growing.entry_id) is not None
 
-    def _source(self, caller: Caller, se: str, pfn: str) -> tuple[StorageElement, str, Entry | None, bool]:
-        """The element and clean path of a file ``caller`` may stage, its cached copy, and whether that is stale."""
+    def _source(self, caller: Caller, se: str, pfn: str, revalidate: bool) -> tuple[StorageElement, str, Entry | None, bool]:
+        """The element and clean path of a file ``caller`` may stage, its cached copy, and whether
+        that copy must be staged again (it changed at its source)."""
         element = self.element(caller, se)
         path = element.normalize(pfn)
         check_access(se, caller, (Access.READ, Access.STAGE), path)
-        source = element.stat(path)
+        cached = self.cache.lookup(se, path)
+        if cached is not None and not revalidate and time.time() - cached.fresh_since < self.revalidate_after:
+            return element, path, cached, False
+        source = self._ask_source(element, path, cached)
+        if source is None:
+            return element, path, cached, False
         if source.is_dir:
             raise IsADirectoryError(errno.EISDIR, f"{se}: {path}: is a directory, not a file")
-        cached = self.cache.lookup(se, path)
-        return element, path, cached, cached is not None and stale(cached, source)
+        force = cached is not None and stale(cached, source)
+        if cached is not None and not force:
+            self.cache.record_check(cached.id)
+        return element, path, cached, force
+
+    def _ask_source(self, element: StorageElement, path: str, cached: Entry | None) -> FileInfo | None:
+        """What the storage tells of ``path``; None when it cannot be asked and ``cached`` is served
+        instead (stale-if-error: recorded in the index, so every reader of the copy learns it)."""
+        try:
+            return element.stat(path)
+        except FileNotFoundError:
+            if cached is not None:  # gone from the storage: so is its copy
+                self.cache.drop_source(element.name, path)
+            raise
+        except StorageUnavailable as exc:
+            if cached is None:
+                raise
+            # Storage errors name their element and path already.
+            reason = str(exc.strerror or exc)
+            log.warning("%s: %s: serving the cached copy %s, which could not be revalidated: %s", element.name, path, cached.id, reason)
+            self.cache.record_check(cached.id, failure=reason)
+            return None
 
     def _background(self, element: StorageElement, path: str, owner: str, name: str | None, force: bool) -> Future[Entry]:
         """The staging this process runs for ``open`` (one per source), started if none runs."""
