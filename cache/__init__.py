@@ -1,7 +1,8 @@
 """The staging cache: layout on disk, index, eviction and purge."""
 
 from seproxy.cache.cache import Cache, Fetch, NewEntry
-from seproxy.cache.entry import Area, Entry, ReadLease, Usage
+from seproxy.cache.entry import Area, Entry, Growing, ReadLease, Usage
+from seproxy.cache.follow import Follower, StagingFailed
 from seproxy.cache.index import OutdatedIndex
 from seproxy.cache.purge import PurgeReport, PurgeRule, purge, purging
 from seproxy.cache.writer import StagingWriter, VerificationError
@@ -11,11 +12,14 @@ __all__ = [
     "Cache",
     "Entry",
     "Fetch",
+    "Follower",
+    "Growing",
     "NewEntry",
     "OutdatedIndex",
     "PurgeReport",
     "PurgeRule",
     "ReadLease",
+    "StagingFailed",
     "StagingWriter",
     "Usage",
     "VerificationError",

@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from seproxy.cache.entry import Area, Entry, ReadLease, Usage
+from seproxy.cache.entry import Area, Entry, Growing, ReadLease, Usage
 from seproxy.cache.eviction import Quota, give_up_lru
 from seproxy.cache.index import CRASH_MARKS_VERSION, Index
 from seproxy.cache.layout import Layout, check_entry_id, new_entry_id
@@ -294,17 +294,23 @@ class Cache:
         entry_id = new_entry_id()
         lease = self._take_lease(entry_id, "write")
         owner = fields.get("owner") if area == "upload" else None
+        announce = None
+        if area == "staged":
+            announce = partial(self._announce, entry_id, fields["se"], fields["source_path"], time.time())
         try:
             writer = StagingWriter(
                 self.layout.tmp_path(entry_id), self.space, self._admit, self._make_room,
-                owner=owner,
+                owner=owner, announce=announce,
             )  # fmt: skip
         except BaseException:
             self._drop_lease(lease)
             raise
         new = NewEntry(entry_id, area, writer, lease, alias, fields)
         try:
-            writer.expect(expected_size, expected_checksums)  # refuses what cannot fit, before any byte
+            if expected_size is not None or expected_checksums:
+                # Refuses what cannot fit, before any byte. A staging learns its size from the
+                # source's answer (its fetch calls expect), and announces itself then.
+                writer.expect(expected_size, expected_checksums)
         except BaseException:
             self.abort(new)
             raise
@@ -340,8 +346,16 @@ class Cache:
         self._forget(new.writer)
         try:
             new.writer.discard()
+            if new.area == "staged":
+                self._index.unannounce(new.id)
+        except sqlite3.Error as error:
+            # Its readers see the file gone; the row goes with the lease (reap_leases).
+            log.warning("cannot drop the growing file %s from the index now (%s)", new.id, error)
         finally:
             self._drop_lease(new.lease)
+
+    def _announce(self, entry_id: str, se: str, source_path: str, started: float, writer: StagingWriter) -> None:
+        self._index.announce(entry_id, se, source_path, writer.expected_size, writer.expected_adler32, writer.source_mtime, started)
 
     def _forget(self, writer: StagingWriter) -> None:
         with self._books:
@@ -363,6 +377,7 @@ class Cache:
         try:
             with self._index.transaction():
                 self._index.insert(entry)
+                self._index.unannounce(entry.id)
                 replaced = self._index.set_alias(*alias, entry.id) if alias else None
         except BaseException:
             entry.path.unlink(missing_ok=True)
@@ -424,6 +439,24 @@ class Cache:
 
     def get(self, entry_id: str) -> Entry | None:
         return self._index.get(check_entry_id(entry_id))
+
+    def growing(self, se: str, path: str) -> Growing | None:
+        """The staging of ``path`` of ``se`` in progress in any process (the newest), None if there is none."""
+        return self._growing(se=se, source_path=path)
+
+    def growing_entry(self, entry_id: str) -> Growing | None:
+        """The staging in progress that will become entry ``entry_id``, None if there is none (any more)."""
+        return self._growing(entry_id=check_entry_id(entry_id))
+
+    def _growing(self, **where: str) -> Growing | None:
+        for entry_id, se, source_path, size, adler32, mtime, started, holder in self._index.growing(time.time(), **where):
+            # A writer that died before its lease expired writes no more: its file is no staging.
+            if holder.is_alive():
+                return Growing(
+                    entry_id, se, source_path, self.layout.tmp_path(entry_id), self.layout.entry_path(entry_id),
+                    size, adler32, mtime, started,
+                )  # fmt: skip
+        return None
 
     def record_digest(self, entry_id: str, algorithm: str, value: str) -> None:
         """Keep a checksum computed after the entry was written (md5, sha256: asked for, once)."""

@@ -46,6 +46,29 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Growing:
+    """A staging in progress (in any process), as its writer announced it, for readers to follow.
+
+    The bytes are in ``tmp_path`` while they arrive; the verified file lands
+    at ``final_path`` by a rename, which keeps the inode, so a reader that
+    opened the temporary file reads on through the commit
+    (``seproxy.cache.follow``). ``size``, ``adler32`` and ``source_mtime``
+    are what the source told before the first byte, None where it told
+    nothing.
+    """
+
+    entry_id: str
+    se: str
+    source_path: str
+    tmp_path: Path
+    final_path: Path
+    size: int | None
+    adler32: str | None
+    source_mtime: float | None
+    started: float
+
+
+@dataclass(frozen=True)
 class ReadLease:
     """Proof that ``path`` stays on disk until the lease is released."""
 

@@ -29,6 +29,9 @@ from typing import Any
 from seproxy.cache.entry import Entry
 from seproxy.cache.leases import Holder
 
+# A growing file's row as stored, and the holder of its write lease.
+GrowingRow = tuple[str, str, str, int | None, str | None, float | None, float, Holder]
+
 # The schema grows by steps: step N brings an index of version N - 1 to version
 # N, so an index left by any earlier release is brought up to date when a
 # writer opens it (a site upgrades in place) and the same steps build a new one.
@@ -130,7 +133,24 @@ ALTER TABLE entries ADD COLUMN md5 TEXT;
 ALTER TABLE entries ADD COLUMN sha256 TEXT;
 """
 
-_MIGRATIONS = (_ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5)
+# Stagings in progress, announced by their writer so that a reader in any
+# process can follow the file while it grows (stream while staging). A row
+# lives only while its writer's write lease does: it is deleted in the
+# commit's transaction, at abort, and with the leases of dead writers.
+_GROWING_V6 = """
+CREATE TABLE growing (
+    entry_id TEXT PRIMARY KEY,
+    se TEXT NOT NULL,
+    source_path TEXT NOT NULL,
+    size INTEGER,
+    adler32 TEXT,
+    source_mtime REAL,
+    started REAL NOT NULL
+);
+CREATE INDEX growing_source ON growing (se, source_path);
+"""
+
+_MIGRATIONS = (_ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5, _GROWING_V6)
 SCHEMA_VERSION = len(_MIGRATIONS)
 # From this version on, a crash leaves marks; an index of an earlier version
 # gets one full consistency check when it is upgraded.
@@ -530,6 +550,35 @@ class Index:
             )
             self._db.execute("UPDATE openers SET seen = ? WHERE id = ?", (now, opener))
 
+    # --- files being staged (growing)
+
+    def announce(
+        self, entry_id: str, se: str, source_path: str, size: int | None, adler32: str | None,
+        source_mtime: float | None, started: float,
+    ) -> None:  # fmt: skip
+        """List a staging in progress (again, if its writer learnt more about it)."""
+        self._change(
+            "INSERT OR REPLACE INTO growing (entry_id, se, source_path, size, adler32, source_mtime, started) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (entry_id, se, source_path, size, adler32, source_mtime, started),
+        )
+
+    def unannounce(self, entry_id: str) -> None:
+        self._change("DELETE FROM growing WHERE entry_id = ?", (entry_id,))
+
+    def growing(self, now: float, *, se: str | None = None, source_path: str | None = None,
+                entry_id: str | None = None) -> list[GrowingRow]:  # fmt: skip
+        """Stagings in progress matching every given field, newest first, each with the holder of
+        its live write lease (an expired lease hides its row; the caller checks the holder lives)."""
+        wanted = {"se": se, "source_path": source_path, "entry_id": entry_id}
+        conditions = [f"g.{column} = :{column}" for column, value in wanted.items() if value is not None]
+        rows = self._rows(
+            "SELECT g.entry_id, g.se, g.source_path, g.size, g.adler32, g.source_mtime, g.started, l.pid, l.pid_start"
+            " FROM growing g JOIN leases l ON l.entry_id = g.entry_id AND l.kind = 'write' AND l.expires > :now"
+            f" WHERE {' AND '.join(conditions) or '1'} ORDER BY g.started DESC",
+            {**wanted, "now": now},
+        )
+        return [(*row[:7], Holder(row[7], row[8])) for row in rows]
+
     def reap_leases(self, now: float, is_alive: Callable[[Holder], bool]) -> tuple[int, list[str]]:
         """Remove expired leases and those of dead processes; return how many, and
         the entry ids that dead processes were writing (their files may be left over)."""
@@ -545,6 +594,8 @@ class Index:
                     ).fetchall()
                     removed += len(rows)
                     dead_writes += [entry_id for entry_id, kind in rows if kind == "write"]
+            # A staging whose writer lost its lease will never end: readers must stop waiting for it.
+            self._db.execute("DELETE FROM growing WHERE entry_id NOT IN (SELECT entry_id FROM leases WHERE kind = 'write')")
         return removed, dead_writes
 
     def leased(self, now: float, kind: str | None = None) -> set[str]:

@@ -57,6 +57,12 @@ class StagingWriter:
     Call ``expect(size, checksums)`` first if anything is known, then
     ``write(chunk)`` with large chunks. After the cache has committed the
     file, ``entry`` is the new cache entry.
+
+    Every chunk reaches the operating system before ``write`` returns, so a
+    reader in another process that follows the file sees it at once.
+    ``announce`` (a staging's) is called with what is known of the file at
+    ``expect`` and, if that never came, at the first write: it lists the
+    file as growing for those readers.
     """
 
     def __init__(
@@ -67,6 +73,7 @@ class StagingWriter:
         make_room: Callable[[int], None],
         *,
         owner: str | None = None,
+        announce: Callable[[StagingWriter], None] | None = None,
     ) -> None:
         self.path = path
         self.written = 0
@@ -76,6 +83,8 @@ class StagingWriter:
         self._space = space
         self._admit = admit
         self._make_room = make_room
+        self._announce = announce
+        self._announced = False
         self._file = open(path, "xb")
         self._xxh3 = xxhash.xxh3_64()
         self._adler32 = 1  # the ADLER32 of no bytes
@@ -98,6 +107,18 @@ class StagingWriter:
         self.source_mtime = mtime
         if size:
             self._admit(self, size)
+        self._tell_readers()
+
+    def _tell_readers(self) -> None:
+        if self._announce is not None:
+            self._announce(self)
+            self._announced = True
+
+    @property
+    def expected_adler32(self) -> str | None:
+        """The ADLER32 the source announced (hex, 8 digits), None if it announced none."""
+        value = self._expected.get("adler32")
+        return None if value is None else f"{value:08x}"
 
     @property
     def expected_size(self) -> int | None:
@@ -110,10 +131,16 @@ class StagingWriter:
         if self._size is not None:
             # Without an announced size nothing is made room for: the disk itself says when it is full.
             self._make_room(count)
-        self._guard_disk(count, self._file.write, data)
+        if not self._announced:
+            self._tell_readers()
+        self._guard_disk(count, self._write_through, data)
         self._xxh3.update(data)
         self._adler32 = zlib.adler32(data, self._adler32)
         self.written += count
+
+    def _write_through(self, data: bytes | bytearray | memoryview) -> None:
+        self._file.write(data)
+        self._file.flush()  # to the OS now: readers of the growing file follow it from other processes
 
     def finish(self) -> tuple[int, str, str]:
         """Make the bytes durable and verify them; return (size, xxh3, adler32) in hex."""
