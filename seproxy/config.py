@@ -175,6 +175,10 @@ class CacheSettings:
     # The share of the quota one user's uploads (waiting for uploadFile, or arriving) may hold:
     # one writer cannot fill the cache for everyone.
     upload_share: float = field(default=0.5, metadata=_check(_fraction))
+    # Stagings that readers streaming while staging (the door) may start and leave running, at once in
+    # each worker process; more wait for one to end. Each runs to its end (at most service.call_timeout)
+    # even when its reader leaves, so that the next reader finds the file.
+    background_stagings: int = field(default=4, metadata=_check(_positive))
 
 
 @dataclass

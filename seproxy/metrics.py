@@ -38,7 +38,20 @@ RPC_DURATION = prometheus_client.Histogram(
 BYTES_SENT = prometheus_client.Counter("seproxy_bytes_sent", "File bytes sent to clients", ["route"])
 BYTES_RECEIVED = prometheus_client.Counter("seproxy_bytes_received", "File bytes received from clients", ["route"])
 STAGINGS = prometheus_client.Counter("seproxy_stagings", "Downloads from storage elements into the cache", ["se", "outcome"])
+# The part of seproxy_bytes_sent that left while its staging was still in progress (stream-through):
+# what a reader got without waiting for the whole file.
+STREAM_THROUGH = prometheus_client.Counter(
+    "seproxy_bytes_stream_through", "File bytes sent to clients while their staging was in progress", ["route", "se"]
+)
 ACTIVE_TRANSFERS = prometheus_client.Gauge("seproxy_active_transfers", "Transfers in progress", ["kind"], multiprocess_mode="livesum")
+
+
+def sent(route: str, count: int, *, staging_se: str | None = None) -> None:
+    """Count file bytes sent on ``route``; ``staging_se``: they were read from a file still being
+    staged from that element (stream-through), not from a complete cache entry."""
+    BYTES_SENT.labels(route).inc(count)
+    if staging_se is not None:
+        STREAM_THROUGH.labels(route, staging_se).inc(count)
 
 
 def outcome_of(status: int, ok: bool) -> str:

@@ -73,17 +73,22 @@ def _refused(weight: str) -> bool:
         return False
 
 
-def digest_headers(headers: dict[str, str], digest_of: DigestOf, *, default: tuple[str, ...] = ()) -> dict[str, str]:
+def digest_headers(
+    headers: dict[str, str], digest_of: DigestOf, *, default: tuple[str, ...] = (), known: tuple[str, ...] = ALGORITHMS
+) -> dict[str, str]:
     """``Digest`` and ``Repr-Digest`` answering the request's ``headers`` (names lowercased).
 
     ``default``: what ``Digest`` names when the client asks nothing (seproxy's
-    own client reads ADLER32 from every answer).
+    own client reads ADLER32 from every answer). ``known``: the algorithms
+    ``digest_of`` can give (a file still being staged has only what its
+    source announced).
     """
     answer = {}
     asked = wanted(headers.get(WANT_DIGEST), _RFC3230_NAMES) if WANT_DIGEST in headers else list(default)
+    asked = [algorithm for algorithm in asked if algorithm in known]
     if asked:
         answer[DIGEST_HEADER] = ",".join(f"{_ANSWER_NAMES[DIGEST_HEADER][a]}={_rfc3230(a, digest_of(a))}" for a in asked)
-    repr_asked = wanted(headers.get(WANT_REPR_DIGEST), _RFC9530_NAMES)
+    repr_asked = [algorithm for algorithm in wanted(headers.get(WANT_REPR_DIGEST), _RFC9530_NAMES) if algorithm in known]
     if repr_asked:
         answer[REPR_DIGEST_HEADER] = ", ".join(
             f"{_ANSWER_NAMES[REPR_DIGEST_HEADER][a]}=:{_base64(digest_of(a))}:" for a in repr_asked

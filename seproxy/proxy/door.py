@@ -8,7 +8,8 @@ the configured places); a read is staged on demand through the ``Stager``
 (single-flight, so twenty concurrent copies of a cold file fetch it once)
 and served with the side server's representation code (checksums,
 validators, conditional and multi-range requests: one function each, not a
-twin). Writes (PUT, DELETE, MKCOL) go to the first configured place, the
+twin). A file not cached yet is streamed while it is staged
+(``_serve_growing``): the first bytes leave before the staging ends. Writes (PUT, DELETE, MKCOL) go to the first configured place, the
 one an LFN is written to; every write drops any cached copy of that LFN so
 the next read stages the new bytes.
 
@@ -36,15 +37,19 @@ from urllib.parse import quote
 import tornado.iostream
 import tornado.web
 
-from seproxy.cache import Entry
+from seproxy import metrics
+from seproxy.cache import Entry, Follower, Growing
 from seproxy.config import LFN_FIELD
 from seproxy.errors import Refusal, failure
 from seproxy.http_side.body import FileSlice, Piece
+from seproxy.http_side.conditional import Validators
+from seproxy.http_side.digests import digest_headers
 from seproxy.http_side.downloads import entry_representation, file_properties, propfind_answer, refusal
 from seproxy.http_side.propfind import FileProperties
-from seproxy.http_side.representation import framed, plan
+from seproxy.http_side.representation import OCTET_STREAM, Representation, framed, plan
 from seproxy.http_side.request import MAX_BODY, RequestHead
 from seproxy.http_side.response import Response, http_date
+from seproxy.proxy.downloads import committed, send_followed
 from seproxy.proxy.file_ids import PUT_AREA, file_id
 from seproxy.proxy.lfns import NoReplica, first_replica, lfn_problem
 from seproxy.proxy.resources import ProxyResources
@@ -65,6 +70,8 @@ DOOR_METHOD = "door"
 DOOR_RULE = ("authenticated",)
 METHODS = ("GET", "HEAD", "PROPFIND", "PUT", "DELETE", "MKCOL", "OPTIONS")
 _READ_BLOCK = 1 << 20
+# Request headers whose answer needs the file's validators (ETag, its xxh3, is known only at the commit).
+_CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range")
 
 
 def door_routes(prefix: str) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
@@ -158,17 +165,27 @@ class DoorHandler(CacheUploadBody):
     async def _run(self, function: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(None, function)
 
+    def compute_etag(self) -> None:
+        """No ETag of Tornado's own (a hash of what was written: an empty HEAD's, a part's): the
+        door's validators are the cache's, and a file still being staged has none yet."""
+        return None
+
     def _send_head(self, response: Response) -> None:
         self.set_status(response.status)
         for name, value in response.headers:
             self.set_header(name, value)
 
-    async def _send(self, response: Response, pieces: list[Piece]) -> None:
+    async def _send(self, response: Response, pieces: list[Piece], follower: Follower | None = None) -> None:
+        """Answer ``response`` with the body ``pieces``: read from the cached file, or, with a
+        ``follower``, from the file being staged as its bytes arrive."""
         self._send_head(response)
         for piece in pieces if self.request.method != "HEAD" else []:
             if isinstance(piece, bytes):
                 if piece:
                     self.write(piece)
+                continue
+            if follower is not None:
+                await send_followed(self, follower, piece.offset, piece.length, "door")
                 continue
             with open(piece.path, "rb") as stream:
                 stream.seek(piece.offset)
@@ -180,6 +197,7 @@ class DoorHandler(CacheUploadBody):
                     left -= len(block)
                     self.write(block)
                     await self.flush()
+                    metrics.sent("door", len(block))
         self.finish()
 
     # -- the places of an LFN -------------------------------------------------
@@ -212,11 +230,17 @@ class DoorHandler(CacheUploadBody):
     async def _serve(self) -> None:
         stager, cache = self.resources.stager, self.resources.cache
 
-        def stage(se: str, pfn: str) -> Entry:
-            return stager.stage(self.caller, se, pfn, name=self.lfn)
+        def stage(se: str, pfn: str) -> Entry | Growing:
+            return stager.open(self.caller, se, pfn, name=self.lfn)
 
-        _se, entry, _errors = await self._run(lambda: first_replica(self._places(), self.lfn, stage, "door GET"))
-        lease = await self._run(lambda: cache.acquire_read(entry.id))
+        _se, found, _errors = await self._run(lambda: first_replica(self._places(), self.lfn, stage, "door GET"))
+        if isinstance(found, Growing):
+            if await self._serve_growing(found):
+                return
+            entry_id = found.entry_id
+        else:
+            entry_id = found.id
+        lease = await self._run(lambda: cache.acquire_read(entry_id))
         try:
             representation = entry_representation(cache, lease.entry)
             headers = {name.lower(): value for name, value in self.request.headers.get_all()}
@@ -229,6 +253,46 @@ class DoorHandler(CacheUploadBody):
             await self._send(Response(chosen.status, list(chosen.headers.items())), pieces)
         finally:
             await self._run(lambda: cache.release(lease))
+
+    async def _serve_growing(self, growing: Growing) -> bool:
+        """Answer from a file still being staged, as its bytes arrive; False when the request needs
+        the whole file first (it is then committed, and answered from its entry).
+
+        ``Content-Length`` is the size the source announced (a body of unknown size goes
+        chunked); a staging that fails cuts the connection before that length, so a partial
+        file never passes for a whole one. Checksum headers only when the source announced its
+        ADLER32 before the body. No ETag and no conditional answers: the validators of a
+        file (its xxh3) exist only once it is whole, so a conditional request waits for the
+        commit, as do ranges and HEAD of a file whose size is still unknown.
+        """
+        headers = {name.lower(): value for name, value in self.request.headers.get_all()}
+        method = self.request.method or "GET"
+        with Follower(growing, self.resources.stager.follow_deadline(growing)) as follower:
+            size = follower.size
+            if any(name in headers for name in _CONDITIONS) or (size is None and (method == "HEAD" or "range" in headers)):
+                await committed(follower)
+                return False
+            answer = {}
+            if growing.source_mtime is not None:
+                answer["Last-Modified"] = http_date(int(growing.source_mtime))
+            if growing.adler32 is not None:
+                answer.update(digest_headers(headers, lambda _: str(growing.adler32), default=("adler32",), known=("adler32",)))
+            if size is None:
+                self._send_head(Response(200, [("Content-Type", OCTET_STREAM), *answer.items()]))
+                await send_followed(self, follower, 0, None, "door")
+                self.finish()
+                return True
+            representation = Representation(size, Validators("", growing.source_mtime or 0))
+            chosen = plan(method, headers, representation)
+            refused = refusal(chosen)
+            if refused is not None:
+                await self._send(refused, refused.body)
+                return True
+            pieces = framed(chosen, [FileSlice(growing.tmp_path, 0, size)], representation)
+            chosen.headers.pop("ETag", None)
+            chosen.headers.pop("Last-Modified", None)
+            await self._send(Response(chosen.status, [*chosen.headers.items(), *answer.items()]), pieces, follower)
+        return True
 
     async def propfind(self, _path: str | None = None) -> None:
         await self._answer(self._describe)

@@ -1,8 +1,13 @@
-"""``streamToClient`` and ``bulkToClient``: cached files (or one ``Range`` of one) to a Tornado response, in chunks.
+"""``streamToClient`` and ``bulkToClient``: cached files (or one ``Range`` of one) to a Tornado response, in chunks;
+and files still being staged, followed as they grow (``send_followed``, the door's).
 
 Each chunk is flushed before the next is read, so a slow client slows the
 reads (back-pressure) instead of filling the service's memory; no whole
 file is ever held in memory.
+
+A file id (``getFile/<name>``) resolves only to a complete entry:
+``prepareFile`` names the entry once its staging has ended, so
+``streamToClient`` never meets a growing file; the door does.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +26,16 @@ import tornado.web
 
 from seproxy import metrics
 from seproxy.byte_range import RangeNotSatisfiable, parse_range
-from seproxy.cache import Entry
+from seproxy.cache import Entry, Follower
 from seproxy.transfer.checksum_headers import DIGEST_HEADER, XXH3_HEADER, format_digest
 
 log = logging.getLogger("seproxy.streams")
 
 CHUNK = 1024 * 1024
+# Pauses of a reader waiting for a growing file's next bytes: short at first (the first byte of a
+# staging is what a client waits for), longer while nothing comes, so that idle readers cost little.
+_FIRST_PAUSE = 0.001
+_LONGEST_PAUSE = 0.02
 
 
 def _checksum_headers(entry: Entry) -> dict[str, str]:
@@ -89,10 +99,53 @@ async def send_chunks(handler: tornado.web.RequestHandler, chunks: Iterator[byte
     await _streamed(handler, body(), "bulk")
 
 
+async def send_followed(
+    handler: tornado.web.RequestHandler, follower: Follower, start: int, length: int | None, route: str
+) -> None:
+    """Send ``length`` bytes (to the end if None) of a file being staged from ``start``, each as soon
+    as it has arrived.
+
+    The head of the answer leaves with the first byte, so a staging that
+    fails before it still gets an error answer; after it, the error
+    (``StagingFailed``, ``TimeoutError`` past the staging's deadline) is
+    raised with the body short, and the caller cuts the connection.
+    """
+    offset, end = start, None if length is None else start + length
+    while end is None or offset < end:
+        available = await arrived(follower, offset)
+        if not available:
+            if end is None:
+                return
+            raise OSError(errno.EIO, f"cache file {follower.growing.entry_id} ended at {offset} bytes, before {end}")
+        block = follower.read(offset, min(available, CHUNK, CHUNK if end is None else end - offset))
+        handler.write(block)
+        await handler.flush()
+        offset += len(block)
+        metrics.sent(route, len(block), staging_se=None if follower.done else follower.growing.se)
+
+
+async def committed(follower: Follower) -> None:
+    """Wait until the file followed is committed (whole and verified)."""
+    while not follower.done:
+        await arrived(follower, follower.poll())
+
+
+async def arrived(follower: Follower, offset: int) -> int:
+    """Wait until bytes from ``offset`` on have arrived, on the event loop (a look costs a few
+    system calls, no thread); how many (0: the file ended before ``offset``)."""
+    pause = _FIRST_PAUSE
+    while (available := follower.poll() - offset) <= 0 and not follower.done:
+        if time.monotonic() > follower.deadline:
+            raise follower.timed_out(offset)
+        await asyncio.sleep(pause)
+        pause = min(2 * pause, _LONGEST_PAUSE)
+    return max(available, 0)
+
+
 async def _send(handler: tornado.web.RequestHandler, chunk: bytes) -> None:
     handler.write(chunk)
     await handler.flush()  # the back-pressure: the next chunk is read once this one is out
-    metrics.BYTES_SENT.labels("stream").inc(len(chunk))
+    metrics.sent("stream", len(chunk))
 
 
 async def _streamed(handler: tornado.web.RequestHandler, body: Coroutine[Any, Any, None], what: str) -> None:

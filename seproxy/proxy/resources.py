@@ -31,7 +31,10 @@ class ProxyResources:
             name: make_storage_element(name, spec, default_ca_dir=ca_dir)
             for name, spec in settings.storage_elements.items()
         }
-        resources = cls(cache, elements, Stager(cache, elements))
+        stager = Stager(
+            cache, elements, background=settings.cache.background_stagings, staging_limit=settings.service.call_timeout
+        )
+        resources = cls(cache, elements, stager)
         if settings.http.enabled:
             resources.http = HTTPSide(settings, cache, service_host)
             resources.http.start()
@@ -40,4 +43,5 @@ class ProxyResources:
     def close(self) -> None:
         if self.http is not None:
             self.http.stop()
+        self.stager.close()
         self.cache.close()

@@ -1,26 +1,41 @@
 """Staging: the cache entry of a file on a storage element, fetched once however many ask.
 
 One ``Stager`` serves the whole service (it lives in ``ProxyResources``);
-the RPC methods, ``prepareFileForHTTP`` and any later door pass their caller
+the RPC methods, ``prepareFileForHTTP`` and the door pass their caller
 in. It decides which element a caller may use, whether a cached copy is
 still current, and runs the fetch through the cache's single-flight so
 that concurrent callers of one file share one download. It never touches a
 request: what it raises, ``seproxy.errors`` answers.
+
+``stage`` waits for the whole file (what ``prepareFile`` promises);
+``open`` answers as soon as the first bytes can be followed (a reader that
+streams while staging). A staging ``open`` starts runs in a thread of the
+Stager's own, bounded by the staging limit and not by its reader: when
+that reader leaves, the file is still completed for the next one (as
+XCache and nginx's proxy_cache do), and a second reader in the meantime
+follows the same staging.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_future
 
 from seproxy import metrics
-from seproxy.cache import Cache, Entry
+from seproxy.cache import Cache, Entry, Growing
 from seproxy.proxy.rights import check_access, check_rights
 from seproxy.registry import Caller
-from seproxy.rpc.executor import CallCancelled, check_cancelled
+from seproxy.rpc.executor import CallCancelled, CallContext, call_in, check_cancelled
 from seproxy.security.scopes import Access
 from seproxy.storage.base import DownloadSink, FileInfo, StorageElement
 from seproxy.transfer import SErrorException
 from seproxy.transfer.checksum_headers import canonical_adler32
+
+log = logging.getLogger(__name__)
 
 
 class _CancellableSink:
@@ -47,12 +62,36 @@ def stale(cached: Entry, source: FileInfo) -> bool:
     return source.mtime is not None and source.mtime > cached.created
 
 
-class Stager:
-    """Stages files from the configured storage elements into the cache, for any caller."""
+# How often ``open`` looks whether the staging it waits for has announced itself.
+_ANNOUNCE_POLL = 0.005
 
-    def __init__(self, cache: Cache, elements: dict[str, StorageElement]) -> None:
+
+class Stager:
+    """Stages files from the configured storage elements into the cache, for any caller.
+
+    ``background``: how many stagings ``open`` may run at once (more wait
+    for a thread); ``staging_limit``: how long one staging may take, in
+    seconds (the RPC call limit bounds a ``stage``).
+    """
+
+    def __init__(
+        self, cache: Cache, elements: dict[str, StorageElement], *, background: int = 4, staging_limit: float = 600.0
+    ) -> None:
         self.cache = cache
         self.elements = elements
+        self.staging_limit = staging_limit
+        self._pool = ThreadPoolExecutor(max_workers=background, thread_name_prefix="staging")
+        # The stagings ``open`` started in this process, by source, until they end.
+        self._started: dict[tuple[str, str], tuple[Future[Entry], CallContext]] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the background stagings (each aborts, leaving nothing) and wait for their threads."""
+        with self._lock:
+            running = list(self._started.values())
+        for _future, context in running:
+            context.cancelled.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def element(self, caller: Caller, se: str, *, write: bool = False) -> StorageElement:
         """The element named ``se``, if ``caller`` may use it (and write to it)."""
@@ -68,6 +107,39 @@ class Stager:
 
         ``name`` records the logical file name when the caller knows it.
         """
+        element, path, _cached, force = self._source(caller, se, pfn)
+        return self._until_staged(element, path, caller.username, name, force)
+
+    def open(self, caller: Caller, se: str, pfn: str, *, name: str | None = None) -> Entry | Growing:
+        """What a reader of ``pfn`` on ``se`` reads: the cached copy if current, else the staging in
+        progress (in any process), started now if there is none.
+
+        Returns as soon as the staging has announced itself, or with its
+        entry or its error if it ended before that. Same rights as ``stage``.
+        """
+        element, path, cached, force = self._source(caller, se, pfn)
+        if cached is not None and not force:
+            return self._until_staged(element, path, caller.username, name, False)  # a hit: no fetch
+        growing = self.cache.growing(se, path)
+        if growing is not None:
+            return growing  # another process (or a prepareFile here) stages it: no thread of ours waits for it
+        future = self._background(element, path, caller.username, name, force)
+        deadline = time.monotonic() + self.staging_limit
+        while not future.done():
+            growing = self.cache.growing(se, path)
+            if growing is not None:
+                return growing
+            if time.monotonic() > deadline:
+                raise TimeoutError(errno.ETIMEDOUT, f"{se}: {path}: the staging did not start within {self.staging_limit:g} s")
+            wait_for_future([future], timeout=_ANNOUNCE_POLL)
+        return future.result()
+
+    def follow_deadline(self, growing: Growing) -> float:
+        """When (``time.monotonic()``) a reader of ``growing`` stops waiting: its staging's own limit."""
+        return time.monotonic() + max(0.0, growing.started + self.staging_limit - time.time())
+
+    def _source(self, caller: Caller, se: str, pfn: str) -> tuple[StorageElement, str, Entry | None, bool]:
+        """The element and clean path of a file ``caller`` may stage, its cached copy, and whether that is stale."""
         element = self.element(caller, se)
         path = element.normalize(pfn)
         check_access(se, caller, (Access.READ, Access.STAGE), path)
@@ -75,10 +147,30 @@ class Stager:
         if source.is_dir:
             raise IsADirectoryError(errno.EISDIR, f"{se}: {path}: is a directory, not a file")
         cached = self.cache.lookup(se, path)
-        force = cached is not None and stale(cached, source)
+        return element, path, cached, cached is not None and stale(cached, source)
+
+    def _background(self, element: StorageElement, path: str, owner: str, name: str | None, force: bool) -> Future[Entry]:
+        """The staging this process runs for ``open`` (one per source), started if none runs."""
+        key = (element.name, path)
+        with self._lock:
+            if key in self._started:
+                return self._started[key][0]
+            context = CallContext(deadline=time.monotonic() + self.staging_limit)
+            future = self._pool.submit(call_in, context, self._until_staged, element, path, owner, name, force)
+            self._started[key] = (future, context)
+        future.add_done_callback(lambda done: self._ended(key, done))
+        return future
+
+    def _ended(self, key: tuple[str, str], future: Future[Entry]) -> None:
+        with self._lock:
+            self._started.pop(key, None)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("background staging of %s:%s failed: %s", *key, future.exception())
+
+    def _until_staged(self, element: StorageElement, path: str, owner: str, name: str | None, force: bool) -> Entry:
         while True:
             try:
-                return self._staged(element, path, caller.username, name, force)
+                return self._staged(element, path, owner, name, force)
             except CallCancelled:
                 # Concurrent callers share one staging: when the one joined was cancelled for its own
                 # caller (gone, or out of time), this caller runs one of its own, unless cancelled too.

@@ -65,6 +65,16 @@ def check_cancelled() -> None:
         context.check()
 
 
+def call_in(context: CallContext, function: Callable[..., T], *args: Any) -> T:
+    """Run ``function(*args)`` in this thread as part of ``context`` (work not tied to one request,
+    such as a background staging, under limits of its own)."""
+    token = _current.set(context)
+    try:
+        return function(*args)
+    finally:
+        _current.reset(token)
+
+
 def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
     # An abandoned (timed-out) call still finishes in its thread; take its
     # outcome so asyncio does not report an exception nobody retrieved.
