@@ -289,6 +289,10 @@ class HTTPSettings:
     # Files of one prepareFileForHTTP call staged at the same time (each holds a thread and a
     # connection to its storage element while it runs).
     staging_concurrency: int = field(default=4, metadata=_check(_staging_concurrency))
+    # When prepareFileForHTTP answers: "staged", once its files are whole in the cache (what DIRAC
+    # clients expect), or "started", as soon as the staging of its one file has started: the URL then
+    # serves the file as it arrives, and cuts the download short if the staging fails.
+    answer_when: Literal["staged", "started"] = "staged"
     # Threads of the side server, each serving many connections (sendfile does the copying);
     # more than 2 mostly contend for Python's GIL.
     threads: int = field(default=2, metadata=_check(_positive))

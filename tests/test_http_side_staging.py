@@ -1,38 +1,52 @@
-"""prepareFileForHTTP against a slow WebDAV storage: several files staged at once, within the bound."""
+"""prepareFileForHTTP against a slow WebDAV storage: several files staged at once, within the bound;
+with ``http.answer_when = "started"``, the URL before the file is whole, served as the file grows."""
 
 from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures.http_side import SECRET, curl
+import requests
+from fixtures.http_side import SECRET, curl, tool
 from fixtures.proxy import (
+    SLOW_RATE,
     SLOW_SE,
     MiB,
+    ObservedStorage,
+    Place,
     ProxyService,
     WatchedWebDav,
+    adler32,
+    element_spec,
     ok,
     proxy_config,
     refused,
     unique,
+    wait_until,
     webdav_place,
 )
 from fixtures.service import start_service
-from fixtures.storage_servers import LoopbackCA
+from fixtures.storage_servers import LoopbackCA, StorageTarget
+
+from seproxy.cache import Cache, Entry, Growing
 
 
 @pytest.fixture
 def slow_http(pki: Any, tmp_path: Path, slow_webdav: WatchedWebDav, storage_ca: LoopbackCA) -> Iterator[Callable[..., ProxyService]]:
-    """Start a service whose LFNs live on the slow WebDAV storage, with ``[http]`` options of the test's own."""
+    """Start a service whose LFNs live on the slow WebDAV storage (or on ``place``), with ``[http]``
+    options of the test's own."""
     started: list[ProxyService] = []
 
-    def start(**http: Any) -> ProxyService:
-        place = webdav_place(SLOW_SE, slow_webdav.url, slow_webdav.root, storage_ca)
+    def start(place: Place | None = None, **http: Any) -> ProxyService:
+        place = place or webdav_place(SLOW_SE, slow_webdav.url, slow_webdav.root, storage_ca)
         directory = tmp_path / f"service{len(started)}"
         config = proxy_config(pki, directory / "state", [place])
         config["http"] = {"enabled": True, "port": 0, "host": "127.0.0.1", "secret": SECRET, **http}
@@ -88,3 +102,100 @@ def test_failures_of_concurrent_stagings_are_named_in_the_order_asked(
     assert "prepareFileForHTTP: 2 of 5 file(s) could not be staged: " in message
     assert message.index(missing[0]) < message.index(missing[1])
     assert first not in message and third not in message
+
+
+# -- answer_when = "started": the URL before the file is whole ------------------
+
+
+def growing(service: ProxyService, name: str) -> Growing | None:
+    """The staging of ``/<name>`` on the slow storage in progress, as the cache tells any process."""
+    with Cache(service.cache_root, quota=1 << 40, min_free=0, read_only=True) as cache:
+        return cache.growing(SLOW_SE, f"/{name}")
+
+
+def staged(service: ProxyService, name: str) -> Entry:
+    (entry,) = [entry for entry in service.cache_entries(se=SLOW_SE) if entry.source_path == f"/{name}"]
+    return entry
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_file_is_served_while_it_is_staged(slow_http: Callable[..., ProxyService], pki: Any, tls: bool) -> None:
+    service = slow_http(answer_when="started", tls=tls)
+    ((lfn, data),) = put_files(service, 1, 6 * MiB).items()  # a second on the slow storage
+    name = lfn.lstrip("/")
+    value = ok(service.call("prepareFileForHTTP", lfn))
+    assert value["Staged"] is False and value["Size"] == len(data)
+    described = value["Files"][lfn]
+    assert described["Staging"] is True and described["Size"] == len(data) and described["xxh3"] == ""
+
+    with requests.get(value["HttpURL"], stream=True, verify=str(pki.ca_dir), timeout=60) as response:
+        assert response.status_code == 200, response.text
+        assert response.headers["Content-Length"] == str(len(data))
+        assert response.headers["Digest"] == f"adler32={adler32(data)}" == f"adler32={described['Checksum']}"
+        assert "X-Checksum-Xxh3" not in response.headers  # not known before the last byte
+        first = response.raw.read(256 * 1024)
+        assert growing(service, name) is not None, "the first bytes arrived while the staging ran"
+        rest = response.raw.read()
+    assert first + rest == data
+    # Once whole, the file is an entry, pinned for as long as the URL is valid.
+    entry = wait_until(lambda: (e := staged(service, name)).pinned_until > time.time() and e, "the pin after the staging")
+    assert entry.size == len(data) and entry.pinned_until >= value["Expires"].replace(tzinfo=UTC).timestamp()
+    again = requests.get(value["HttpURL"], verify=str(pki.ca_dir), timeout=60)
+    assert again.status_code == 200 and again.content == data
+    assert again.headers["X-Checksum-Xxh3"] == entry.xxh3
+
+
+def test_a_range_beyond_what_arrived_waits_for_it(slow_http: Callable[..., ProxyService]) -> None:
+    service = slow_http(answer_when="started")
+    ((lfn, data),) = put_files(service, 1, 6 * MiB).items()
+    url = ok(service.call("prepareFileForHTTP", lfn))["HttpURL"]
+    assert growing(service, lfn.lstrip("/")) is not None
+    start = len(data) - 100_000
+    response = requests.get(url, headers={"Range": f"bytes={start}-{len(data) - 2}"}, timeout=60)
+    assert response.status_code == 206
+    assert response.headers["Content-Range"] == f"bytes {start}-{len(data) - 2}/{len(data)}"
+    assert response.content == data[start:-1]
+
+
+def test_a_staging_that_fails_cuts_the_download(slow_http: Callable[..., ProxyService], slow_webdav: WatchedWebDav, tmp_path: Path) -> None:
+    service = slow_http(answer_when="started")
+    ((lfn, data),) = put_files(service, 1, 12 * MiB).items()  # two seconds on the slow storage
+    source = service.place(SLOW_SE).root / lfn.lstrip("/")
+    url = ok(service.call("prepareFileForHTTP", lfn))["HttpURL"]
+    download = subprocess.Popen([tool("curl"), "-sS", "--fail", "-o", str(tmp_path / "out"), url], stderr=subprocess.PIPE)
+    wait_until(lambda: (tmp_path / "out").exists() and (tmp_path / "out").stat().st_size > 0, "the first bytes")
+    os.truncate(source, MiB)  # the storage's file is cut short under its download
+    _, errors = download.communicate(timeout=60)
+    assert download.returncode == 18, errors  # "transfer closed with outstanding read data remaining"
+    received = (tmp_path / "out").read_bytes()
+    assert len(received) < len(data) and data.startswith(received)
+    wait_until(lambda: growing(service, lfn.lstrip("/")) is None, "the end of the failed staging")
+    gone = requests.get(url, timeout=30)
+    assert gone.status_code == 404 and "no longer in the cache (removed, or its staging failed)" in gone.text
+    assert service.cache_files()[0] == [], "nothing of the failed staging is left in the cache"
+
+
+def test_a_file_of_unknown_size_is_sent_chunked(
+    slow_http: Callable[..., ProxyService], start_webdav: Callable[..., StorageTarget], storage_ca: LoopbackCA
+) -> None:
+    hidden = start_webdav(wrap=lambda app: ObservedStorage(app, rate=SLOW_RATE, hide_length=True))
+    place = Place(SLOW_SE, "webdav", hidden.root, element_spec("webdav", hidden.base, ca_dir=str(storage_ca.ca_dir)))
+    service = slow_http(place=place, answer_when="started")
+    ((lfn, data),) = put_files(service, 1, 6 * MiB).items()
+    value = ok(service.call("prepareFileForHTTP", lfn))
+    assert value["Size"] is None, "the storage tells the size only at the end"
+    with requests.get(value["HttpURL"], stream=True, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in response.headers
+        first = response.raw.read(256 * 1024)
+        assert growing(service, lfn.lstrip("/")) is not None, "the first bytes arrived while the staging ran"
+        assert first + response.raw.read() == data
+
+
+def test_several_files_are_answered_when_all_are_staged(slow_http: Callable[..., ProxyService]) -> None:
+    service = slow_http(answer_when="started")
+    files = put_files(service, 2, MiB)
+    value = ok(service.call("prepareFileForHTTP", list(files)))
+    assert value["Staged"] is True and value["Archive"] is True
+    assert all(growing(service, lfn.lstrip("/")) is None for lfn in files)
+    assert all(described["xxh3"] and "Staging" not in described for described in value["Files"].values())

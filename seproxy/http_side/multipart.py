@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import replace
 
 from seproxy.byte_range import ByteRange
 from seproxy.http_side.body import FileSlice, Piece, select
@@ -29,7 +30,7 @@ def byteranges(
         separator = "\r\n" if number else ""  # ends the previous part's bytes
         pieces.append(f"{separator}{opening}{wanted.start}-{wanted.end}{closing}".encode("ascii"))
         if whole is not None:  # one file: its slice at once, without walking the body
-            pieces.append(FileSlice(whole.path, whole.offset + wanted.start, wanted.length))
+            pieces.append(replace(whole, offset=whole.offset + wanted.start, length=wanted.length))
         else:
             pieces.extend(select(body, wanted.start, wanted.length))
     pieces.append(f"\r\n--{boundary}--\r\n".encode("ascii"))

@@ -13,6 +13,14 @@ at a time. Each file is pinned as soon as it is staged, so that the first
 files of a large bundle are not evicted while the last ones arrive. One LFN
 is served as itself; several are served as one tar archive whose members are
 the LFNs without their leading ``/`` (as ``tar`` itself stores absolute paths).
+
+With ``http.answer_when = "started"``, one LFN is answered as soon as its
+staging has started (``Stager.open``): the URL serves the file as it grows,
+and it is pinned when its staging ends. The replica walk then stops at the
+first element whose staging starts: a staging that fails later cuts the
+downloads in progress, and the URL answers 404 afterwards (a new call tries
+the elements again). An archive waits for all its members, whatever the
+setting: its members' sizes go into the tar headers before their bytes.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from seproxy.cache import Entry, VerificationError
+from seproxy.cache import Entry, Growing, VerificationError
 from seproxy.config import LFN_FIELD
 from seproxy.errors import failure
 from seproxy.http_side.side import HTTPSide
@@ -43,7 +51,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Staged:
     se: str
-    entry: Entry
+    entry: Entry | Growing  # growing: answered when its staging started
     # Elements tried before, with why they could not deliver.
     replica_errors: dict[str, str]
 
@@ -63,7 +71,8 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, caller: Caller, lfns
     if http is None:
         return S_ERROR(errno.ENOSYS, "prepareFileForHTTP: the HTTP side server is not enabled here ([http] enabled)")
     wanted = _checked_lfns(lfns, http.settings.max_files)
-    staged, failed = _stage_all(wanted, lambda lfn: _stage_replica(stager, http, caller, lfn), http.settings.staging_concurrency)
+    started = http.settings.answer_when == "started" and len(wanted) == 1
+    staged, failed = _stage_all(wanted, lambda lfn: _replica(stager, http, caller, lfn, started=started), http.settings.staging_concurrency)
     if failed:
         first = next(iter(failed.values()))
         details = " | ".join(f"{lfn}: {exc}" for lfn, exc in failed.items())
@@ -85,6 +94,7 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, caller: Caller, lfns
             "Archive": archive,
             "Size": published.size,
             "Files": files,
+            "Staged": not any(isinstance(done.entry, Growing) for done in staged.values()),
         }
     )
 
@@ -160,13 +170,15 @@ def _one(stage: Callable[[str], Staged], lfn: str) -> Staged | NoReplica:
         return exc
 
 
-def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str) -> Staged:
-    """The first replica of ``lfn`` that stages, pinned; ``NoReplica`` naming every failure otherwise."""
+def _replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str, *, started: bool) -> Staged:
+    """The first replica of ``lfn`` that stages (with ``started``: whose staging starts), pinned
+    once whole; ``NoReplica`` naming every failure otherwise."""
 
-    def stage(se: str, pfn: str) -> Entry:
-        entry = stager.stage(caller, se, pfn, name=lfn)
-        http.pin(entry)
-        return entry
+    def stage(se: str, pfn: str) -> Entry | Growing:
+        got = stager.open(caller, se, pfn, name=lfn) if started else stager.stage(caller, se, pfn, name=lfn)
+        if isinstance(got, Entry):
+            http.pin(got)
+        return got
 
     se, entry, errors = first_replica(http.replica_places, lfn, stage, "prepareFileForHTTP")
     return Staged(se, entry, errors)
