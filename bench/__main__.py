@@ -21,6 +21,7 @@ BENCHMARKS = {
     "load": "bench.load",
     "cache_scale": "bench.cache_scale",
     "workers": "bench.workers",
+    "streaming": "bench.streaming",
 }
 
 

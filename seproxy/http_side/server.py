@@ -487,7 +487,8 @@ class _Connection:
             if isinstance(piece, GrowingSlice):
                 piece = self._arrived(piece)
             if not isinstance(piece, FileSlice):
-                more = len(self.pending) > 1 and self.server.tls is None
+                # No MSG_MORE before a growing file: the kernel would hold these bytes while it waits.
+                more = len(self.pending) > 1 and self.server.tls is None and not isinstance(self.pending[1], GrowingSlice)
                 sent = self.sock.send(piece, socket.MSG_MORE if more else 0)
                 if sent < len(piece):
                     self.pending[0] = memoryview(piece)[sent:]
