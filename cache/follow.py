@@ -11,7 +11,11 @@ file stays valid through both, so the bytes read are those of one inode
 from the first to the last.
 
 No SQLite here: a reader asks several hundred times a second, and a
-``stat`` of two paths plus an ``fstat`` costs microseconds.
+``stat`` of two paths plus an ``fstat`` costs microseconds. Only a file
+that stopped growing for a while is checked against the index
+(``still_staged``): a writer that died leaves its partial file until
+recovery removes it, and its readers must not wait for it until their
+deadline.
 
 The rule that keeps a partial file from ever looking whole: until the file
 is committed (verified), the last byte of an announced size is never
@@ -26,12 +30,15 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from seproxy.cache.entry import Growing
 
 # How long the blocking wait sleeps between looks (for threads; an event loop polls on its own).
 POLL_INTERVAL = 0.005
+# How long a file may stay the same size before ``still_staged`` is asked.
+STALL_CHECK = 1.0
 
 
 class StagingFailed(OSError):
@@ -52,14 +59,18 @@ class Follower:
     ``poll()`` never blocks (an event loop calls it); ``wait()`` blocks,
     polling, for threads. ``done``: committed, the whole verified file is
     readable. ``failed``: the staging ended with nothing kept.
+    ``still_staged``: whether the index still lists the staging under a
+    live writer (``Cache.growing_entry``), asked when the file stalls.
     """
 
-    def __init__(self, growing: Growing, deadline: float) -> None:
+    def __init__(self, growing: Growing, deadline: float, *, still_staged: Callable[[], bool] | None = None) -> None:
         self.growing = growing
         self.deadline = deadline
         self.done = False
         self.failed = False
         self._readable = 0
+        self._still_staged = still_staged
+        self._seen = (-1, time.monotonic())  # (size, when it was first seen)
         try:
             self._fd = os.open(growing.tmp_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -89,10 +100,23 @@ class Follower:
         if self.failed:
             raise self._failure()
         readable = os.fstat(self._fd).st_size
+        if not self.done:
+            self._check_writer(readable)
         if not self.done and self.growing.size is not None:
             readable = min(readable, self.growing.size - 1)  # the last byte waits for the commit
         self._readable = max(self._readable, readable)
         return self._readable
+
+    def _check_writer(self, size: int) -> None:
+        """Fail a file that stopped growing because its writer is gone (asked once per ``STALL_CHECK``)."""
+        now = time.monotonic()
+        if size != self._seen[0]:
+            self._seen = (size, now)
+        elif self._still_staged is not None and now - self._seen[1] > STALL_CHECK:
+            self._seen = (size, now)
+            if not self._still_staged() and not _exists(self.growing.final_path):
+                self.failed = True
+                raise self._failure()
 
     def wait(self, offset: int, timeout: float | None = None) -> int:
         """Block until bytes from ``offset`` on are readable; return how many (0: the file ended

@@ -237,9 +237,15 @@ def test_a_row_whose_writer_died_is_ignored_and_reaped(cache: Cache) -> None:
     assert writer.stdout is not None and writer.stdout.readline() == "announced\n"
     growing = cache.growing("SE", "/dying")
     assert growing is not None and growing.size == 10
+    follower = Follower(growing, time.monotonic() + 60, still_staged=lambda: cache.growing_entry(growing.entry_id) is not None)
+    assert follower.wait(0) == 5
     writer.kill()
     writer.wait()
     assert cache.growing("SE", "/dying") is None  # dead holder: ignored at once
+    # Its partial file stays until recovery; a reader of it fails once it stalled, long before its deadline.
+    assert growing.tmp_path.exists()
+    with follower, pytest.raises(StagingFailed):
+        follower.wait(5, timeout=10)
     reap_dead_writers(cache.layout, cache._index, time.time())
     assert cache._index.growing(time.time() + 1e6) == []
     assert not growing.tmp_path.exists()

@@ -267,7 +267,8 @@ class DoorHandler(CacheUploadBody):
         """
         headers = {name.lower(): value for name, value in self.request.headers.get_all()}
         method = self.request.method or "GET"
-        with Follower(growing, self.resources.stager.follow_deadline(growing)) as follower:
+        stager = self.resources.stager
+        with Follower(growing, stager.follow_deadline(growing), still_staged=stager.still_staged(growing)) as follower:
             size = follower.size
             if any(name in headers for name in _CONDITIONS) or (size is None and (method == "HEAD" or "range" in headers)):
                 await committed(follower)

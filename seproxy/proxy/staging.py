@@ -22,6 +22,7 @@ import errno
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_future
 
@@ -137,6 +138,10 @@ class Stager:
     def follow_deadline(self, growing: Growing) -> float:
         """When (``time.monotonic()``) a reader of ``growing`` stops waiting: its staging's own limit."""
         return time.monotonic() + max(0.0, growing.started + self.staging_limit - time.time())
+
+    def still_staged(self, growing: Growing) -> Callable[[], bool]:
+        """For a ``Follower`` of ``growing``: whether its staging still runs (its writer lives)."""
+        return lambda: self.cache.growing_entry(growing.entry_id) is not None
 
     def _source(self, caller: Caller, se: str, pfn: str) -> tuple[StorageElement, str, Entry | None, bool]:
         """The element and clean path of a file ``caller`` may stage, its cached copy, and whether that is stale."""

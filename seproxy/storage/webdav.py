@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -25,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from seproxy import __version__
@@ -40,6 +42,15 @@ from seproxy.transfer.checksum_headers import canonical_adler32, parse_digest
 from seproxy.transfer.network_errors import causes
 
 _DAV = "{DAV:}"
+# How long a block of a download gathers bytes before it is handed on, even if not full: readers
+# that stream a file while it is staged see a slow storage's bytes this soon.
+_GATHER = 0.02
+# What urllib3 raises mid-body, as requests would have raised it (so _transport names the failure).
+_BODY_ERRORS: dict[type[Exception], type[requests.exceptions.RequestException]] = {
+    urllib3.exceptions.ProtocolError: requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ReadTimeoutError: requests.exceptions.ConnectionError,
+    urllib3.exceptions.SSLError: requests.exceptions.SSLError,
+}
 _PROPFIND_BODY = (
     b'<?xml version="1.0" encoding="utf-8"?>'
     b'<propfind xmlns="DAV:"><prop><resourcetype/><getcontentlength/><getlastmodified/></prop></propfind>'
@@ -237,7 +248,7 @@ class WebDavStorage(StorageElement):
 
     def _chunks(self, response: requests.Response, path: str) -> Iterator[bytes]:
         with self._transport(path):
-            yield from response.iter_content(CHUNK_SIZE)
+            yield from _arriving(response.raw)
 
     def _write(self, stream: Any, size: int, path: str) -> None:
         # A PUT cut off half-way (a service killed mid-push) leaves what arrived under the name it
@@ -286,3 +297,26 @@ def _errno_of(exc: BaseException) -> int:
 def _innermost(exc: BaseException) -> str:
     *_, last = causes(exc)
     return str(last)
+
+
+def _arriving(raw: urllib3.HTTPResponse) -> Iterator[bytes]:
+    """A body in blocks of up to ``CHUNK_SIZE`` bytes, each handed on when full or ``_GATHER``
+    seconds after its first bytes: a fast storage still gives large blocks (few writes into the
+    cache), a slow one does not hold its first bytes back until it has sent 4 MiB
+    (``iter_content`` fills every block)."""
+    while True:
+        pieces: list[bytes] = []
+        gathered = 0
+        started = time.monotonic()
+        while gathered < CHUNK_SIZE and time.monotonic() - started < _GATHER:
+            try:
+                piece = raw.read1(CHUNK_SIZE - gathered)
+            except tuple(_BODY_ERRORS) as exc:
+                raise next(wrap for kind, wrap in _BODY_ERRORS.items() if isinstance(exc, kind))(exc) from exc
+            if not piece:
+                if pieces:
+                    yield b"".join(pieces)
+                return
+            pieces.append(piece)
+            gathered += len(piece)
+        yield b"".join(pieces)
