@@ -116,7 +116,7 @@ class Downloads:
                 return self._serve(request, link, growing=False)  # it was committed a moment ago
             return plain(404, GONE)
         try:
-            growth = GrowingFile(growing, self._leases)
+            growth = GrowingFile(growing, self._cache, self._leases)
         except OSError as exc:
             log.warning("link %s: %s", link.id, exc)
             return plain(502, "the staging of the file from its storage element failed; call prepareFileForHTTP again")

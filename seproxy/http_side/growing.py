@@ -16,7 +16,7 @@ import math
 import os
 from contextlib import ExitStack
 
-from seproxy.cache import Follower, Growing
+from seproxy.cache import Cache, Follower, Growing
 from seproxy.http_side.shared_leases import OutsideCache, SharedLeases
 
 log = logging.getLogger("seproxy.http")
@@ -25,13 +25,14 @@ log = logging.getLogger("seproxy.http")
 class GrowingFile:
     """One answer's view of a growing cache file (``body.Growth``); ``close`` when the answer ends."""
 
-    def __init__(self, growing: Growing, leases: SharedLeases) -> None:
+    def __init__(self, growing: Growing, cache: Cache, leases: SharedLeases) -> None:
         self.growing = growing
         self._leases = leases
         self._held = ExitStack()
         # The side server bounds the wait itself: a connection whose file does not grow for
-        # http.idle_timeout is closed, as any connection that makes no progress.
-        self._follower = Follower(growing, math.inf)
+        # http.idle_timeout is closed, as any connection that makes no progress. A file whose
+        # writer died fails at once: the index no longer lists its staging under a live writer.
+        self._follower = Follower(growing, math.inf, still_staged=lambda: cache.growing_entry(growing.entry_id) is not None)
         try:
             self._fd = _open_same_file(growing)
         except BaseException:
