@@ -145,6 +145,22 @@ def test_a_file_is_served_while_it_is_staged(slow_http: Callable[..., ProxyServi
     assert again.headers["X-Checksum-Xxh3"] == entry.xxh3
 
 
+def test_head_and_propfind_of_a_growing_file_tell_what_the_source_announced(
+    slow_http: Callable[..., ProxyService],
+) -> None:
+    service = slow_http(answer_when="started")
+    ((lfn, data),) = put_files(service, 1, 6 * MiB).items()
+    url = ok(service.call("prepareFileForHTTP", lfn))["HttpURL"]
+    head = requests.head(url, timeout=30)
+    described = requests.request("PROPFIND", url, headers={"Depth": "0"}, timeout=30)
+    assert growing(service, lfn.lstrip("/")) is not None, "both answered while the staging ran"
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(data)) and head.headers["Digest"] == f"adler32={adler32(data)}"
+    assert head.headers["ETag"].startswith('"staging-'), "a validator of this staging, not of the whole file"
+    assert described.status_code == 207
+    assert f"<d:getcontentlength>{len(data)}</d:getcontentlength>" in described.text, described.text
+
+
 def test_a_range_beyond_what_arrived_waits_for_it(slow_http: Callable[..., ProxyService]) -> None:
     service = slow_http(answer_when="started")
     ((lfn, data),) = put_files(service, 1, 6 * MiB).items()
