@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import subprocess
 import tarfile
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -159,6 +161,29 @@ def test_head_and_propfind_of_a_growing_file_tell_what_the_source_announced(
     assert head.headers["ETag"].startswith('"staging-'), "a validator of this staging, not of the whole file"
     assert described.status_code == 207
     assert f"<d:getcontentlength>{len(data)}</d:getcontentlength>" in described.text, described.text
+
+
+def test_a_download_begun_while_staging_holds_the_committed_file(slow_http: Callable[..., ProxyService]) -> None:
+    service = slow_http(answer_when="started")
+    ((lfn, data),) = put_files(service, 1, 12 * MiB).items()  # more than the socket buffers hold
+    name = lfn.lstrip("/")
+    parts = urlsplit(ok(service.call("prepareFileForHTTP", lfn))["HttpURL"])
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        slow.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        body = bytearray(slow.recv(65536)).partition(b"\r\n\r\n")[2]
+        assert growing(service, name) is not None, "the download began while the staging ran"
+        wait_until(lambda: growing(service, name) is None, "the end of the staging")
+        entry = staged(service, name)
+        with Cache(service.cache_root, quota=1 << 40, min_free=0) as cache:
+            # Read on: the server sends on, finds the file committed and takes its read lease.
+            while cache.hold(entry.id, force=True) != "in use":
+                assert len(body) < len(data), "the whole file was sent without a read lease"
+                body += slow.recv(256 * 1024)
+            assert cache.remove(entry.id, force=True) is False, "a file being sent is never removed"
+        while len(body) < len(data):
+            body += slow.recv(1 << 20)
+    assert bytes(body) == data
 
 
 def test_a_range_beyond_what_arrived_waits_for_it(slow_http: Callable[..., ProxyService]) -> None:
