@@ -45,6 +45,7 @@ class Rule:
     die: bool = False  # at the gate's opening, the storage breaks the connection
     hide_length: bool = False
     no_digest: bool = False  # a storage that announces no checksum (unlike dCache)
+    refuse: bool = False  # its GET fails before any byte (the storage's pools are down)
 
 
 class GatedStorage:
@@ -70,6 +71,9 @@ class GatedStorage:
             self.gets[name] += 1
         if rule is None:
             return self.app(environ, start_response)
+        if rule.refuse:
+            start_response("503 Service Unavailable", [("Content-Length", "0")])
+            return [b""]
 
         def answer(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             hidden = {"content-length"} if rule.hide_length else set()
@@ -314,3 +318,13 @@ def test_a_staging_goes_on_when_its_reader_leaves(streaming: Streaming, pki: Any
     again = curl(pki, lfn_url(streaming.service, "/vo/left.dat"), tmp_path / "again.dat")
     assert ended(again)[:2] == (0, "200") and (tmp_path / "again.dat").read_bytes() == data
     assert streaming.storage.gets["left.dat"] == 1
+
+
+def test_a_staging_that_fails_before_its_first_byte_gets_an_error_answer(streaming: Streaming, pki: Any, tmp_path: Path) -> None:
+    put(streaming, "refused.dat")
+    streaming.storage.hold("refused.dat", refuse=True).set()
+    status, out, err = ended(curl(pki, lfn_url(streaming.service, "/vo/refused.dat"), tmp_path / "refused.txt"))
+    assert status == 0 and out.startswith("5"), (out, err)
+    message = (tmp_path / "refused.txt").read_text()
+    assert "refused.dat" in message and "503" in message and "Traceback" not in message
+    assert staging_files(streaming.service) == []

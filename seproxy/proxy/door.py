@@ -9,9 +9,10 @@ the configured places); a read is staged on demand through the ``Stager``
 and served with the side server's representation code (checksums,
 validators, conditional and multi-range requests: one function each, not a
 twin). A file not cached yet is streamed while it is staged
-(``_serve_growing``): the first bytes leave before the staging ends. Writes (PUT, DELETE, MKCOL) go to the first configured place, the
-one an LFN is written to; every write drops any cached copy of that LFN so
-the next read stages the new bytes.
+(``_serve_growing``): its first bytes leave before the staging ends.
+Writes (PUT, DELETE, MKCOL) go to the first configured place, the one an
+LFN is written to; every write drops any cached copy of that LFN so the
+next read stages the new bytes.
 
 Rights are those of the RPC methods: VO and write properties for
 certificates (``check_rights``), the storage scopes for tokens

@@ -9,9 +9,9 @@ request: what it raises, ``seproxy.errors`` answers.
 
 ``stage`` waits for the whole file (what ``prepareFile`` promises);
 ``open`` answers as soon as the first bytes can be followed (a reader that
-streams while staging). A staging ``open`` starts runs in a thread of the
-Stager's own, bounded by the staging limit and not by its reader: when
-that reader leaves, the file is still completed for the next one (as
+streams while staging). A staging that ``open`` starts runs in a thread
+of the Stager's own, bounded by the staging limit and not by its reader:
+when that reader leaves, the file is still completed for the next one (as
 XCache and nginx's proxy_cache do), and a second reader in the meantime
 follows the same staging.
 """
@@ -158,7 +158,7 @@ class Stager:
         """The staging this process runs for ``open`` (one per source), started if none runs."""
         key = (element.name, path)
         with self._lock:
-            if key in self._started:
+            if key in self._started and not self._started[key][0].done():
                 return self._started[key][0]
             context = CallContext(deadline=time.monotonic() + self.staging_limit)
             future = self._pool.submit(call_in, context, self._until_staged, element, path, owner, name, force)
@@ -168,7 +168,8 @@ class Stager:
 
     def _ended(self, key: tuple[str, str], future: Future[Entry]) -> None:
         with self._lock:
-            self._started.pop(key, None)
+            if key in self._started and self._started[key][0] is future:
+                del self._started[key]
         if not future.cancelled() and future.exception() is not None:
             log.warning("background staging of %s:%s failed: %s", *key, future.exception())
 

@@ -18,7 +18,7 @@ import os
 import secrets
 import time
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -45,6 +45,8 @@ _DAV = "{DAV:}"
 # How long a block of a download gathers bytes before it is handed on, even if not full: readers
 # that stream a file while it is staged see a slow storage's bytes this soon.
 _GATHER = 0.02
+# The size of the block after the first; the next ones double up to CHUNK_SIZE.
+_FIRST_FILL = 256 * 1024
 # What urllib3 raises mid-body, as requests would have raised it (so _transport names the failure).
 _BODY_ERRORS: dict[type[Exception], type[requests.exceptions.RequestException]] = {
     urllib3.exceptions.ProtocolError: requests.exceptions.ChunkedEncodingError,
@@ -300,23 +302,31 @@ def _innermost(exc: BaseException) -> str:
 
 
 def _arriving(raw: urllib3.HTTPResponse) -> Iterator[bytes]:
-    """A body in blocks of up to ``CHUNK_SIZE`` bytes, each handed on when full or ``_GATHER``
-    seconds after its first bytes: a fast storage still gives large blocks (few writes into the
-    cache), a slow one does not hold its first bytes back until it has sent 4 MiB
-    (``iter_content`` fills every block)."""
-    while True:
-        pieces: list[bytes] = []
-        gathered = 0
-        started = time.monotonic()
-        while gathered < CHUNK_SIZE and time.monotonic() - started < _GATHER:
-            try:
-                piece = raw.read1(CHUNK_SIZE - gathered)
-            except tuple(_BODY_ERRORS) as exc:
-                raise next(wrap for kind, wrap in _BODY_ERRORS.items() if isinstance(exc, kind))(exc) from exc
-            if not piece:
-                if pieces:
-                    yield b"".join(pieces)
-                return
-            pieces.append(piece)
-            gathered += len(piece)
+    """A body in blocks: the first one handed on ``_GATHER`` seconds after its first bytes (or
+    when full), so that readers streaming the file while it is staged get a slow storage's first
+    bytes at once (``iter_content`` fills every 4 MiB block before handing it on); the next ones
+    filled, growing to ``CHUNK_SIZE``, each in one read (a loop per TLS record would slow a fast
+    storage, and few large blocks mean few writes into the cache)."""
+    pieces: list[bytes] = []
+    gathered = 0
+    started = time.monotonic()
+    while gathered < CHUNK_SIZE and time.monotonic() - started < _GATHER:
+        piece = _body_read(raw.read1, CHUNK_SIZE - gathered)
+        if not piece:
+            break
+        pieces.append(piece)
+        gathered += len(piece)
+    if pieces:
         yield b"".join(pieces)
+    size = _FIRST_FILL
+    while block := _body_read(raw.read, size):
+        yield block
+        size = min(2 * size, CHUNK_SIZE)
+
+
+def _body_read(read: Callable[[int], bytes], amount: int) -> bytes:
+    """``read(amount)`` of a body, failing as requests would (so that _transport names the failure)."""
+    try:
+        return read(amount)
+    except tuple(_BODY_ERRORS) as exc:
+        raise next(wrap for kind, wrap in _BODY_ERRORS.items() if isinstance(exc, kind))(exc) from exc
