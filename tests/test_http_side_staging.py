@@ -44,13 +44,13 @@ from seproxy.cache import Cache, Entry, Growing
 @pytest.fixture
 def slow_http(pki: Any, tmp_path: Path, slow_webdav: WatchedWebDav, storage_ca: LoopbackCA) -> Iterator[Callable[..., ProxyService]]:
     """Start a service whose LFNs live on the slow WebDAV storage (or on ``place``), with ``[http]``
-    options of the test's own."""
+    options of the test's own; ``cache``: the cache root of another one, shared."""
     started: list[ProxyService] = []
 
-    def start(place: Place | None = None, **http: Any) -> ProxyService:
+    def start(place: Place | None = None, cache: Path | None = None, **http: Any) -> ProxyService:
         place = place or webdav_place(SLOW_SE, slow_webdav.url, slow_webdav.root, storage_ca)
         directory = tmp_path / f"service{len(started)}"
-        config = proxy_config(pki, directory / "state", [place])
+        config = proxy_config(pki, directory / "state", [place], **({"root": str(cache)} if cache else {}))
         config["http"] = {"enabled": True, "port": 0, "host": "127.0.0.1", "secret": SECRET, **http}
         started.append(ProxyService(start_service(directory, config), pki, {SLOW_SE: place}))
         return started[-1]
@@ -184,6 +184,23 @@ def test_a_download_begun_while_staging_holds_the_committed_file(slow_http: Call
         while len(body) < len(data):
             body += slow.recv(1 << 20)
     assert bytes(body) == data
+
+
+def test_another_process_on_the_cache_serves_the_file_while_its_neighbour_stages_it(
+    slow_http: Callable[..., ProxyService],
+) -> None:
+    staging = slow_http(answer_when="started")
+    serving = slow_http(place=staging.place(SLOW_SE), cache=staging.cache_root)
+    files = put_files(staging, 2, 6 * MiB)
+    lfn, other = files
+    # The side port of the second process, from a URL of its own.
+    port = urlsplit(ok(serving.call("prepareFileForHTTP", other))["HttpURL"]).port
+    url = urlsplit(ok(staging.call("prepareFileForHTTP", lfn))["HttpURL"])._replace(netloc=f"127.0.0.1:{port}").geturl()
+    with requests.get(url, stream=True, timeout=60) as response:
+        assert response.status_code == 200 and response.headers["Content-Length"] == str(len(files[lfn]))
+        first = response.raw.read(256 * 1024)
+        assert growing(staging, lfn.lstrip("/")) is not None, "the first bytes arrived while the other process staged"
+        assert first + response.raw.read() == files[lfn]
 
 
 def test_a_range_beyond_what_arrived_waits_for_it(slow_http: Callable[..., ProxyService]) -> None:
