@@ -145,8 +145,8 @@ def _entry_id(entry: Entry | Growing) -> str:
 
 
 def _whole(members: Sequence[tuple[str, Entry | Growing]]) -> list[tuple[str, Entry]]:
-    """The members of an archive, which are all whole: a growing file is never archived (its tar
-    header needs its size, and its bytes could not be cut short inside the archive)."""
+    """The members of an archive, which are all whole: a growing file is never archived (a
+    member's tar header carries its size before its bytes, and the source may not have told it)."""
     whole = [(name, entry) for name, entry in members if isinstance(entry, Entry)]
     if len(whole) != len(members):
         raise ValueError("an archive is made of staged files only")
