@@ -72,7 +72,9 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, caller: Caller, lfns
         return S_ERROR(errno.ENOSYS, "prepareFileForHTTP: the HTTP side server is not enabled here ([http] enabled)")
     wanted = _checked_lfns(lfns, http.settings.max_files)
     started = http.settings.answer_when == "started" and len(wanted) == 1
-    staged, failed = _stage_all(wanted, lambda lfn: _replica(stager, http, caller, lfn, started=started), http.settings.staging_concurrency)
+    staged, failed = _stage_all(
+        wanted, lambda lfn: _stage_replica(stager, http, caller, lfn, started=started), http.settings.staging_concurrency
+    )
     if failed:
         first = next(iter(failed.values()))
         details = " | ".join(f"{lfn}: {exc}" for lfn, exc in failed.items())
@@ -170,7 +172,7 @@ def _one(stage: Callable[[str], Staged], lfn: str) -> Staged | NoReplica:
         return exc
 
 
-def _replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str, *, started: bool) -> Staged:
+def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str, *, started: bool = False) -> Staged:
     """The first replica of ``lfn`` that stages (with ``started``: whose staging starts), pinned
     once whole; ``NoReplica`` naming every failure otherwise."""
 
