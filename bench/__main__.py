@@ -22,6 +22,7 @@ BENCHMARKS = {
     "cache_scale": "bench.cache_scale",
     "workers": "bench.workers",
     "freshness": "bench.freshness",
+    "streaming": "bench.streaming",
 }
 
 

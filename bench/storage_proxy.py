@@ -128,8 +128,11 @@ class StoredDigests:
         return self.app(environ, with_digest)
 
 
-def start_webdav(root: str, digests: dict[str, str], cert: str, key: str) -> Started:
-    """wsgidav on cheroot over HTTPS, serving ``root`` to anyone (the test fixture's server, tuned for size)."""
+def start_webdav(
+    root: str, digests: dict[str, str], cert: str, key: str, wrap: Callable[[Any], Any] | None = None
+) -> Started:
+    """wsgidav on cheroot over HTTPS, serving ``root`` to anyone (the test fixture's server, tuned for size);
+    ``wrap`` puts a benchmark's own WSGI middleware in front."""
     app = WsgiDAVApp(
         {
             "provider_mapping": {"/": root},
@@ -140,7 +143,8 @@ def start_webdav(root: str, digests: dict[str, str], cert: str, key: str) -> Sta
             "verbose": 1,
         }
     )
-    server = wsgi.Server(("127.0.0.1", 0), StoredDigests(app, digests), numthreads=4)
+    served = StoredDigests(app, digests)
+    server = wsgi.Server(("127.0.0.1", 0), wrap(served) if wrap else served, numthreads=4)
     server.ssl_adapter = BuiltinSSLAdapter(cert, key)
     server.prepare()
     thread = threading.Thread(target=server.serve, name="webdav", daemon=True)

@@ -25,6 +25,8 @@ KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 LFN_FIELD = "{lfn}"
 # Shorter inline secrets are refused: an HMAC is only as strong as its key.
 MIN_SECRET_LENGTH = 32
+# Stagings of one prepareFileForHTTP call at once: beyond this, threads and storage connections, not speed, grow.
+MAX_STAGING_CONCURRENCY = 64
 
 
 class ConfigError(ValueError):
@@ -101,6 +103,10 @@ def _niceness(value: int) -> str | None:
 
 def _fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else "must be a fraction greater than 0 and at most 1"
+
+
+def _staging_concurrency(value: int) -> str | None:
+    return None if 1 <= value <= MAX_STAGING_CONCURRENCY else f"must be from 1 to {MAX_STAGING_CONCURRENCY}"
 
 
 def _check(rule: Any) -> dict[str, Any]:
@@ -289,6 +295,13 @@ class HTTPSettings:
     lfn_storage_elements: list[str] = field(default_factory=list)
     # Most LFNs in one prepareFileForHTTP call (they become one tar archive).
     max_files: int = field(default=1000, metadata=_check(_positive))
+    # Files of one prepareFileForHTTP call staged at the same time (each holds a thread and a
+    # connection to its storage element while it runs).
+    staging_concurrency: int = field(default=4, metadata=_check(_staging_concurrency))
+    # When prepareFileForHTTP answers: "staged", once its files are whole in the cache (what DIRAC
+    # clients expect), or "started", as soon as the staging of its one file has started: the URL then
+    # serves the file as it arrives, and cuts the download short if the staging fails.
+    answer_when: Literal["staged", "started"] = "staged"
     # Threads of the side server, each serving many connections (sendfile does the copying);
     # more than 2 mostly contend for Python's GIL.
     threads: int = field(default=2, metadata=_check(_positive))

@@ -42,6 +42,7 @@ def test_defaults():
     settings = settings_from_dict({})
     assert settings.service.port == 8443
     assert settings.http.enabled is False and settings.http.port == 9180 and settings.http.url_lifetime == 1800
+    assert settings.http.staging_concurrency == 4 and settings.http.answer_when == "staged"
     assert settings.route == "/DataManagement/StorageElementProxy"
     assert settings.tls.min_version == "TLSv1.2"
 
@@ -75,6 +76,10 @@ def test_defaults():
         ("[http]\nsecret = '" + "s" * 32 + "'\nsecret_file = '/s'", "http.secret: set secret or secret_file, not both"),
         ("[http]\nhost_cert = '/a'", "http.host_cert: host_cert and host_key must be set together"),
         ("[http]\nurl_lifetime = 0", "http.url_lifetime: must be greater than 0"),
+        ("[http]\nstaging_concurrency = 0", "http.staging_concurrency: must be from 1 to 64, got 0"),
+        ("[http]\nstaging_concurrency = 65", "http.staging_concurrency: must be from 1 to 64, got 65"),
+        ("[http]\nstaging_concurrency = 'many'", "http.staging_concurrency: expected an integer, got a string"),
+        ("[http]\nanswer_when = 'soon'", "http.answer_when: must be one of 'staged', 'started', got 'soon'"),
         ("[http]\nlfn_storage_elements = ['X']", "http.lfn_storage_elements: 'X' is not in [storage_elements]"),
         ("[storage_elements.X]\nplugin = 'file'\nbase = '/'\nlfn_path = '/data'", "storage_elements.X.lfn_path: must contain {lfn}"),
         ("[storage_elements.X]\nplugin = 'file'\nbase = '/'\nlfn_path = '{lfn}{x}'", "storage_elements.X.lfn_path: must contain {lfn} once"),

@@ -106,6 +106,21 @@ def test_a_busy_metrics_or_side_port(config, tmp_path, key):
         busy.close()
 
 
+@pytest.mark.parametrize(
+    "http, key, problem",
+    [
+        ({"staging_concurrency": 0}, "http.staging_concurrency", "must be from 1 to 64, got 0"),
+        ({"answer_when": "early"}, "http.answer_when", "must be one of 'staged', 'started', got 'early'"),
+    ],
+)
+def test_a_bad_prepare_option(config, tmp_path, http, key, problem):
+    config["http"] = {"enabled": True, "host": "127.0.0.1", "port": free_port(), **http}
+    path = write(tmp_path, config)
+    result, listened = serve(path, tmp_path, config["service"]["port"])
+    refused(result, path, key, problem)
+    assert not listened
+
+
 def test_the_example_config_as_it_is(tmp_path):
     assert not Path("/etc/grid-security/certificates").exists(), "this case needs a host without the grid CA directory"
     example = REPO / "deploy" / "seproxy.example.toml"

@@ -1,7 +1,9 @@
 """A response body as pieces: bytes made in memory, and slices of cache files.
 
 The server writes ``bytes`` pieces as they are and hands ``FileSlice`` pieces
-to ``sendfile``, so file contents never pass through Python. Because the
+to ``sendfile``, so file contents never pass through Python; a
+``GrowingSlice`` is a file slice whose bytes are still arriving, sent as
+they come. Because the
 pieces are known before the first byte is sent, the total length (for
 ``Content-Length``) and any byte range of the body (for ``Range``) are cheap
 to compute, for one file and for a tar archive of many alike.
@@ -10,8 +12,9 @@ to compute, for one file and for a tar archive of many alike.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,34 @@ class FileSlice:
     length: int
     se: str | None = None
     growing: bool = False
+
+
+class Growth(Protocol):
+    """A file still being written, as a body follows it (``seproxy.http_side.growing``)."""
+
+    @property
+    def done(self) -> bool:
+        """The file is whole: what ``readable`` says is all there will ever be."""
+
+    def readable(self) -> int:
+        """Bytes readable from the start of the file now; ``OSError`` once it can never be whole."""
+
+    def fileno(self) -> int:
+        """A descriptor of the file, valid for as long as the body is sent."""
+
+
+@dataclass(frozen=True)
+class GrowingSlice(FileSlice):
+    """A slice of a file still being staged: sent as its bytes arrive.
+
+    ``path`` is where the file is being written (it moves when it is
+    committed): its bytes are read through ``growth.fileno()``, never by
+    path. ``chunked``: the size is not known yet, so the slice runs to the
+    file's end, whatever that turns out to be, framed as HTTP/1.1 chunks.
+    """
+
+    growth: Growth = field(compare=False, repr=False, kw_only=True)
+    chunked: bool = field(default=False, kw_only=True)
 
 
 Piece = bytes | FileSlice

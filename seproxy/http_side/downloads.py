@@ -30,10 +30,11 @@ from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
 from seproxy import metrics
-from seproxy.cache import Cache, Entry
-from seproxy.http_side.body import FileSlice, Piece, body_length
+from seproxy.cache import Cache, Entry, Growing
+from seproxy.http_side.body import FileSlice, GrowingSlice, Piece, body_length
 from seproxy.http_side.conditional import Validators
 from seproxy.http_side.digests import ALGORITHMS, DigestOf, checksum_values, file_digest
+from seproxy.http_side.growing import GrowingFile
 from seproxy.http_side.links import Link, LinkStore
 from seproxy.http_side.propfind import DEPTHS, MULTISTATUS_TYPE, BadPropfind, FileProperties, multistatus, read_request
 from seproxy.http_side.representation import Plan, Representation, framed, plan
@@ -47,6 +48,9 @@ from seproxy.transfer.checksum_headers import XXH3_HEADER
 log = logging.getLogger("seproxy.http")
 
 NOT_FOUND = "no such download"
+GONE = "the file is no longer in the cache (removed, or its staging failed); call prepareFileForHTTP again"
+# The length of a growing slice whose size is not known yet: the file's end, wherever it is.
+UNKNOWN_LENGTH = 1 << 62
 
 
 class Downloads:
@@ -89,11 +93,13 @@ class Downloads:
             return plain(403, "this single-use link was already used")
         return self._serve(request, link)
 
-    def _serve(self, request: RequestHead, link: Link) -> Response:
+    def _serve(self, request: RequestHead, link: Link, *, growing: bool = True) -> Response:
         try:
             entries, release = self._leases.hold([member.entry_id for member in link.members])
         except FileNotFoundError:
-            return plain(404, "the file is no longer in the cache")
+            if growing:
+                return self._not_committed(request, link)
+            return plain(404, GONE)
         except OutsideCache as exc:
             log.error("%s: not served", exc)
             return plain(404, NOT_FOUND)
@@ -109,9 +115,53 @@ class Downloads:
             release()
         return response
 
+    def _not_committed(self, request: RequestHead, link: Link) -> Response:
+        """The answer for a link whose file is not (or no longer) a cache entry: still being
+        staged (served as it grows), or gone (a staging that failed, an eviction)."""
+        entry_id = link.members[0].entry_id
+        growing = None if link.archive else self._cache.growing_entry(entry_id)
+        if growing is None:
+            if not link.archive and self._cache.get(entry_id) is not None:
+                return self._serve(request, link, growing=False)  # it was committed a moment ago
+            return plain(404, GONE)
+        try:
+            growth = GrowingFile(growing, self._cache, self._leases)
+        except OSError as exc:
+            log.warning("link %s: %s", link.id, exc)
+            return plain(502, "the staging of the file from its storage element failed; call prepareFileForHTTP again")
+        response = self._growing_response(request, link, growth)
+        if response.body and response.status < 400:
+            response.release = growth.close
+        else:
+            growth.close()
+        return response
+
+    def _growing_response(self, request: RequestHead, link: Link, growth: GrowingFile) -> Response:
+        """A file still being staged, served as its bytes arrive: with the size the source announced
+        as ``Content-Length`` (ranges too), else chunked, whole; checksums only as announced."""
+        growing = growth.growing
+        representation = growing_representation(growing)
+        if request.method == "PROPFIND":
+            if growing.size is None:
+                return plain(503, "the file is being staged and its size is not known yet", extra=[("Retry-After", "5")])
+            properties = file_properties(representation, [], link.name, created=growing.started)
+            return propfind_answer(request, [(request.path, properties)])
+        if growing.size is None:
+            headers = {**request.headers}
+            headers.pop("range", None)
+            chosen = plan(request.method, headers, representation)
+            chosen.headers.pop("Content-Length", None)
+            chosen.headers.update({"Accept-Ranges": "none", "Transfer-Encoding": "chunked"})
+        else:
+            chosen = plan(request.method, request.headers, representation)
+        whole = GrowingSlice(
+            growing.tmp_path, 0, growing.size or UNKNOWN_LENGTH, se=growing.se, growing=True, growth=growth, chunked=growing.size is None
+        )
+        return self._planned(request, link, chosen, [whole], None if growing.size is None else representation)
+
     def _file_response(self, request: RequestHead, link: Link, entries: list[Entry]) -> Response:
         body: list[Piece]
-        extra = {}
+        extra = staleness(entries)
         if link.archive:
             body = tar_body([(member.name, entry) for member, entry in zip(link.members, entries)])
             validators = Validators(_archive_etag(link, entries), max(entry.modified for entry in entries))
@@ -123,15 +173,38 @@ class Downloads:
             extra[XXH3_HEADER] = entry.xxh3
         if request.method == "PROPFIND":
             return propfind_answer(request, [(request.path, file_properties(representation, entries, link.name))])
-        chosen = plan(request.method, request.headers, representation)
+        return self._planned(request, link, plan(request.method, request.headers, representation), body, representation, extra)
+
+    def _planned(
+        self,
+        request: RequestHead,
+        link: Link,
+        chosen: Plan,
+        body: list[Piece],
+        representation: Representation | None,
+        extra: dict[str, str] | None = None,
+    ) -> Response:
+        """The answer ``chosen`` for ``body``: a refusal, or the body (framed for ``representation``
+        when given, else as it is), claiming a single-use link."""
         refused = refusal(chosen)
         if refused is not None:
             return refused
         if request.method == "GET" and link.single_use and not self._links.claim(link.id, time.time()):
             return plain(403, "this single-use link was already used")
-        pieces = framed(chosen, body, representation)
-        headers = {**chosen.headers, **extra, **staleness(entries), "Content-Disposition": _attachment(link.name)}
+        pieces = body if representation is None else framed(chosen, body, representation)
+        headers = {**chosen.headers, **(extra or {}), "Content-Disposition": _attachment(link.name)}
         return Response(chosen.status, list(headers.items()), pieces)
+
+
+def growing_representation(growing: Growing) -> Representation:
+    """A file still being staged, as served: its size and checksum as its source announced them
+    (a size of 0 while it is unknown), validators that hold for this staging only."""
+    modified = growing.source_mtime if growing.source_mtime is not None else growing.started
+    validators = Validators(f'"staging-{growing.entry_id}"', modified)
+    adler32 = growing.adler32
+    if adler32 is None:
+        return Representation(growing.size or 0, validators, algorithms=())
+    return Representation(growing.size or 0, validators, lambda _algorithm: adler32, algorithms=("adler32",))
 
 
 def entry_representation(cache: Cache, entry: Entry) -> Representation:
@@ -167,19 +240,24 @@ def refusal(chosen: Plan) -> Response | None:
     return None
 
 
-def file_properties(representation: Representation, entries: list[Entry], name: str) -> FileProperties:
-    """What ``PROPFIND`` tells of cached files served as one representation named ``name``."""
+def file_properties(representation: Representation, entries: list[Entry], name: str, *, created: float | None = None) -> FileProperties:
+    """What ``PROPFIND`` tells of cached files served as one representation named ``name``
+    (no entries: a file being staged since ``created``, with what its source announced)."""
     digest_of = representation.digest_of
-    known = tuple(a for a in ALGORITHMS if a == "adler32" or getattr(entries[0], a))
-    created = datetime.fromtimestamp(min(entry.created for entry in entries), UTC)
+    if entries:
+        known = tuple(a for a in ALGORITHMS if a == "adler32" or getattr(entries[0], a))
+        created = min(entry.created for entry in entries)
+    else:
+        known = representation.algorithms
+    assert created is not None, "a file being staged has a start"
     return FileProperties(
         size=representation.size,
         last_modified=representation.validators.last_modified,
-        created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created=datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         etag=representation.validators.etag,
         content_type=representation.content_type,
         display_name=name,
-        checksums=None if digest_of is None else lambda: checksum_values(digest_of, known),
+        checksums=None if digest_of is None or not known else lambda: checksum_values(digest_of, known),
     )
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from seproxy.byte_range import ByteRange, RangeNotSatisfiable, parse_ranges
 from seproxy.http_side.body import Piece, body_length, select
 from seproxy.http_side.conditional import Validators, precondition, range_applies
-from seproxy.http_side.digests import DigestOf, digest_headers
+from seproxy.http_side.digests import ALGORITHMS, DigestOf, digest_headers
 from seproxy.http_side.multipart import byteranges
 
 OCTET_STREAM = "application/octet-stream"
@@ -30,6 +30,8 @@ class Representation:
     validators: Validators
     digest_of: DigestOf | None = None
     content_type: str = OCTET_STREAM
+    # What ``digest_of`` can tell (a file still being staged: only what its source announced).
+    algorithms: tuple[str, ...] = ALGORITHMS
 
 
 @dataclass
@@ -52,7 +54,7 @@ def plan(method: str, headers: dict[str, str], representation: Representation) -
     if condition == 412:
         return Plan(412, {}, message="the file does not meet the request's precondition")
     if representation.digest_of is not None:
-        answer.update(digest_headers(headers, representation.digest_of, default=("adler32",)))
+        answer.update(digest_headers(headers, representation.digest_of, default=("adler32",), known=representation.algorithms))
     answer["Accept-Ranges"] = "bytes"
     size = representation.size
     try:

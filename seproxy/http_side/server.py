@@ -42,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from seproxy import metrics
-from seproxy.http_side.body import FileSlice, Piece, piece_length
+from seproxy.http_side.body import FileSlice, GrowingSlice, Piece, piece_length
 from seproxy.http_side.listen import listening_sockets
 from seproxy.http_side.request import ALLOW, RequestHead, head_end, parse_head
 from seproxy.http_side.response import Refused, Response, plain
@@ -59,6 +59,11 @@ ACCEPT_BATCH = 64
 # After refusing a request, how long to read (and drop) what the client still sends before closing.
 LINGER = 2.0
 SWEEP_INTERVAL = 1.0
+# How often a connection that has sent all the bytes of a growing file looks for more.
+STARVED_INTERVAL = 0.01
+# The epoll events of a connection waiting for a growing file: none but hang-up and error
+# (which epoll reports anyway), so that a writable socket does not wake its worker in vain.
+STARVED = 0
 
 Answer = Callable[[RequestHead], Response]
 
@@ -95,6 +100,10 @@ class _Tally:
 
 class _ShortFile(Exception):
     """A cache file ended before the length its index gives: the answer can only be cut short."""
+
+
+class _Starved(Exception):
+    """All that has arrived of a growing file is sent; the rest is still on its way."""
 
 
 class SideServer:
@@ -176,6 +185,8 @@ class _Worker:
     def __init__(self, server: SideServer, number: int) -> None:
         self.server = server
         self.connections: dict[int, _Connection] = {}
+        # Connections waiting for more of a growing file: looked at every STARVED_INTERVAL.
+        self._starved: set[_Connection] = set()
         self._listeners: dict[int, socket.socket] = {}
         self._epoll = select.epoll()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -226,16 +237,22 @@ class _Worker:
         next_sweep = time.monotonic() + SWEEP_INTERVAL
         try:
             while True:
-                events = self._epoll.poll(SWEEP_INTERVAL)
+                events = self._epoll.poll(STARVED_INTERVAL if self._starved else SWEEP_INTERVAL)
                 now = time.monotonic()
-                for fd, _ in events:
+                for fd, flags in events:
                     if fd in self._listeners:
                         self._accept(self._listeners[fd], now)
                     elif fd == self._wake_read:
                         os.read(self._wake_read, 4096)
                         self._evict_as_asked()
-                    elif (connection := self.connections.get(fd)) is not None:
+                    elif (connection := self.connections.get(fd)) is None:
+                        continue
+                    elif connection in self._starved and flags & (select.EPOLLHUP | select.EPOLLERR):
+                        self._close(connection)  # the client left while the file was growing
+                    else:
                         self._advance(connection, now)
+                for connection in list(self._starved):
+                    self._advance(connection, now)
                 if self.server.stopping and self._wind_down():
                     return
                 if now >= next_sweep:
@@ -307,13 +324,19 @@ class _Worker:
             wanted = None
         if wanted is None:
             self._close(connection)
-        elif wanted != connection.events:
+            return
+        if wanted == STARVED:
+            self._starved.add(connection)
+        else:
+            self._starved.discard(connection)
+        if wanted != connection.events:
             connection.events = wanted
             self._epoll.modify(connection.fd, wanted)
 
     def _close(self, connection: _Connection) -> None:
         if self.connections.pop(connection.fd, None) is None:
             return
+        self._starved.discard(connection)
         self._epoll.unregister(connection.fd)
         connection.close()
         self.server.limits.release(connection.client)
@@ -386,6 +409,8 @@ class _Connection:
             return select.EPOLLIN
         except ssl.SSLWantWriteError:
             return select.EPOLLOUT
+        except _Starved:
+            return STARVED
         except _ShortFile as exc:
             log.error("%s: cutting the connection: %s", self.client, exc)
             return None
@@ -493,8 +518,11 @@ class _Connection:
     def _send_piece(self, piece: Piece | memoryview) -> tuple[int, bool]:
         """Send (part of) the first pending piece and drop what went out: (bytes sent, all that was offered)."""
         while True:
+            if isinstance(piece, GrowingSlice):
+                piece = self._arrived(piece)
             if not isinstance(piece, FileSlice):
-                more = len(self.pending) > 1 and self.server.tls is None
+                # No MSG_MORE before a growing file: the kernel would hold these bytes while it waits.
+                more = len(self.pending) > 1 and self.server.tls is None and not isinstance(self.pending[1], GrowingSlice)
                 sent = self.sock.send(piece, socket.MSG_MORE if more else 0)
                 if sent < len(piece):
                     self.pending[0] = memoryview(piece)[sent:]
@@ -507,7 +535,7 @@ class _Connection:
                 self.pending.appendleft(piece)
                 continue
             offered = min(piece.length, SENDFILE_MAX)
-            sent = os.sendfile(self.fd, self._open_file(piece), piece.offset, offered)
+            sent = os.sendfile(self.fd, self._descriptor(piece), piece.offset, offered)
             if sent == 0:
                 raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
             self._advance_slice(piece, sent)
@@ -520,15 +548,50 @@ class _Connection:
         else:
             self.pending.popleft()
 
+    def _arrived(self, piece: GrowingSlice) -> Piece:
+        """What can be sent now of a growing slice at the head of ``pending``, put there in its place.
+
+        An exact slice comes back limited to the bytes that have arrived
+        (the rest stays pending behind it); a chunked one becomes a chunk
+        (its size line, the bytes, its end) before the rest, or the last
+        chunk once the file is whole. ``_Starved`` when nothing has arrived
+        beyond what was sent; ``_ShortFile`` when nothing more ever will.
+        """
+        growth = piece.growth
+        try:
+            available = min(growth.readable() - piece.offset, piece.length)
+        except OSError as exc:  # the staging failed: the client must not take the part for the whole
+            raise _ShortFile(str(exc)) from None
+        if available <= 0:
+            if piece.chunked and growth.done:
+                self.pending[0] = last = b"0\r\n\r\n"
+                return last
+            if growth.done:
+                raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
+            raise _Starved
+        now = replace(piece, length=available, chunked=False)
+        self.pending.popleft()
+        if piece.chunked:
+            size_line = f"{available:x}\r\n".encode("ascii")
+            self.pending.extendleft([replace(piece, offset=piece.offset + available), b"\r\n", now, size_line])
+            return size_line
+        if available < piece.length:
+            self.pending.appendleft(replace(piece, offset=piece.offset + available, length=piece.length - available))
+        self.pending.appendleft(now)
+        return now
+
     def _read_chunk(self, piece: FileSlice) -> bytes:
         """The next chunk of a file slice, read for a TLS socket (which cannot sendfile)."""
-        chunk = os.pread(self._open_file(piece), min(piece.length, TLS_CHUNK), piece.offset)
+        chunk = os.pread(self._descriptor(piece), min(piece.length, TLS_CHUNK), piece.offset)
         if not chunk:
             raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
         self._advance_slice(piece, len(chunk))
         return chunk
 
-    def _open_file(self, piece: FileSlice) -> int:
+    def _descriptor(self, piece: FileSlice) -> int:
+        """The file of a slice: the growing file's own descriptor, or the cache file opened by path."""
+        if isinstance(piece, GrowingSlice):
+            return piece.growth.fileno()
         if self.file is None or self.file[1] != piece.path:
             self._close_file()
             self.file = (os.open(piece.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), piece.path)

@@ -2,7 +2,10 @@
 
 ``publish`` turns staged cache entries into a signed URL: it pins the files
 until the URL expires, records the link and signs the key. The server then
-answers that URL from its own threads, sharing the service's cache.
+answers that URL from its own threads, sharing the service's cache. A file
+still being staged may be published too (``http.answer_when = "started"``):
+it is pinned when its staging commits (``pending_pins``), and served as it
+grows until then.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from seproxy.cache import Cache, Entry
+from seproxy.cache import Cache, Entry, Growing
 from seproxy.config import ConfigError, Settings, url_host
 from seproxy.http_side.body import body_length
 from seproxy.http_side.downloads import Downloads
 from seproxy.http_side.links import Link, LinkStore, Member
+from seproxy.http_side.pending_pins import PendingPins
 from seproxy.http_side.server import SideServer
 from seproxy.http_side.signing import CLOCK_SKEW, Signer, load_secret, new_link_id
 from seproxy.http_side.tar_stream import tar_body
@@ -38,7 +42,7 @@ class Published:
     url: str
     key: str
     expires: int
-    size: int  # of what the URL serves: the file, or the whole archive
+    size: int | None  # of what the URL serves: the file, or the whole archive; None: not known yet
 
 
 class HTTPSide:
@@ -50,6 +54,7 @@ class HTTPSide:
         self.cache = cache
         self.signer = Signer(http.key_id, _secret(settings), _retired_secrets(settings))
         self.links = LinkStore(settings.cache_root)
+        self.pending_pins = PendingPins(cache)
         tls = None
         if http.tls:
             credentials = server_credentials(settings)
@@ -86,6 +91,7 @@ class HTTPSide:
 
     def stop(self) -> None:
         self.server.stop(STOP_GRACE)
+        self.pending_pins.close()
         self.downloads.close()
         self.links.close()
 
@@ -106,28 +112,45 @@ class HTTPSide:
     def _expiry(self) -> int:
         return int(time.time() + self.settings.url_lifetime)
 
-    def publish(self, owner: str, members: Sequence[tuple[str, Entry]], *, archive: bool) -> Published:
+    def publish(self, owner: str, members: Sequence[tuple[str, Entry | Growing]], *, archive: bool) -> Published:
         """A signed URL serving the one member as itself or, with ``archive``, all as one tar archive.
 
-        ``members`` are (name in the URL or the archive, cache entry).
+        ``members`` are (name in the URL or the archive, cache entry); the
+        one member of a URL that is not an archive may still be growing.
         """
         now = time.time()
         expires = self._expiry()
         for _, entry in members:
-            self._pin(entry, expires)
+            if isinstance(entry, Growing):
+                self.pending_pins.add(entry.entry_id, expires + CLOCK_SKEW)
+            else:
+                self._pin(entry, expires)
         link_id = new_link_id()
         name = f"seproxy-{link_id[:12]}.tar" if archive else members[0][0]
         self.links.forget_expired(now - CLOCK_SKEW)
         self.links.add(
             Link(
                 link_id, name, archive, owner, now, expires, self.settings.single_use,
-                tuple(Member(entry.id, member) for member, entry in members),
+                tuple(Member(_entry_id(entry), member) for member, entry in members),
             )
         )  # fmt: skip
         key = self.signer.sign(link_id, expires, name, self.settings.route)
-        size = body_length(tar_body(members)) if archive else members[0][1].size
-        log.info("link %s:%s for %s: %d file(s), %d bytes, until %d", self.signer.key_id, link_id, owner, len(members), size, expires)
+        size = body_length(tar_body(_whole(members))) if archive else members[0][1].size
+        log.info("link %s:%s for %s: %d file(s), %s bytes, until %d", self.signer.key_id, link_id, owner, len(members), size, expires)
         return Published(f"{self.base_url}/{key}/{quote(name, safe='')}", key, expires, size)
+
+
+def _entry_id(entry: Entry | Growing) -> str:
+    return entry.entry_id if isinstance(entry, Growing) else entry.id
+
+
+def _whole(members: Sequence[tuple[str, Entry | Growing]]) -> list[tuple[str, Entry]]:
+    """The members of an archive, which are all whole: a growing file is never archived (a
+    member's tar header carries its size before its bytes, and the source may not have told it)."""
+    whole = [(name, entry) for name, entry in members if isinstance(entry, Entry)]
+    if len(whole) != len(members):
+        raise ValueError("an archive is made of staged files only")
+    return whole
 
 
 def _secret(settings: Settings) -> bytes:

@@ -8,22 +8,33 @@ ones that failed before it are named in the answer with their reasons, and
 when none delivers, the error names them all. A caller may only reach
 elements its VO may use, as for ``prepareFile``.
 
-Each file is pinned as soon as it is staged, so that the first files of a
-large bundle are not evicted while the last ones arrive. One LFN is served
-as itself; several are served as one tar archive whose members are the LFNs
-without their leading ``/`` (as ``tar`` itself stores absolute paths).
+The files of one call are staged concurrently, ``http.staging_concurrency``
+at a time. Each file is pinned as soon as it is staged, so that the first
+files of a large bundle are not evicted while the last ones arrive. One LFN
+is served as itself; several are served as one tar archive whose members are
+the LFNs without their leading ``/`` (as ``tar`` itself stores absolute paths).
+
+With ``http.answer_when = "started"``, one LFN is answered as soon as its
+staging has started (``Stager.open``): the URL serves the file as it grows,
+and it is pinned when its staging ends. The replica walk then stops at the
+first element whose staging starts: a staging that fails later cuts the
+downloads in progress, and the URL answers 404 afterwards (a new call tries
+the elements again). An archive waits for all its members, whatever the
+setting: its members' sizes go into the tar headers before their bytes.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import errno
 import posixpath
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from seproxy.cache import Entry, VerificationError
+from seproxy.cache import Entry, Growing, VerificationError
 from seproxy.config import LFN_FIELD
 from seproxy.errors import failure
 from seproxy.http_side.side import HTTPSide
@@ -40,7 +51,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Staged:
     se: str
-    entry: Entry
+    entry: Entry | Growing  # growing: answered when its staging started
     # Elements tried before, with why they could not deliver.
     replica_errors: dict[str, str]
 
@@ -60,14 +71,10 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, caller: Caller, lfns
     if http is None:
         return S_ERROR(errno.ENOSYS, "prepareFileForHTTP: the HTTP side server is not enabled here ([http] enabled)")
     wanted = _checked_lfns(lfns, http.settings.max_files)
-    staged: dict[str, Staged] = {}
-    failed: dict[str, NoReplica] = {}
-    for lfn in wanted:
-        check_cancelled()
-        try:
-            staged[lfn] = _stage_replica(stager, http, caller, lfn)
-        except NoReplica as exc:
-            failed[lfn] = exc
+    started = http.settings.answer_when == "started" and len(wanted) == 1
+    staged, failed = _stage_all(
+        wanted, lambda lfn: _stage_replica(stager, http, caller, lfn, started=started), http.settings.staging_concurrency
+    )
     if failed:
         first = next(iter(failed.values()))
         details = " | ".join(f"{lfn}: {exc}" for lfn, exc in failed.items())
@@ -89,6 +96,7 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, caller: Caller, lfns
             "Archive": archive,
             "Size": published.size,
             "Files": files,
+            "Staged": not any(isinstance(done.entry, Growing) for done in staged.values()),
         }
     )
 
@@ -136,13 +144,43 @@ def first_replica(places: list[tuple[str, str]], lfn: str, attempt: Callable[[st
     raise NoReplica(errors, codes.pop() if len(codes) == 1 else errno.EIO)
 
 
-def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str) -> Staged:
-    """The first replica of ``lfn`` that stages, pinned; ``NoReplica`` naming every failure otherwise."""
+def _stage_all(wanted: list[str], stage: Callable[[str], Staged], width: int) -> tuple[dict[str, Staged], dict[str, NoReplica]]:
+    """``stage`` each LFN, ``width`` at a time: (staged, failed), both in the order asked.
 
-    def stage(se: str, pfn: str) -> Entry:
-        entry = stager.stage(caller, se, pfn, name=lfn)
-        http.pin(entry)
-        return entry
+    The files of one call are independent, so a bundle of many small files on
+    a slow element takes the time of the slowest few, not of all in a row.
+    Each staging runs in the caller's context (its deadline and cancellation);
+    anything but ``NoReplica`` ends the call, the first in the order asked.
+    """
+    with ThreadPoolExecutor(min(width, len(wanted)), thread_name_prefix="prepare") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, _one, stage, lfn) for lfn in wanted]
+        try:
+            outcomes = [future.result() for future in futures]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    staged = {lfn: outcome for lfn, outcome in zip(wanted, outcomes) if isinstance(outcome, Staged)}
+    failed = {lfn: outcome for lfn, outcome in zip(wanted, outcomes) if isinstance(outcome, NoReplica)}
+    return staged, failed
+
+
+def _one(stage: Callable[[str], Staged], lfn: str) -> Staged | NoReplica:
+    check_cancelled()
+    try:
+        return stage(lfn)
+    except NoReplica as exc:
+        return exc
+
+
+def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str, *, started: bool = False) -> Staged:
+    """The first replica of ``lfn`` that stages (with ``started``: whose staging starts), pinned
+    once whole; ``NoReplica`` naming every failure otherwise."""
+
+    def stage(se: str, pfn: str) -> Entry | Growing:
+        got = stager.open(caller, se, pfn, name=lfn) if started else stager.stage(caller, se, pfn, name=lfn)
+        if isinstance(got, Entry):
+            http.pin(got)
+        return got
 
     se, entry, errors = first_replica(http.replica_places, lfn, stage, "prepareFileForHTTP")
     return Staged(se, entry, errors)
