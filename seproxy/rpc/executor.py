@@ -65,6 +65,22 @@ def check_cancelled() -> None:
         context.check()
 
 
+def call_within(limit: float, function: Callable[[], T]) -> T:
+    """Run ``function`` in this thread as a call of its own, cancelled (``CallTimeout``) past ``limit`` seconds.
+
+    For work that starts outside an RPC call (a download staged on demand)
+    and must stop as a call would: ``check_cancelled`` inside it sees the limit.
+    """
+    context = CallContext(deadline=time.monotonic() + limit)
+    token = _current.set(context)
+    try:
+        return function()
+    except CallCancelled:
+        raise CallTimeout(limit) from None
+    finally:
+        _current.reset(token)
+
+
 def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
     # An abandoned (timed-out) call still finishes in its thread; take its
     # outcome so asyncio does not report an exception nobody retrieved.

@@ -1,0 +1,112 @@
+"""Serving a URL this instance holds no link for: stage what its grant names, for its user, then serve it.
+
+Behind a load balancer a URL goes to the instance named by its route while
+that instance is up, and to another one when it is down; with several
+instances sharing nothing but the secret, that other instance has no link
+for it. The URL's key carries its grant (``grants``: the LFNs, the user and
+group it was made for), signed with the rest, so this instance stages the
+files as that user (the application's ``Resolver``: the same rights and
+replica walk as ``prepareFileForHTTP``), adds the link to its own store
+under the URL's link id (its next requests of that URL are served at
+once) and serves it as the original instance would have: the one file, or
+the tar archive with the same member names.
+
+Staging may take minutes, and the side server's threads each serve many
+connections, so it never runs in them: the answer is a ``Future`` that a
+small pool completes (``http.on_demand_stagings`` threads), while the
+connection waits without holding a thread. A request beyond that many
+stagings at once is answered 503 with ``Retry-After``; a staging is
+cancelled after ``service.call_timeout`` (a 504), as a
+``prepareFileForHTTP`` call would be.
+
+A single-use URL is never served on demand: its use is recorded in the
+link store of the instance that made it, which this one cannot see, so
+serving it here could serve it twice. It keeps the 503 saying which
+instance holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+from seproxy.cache import Entry
+from seproxy.errors import failure
+from seproxy.http_side.grants import Grant, served_names
+from seproxy.http_side.links import Link, LinkStore, Member
+from seproxy.http_side.response import Response, plain
+from seproxy.http_side.signing import CLOCK_SKEW, SignedKey
+from seproxy.rpc.executor import call_within
+
+log = logging.getLogger("seproxy.http")
+
+# Seconds a client refused for too many stagings is asked to wait.
+RETRY_AFTER = 10
+
+
+class Resolver(Protocol):
+    """The application's half: stage ``grant.lfns`` as ``grant.user`` would, pinned until ``pin_until``.
+
+    Returns the cache entries in the order of the LFNs; raises what
+    ``seproxy.errors.failure`` answers (the user may not read a file: EACCES,
+    no replica: its errno). Called in a pool thread, never a server thread.
+    """
+
+    def __call__(self, grant: Grant, pin_until: float) -> list[Entry]: ...
+
+
+class OnDemand:
+    """Stages the files of foreign URLs in a bounded pool and answers them once they are in the cache."""
+
+    def __init__(self, resolve: Resolver, links: LinkStore, *, stagings: int, time_limit: float) -> None:
+        self._resolve = resolve
+        self._links = links
+        self._time_limit = time_limit
+        self._slots = threading.BoundedSemaphore(stagings)
+        self._pool = ThreadPoolExecutor(max_workers=stagings, thread_name_prefix="http-on-demand")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def start(self, signed: SignedKey, grant: Grant, serve: Callable[[Link], Response]) -> Response | Future[Response]:
+        """The answer to a URL of ``signed``, once its files are staged and ``serve`` made it of its link."""
+        if not self._slots.acquire(blocking=False):
+            return plain(
+                503,
+                "too many files of other instances' URLs are being staged here now; try again shortly",
+                extra=[("Retry-After", str(RETRY_AFTER))],
+            )
+        try:
+            future = self._pool.submit(self._answer, signed, grant, serve)
+        except RuntimeError:  # the pool is shut down: the service is stopping
+            self._slots.release()
+            return plain(503, "the service is stopping", extra=[("Retry-After", str(RETRY_AFTER))])
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def _answer(self, signed: SignedKey, grant: Grant, serve: Callable[[Link], Response]) -> Response:
+        started = time.monotonic()
+        try:
+            entries = call_within(self._time_limit, lambda: self._resolve(grant, signed.expires + CLOCK_SKEW))
+        except Exception as exc:
+            answer = failure(exc, "staging on demand", "-")
+            if answer.bug:
+                log.error("staging %d file(s) on demand for %s failed", len(grant.lfns), grant.user, exc_info=exc)
+            else:
+                log.info("link %s:%s on demand for %s refused: %s", signed.key_id, signed.link_id, grant.user, answer.result["Message"])
+            return plain(answer.status, answer.result["Message"])
+        name, names = served_names(signed.link_id, grant.lfns)
+        link = Link(
+            signed.link_id, name, len(entries) > 1, grant.user, time.time(), signed.expires, False,
+            tuple(Member(entry.id, member) for member, entry in zip(names, entries, strict=True)),
+        )  # fmt: skip
+        self._links.add(link)
+        log.info(
+            "link %s:%s on demand for %s: %d file(s) staged in %.1f s",
+            signed.key_id, signed.link_id, grant.user, len(entries), time.monotonic() - started,
+        )  # fmt: skip
+        return serve(link)
