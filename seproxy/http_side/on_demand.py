@@ -68,8 +68,11 @@ class OnDemand:
         self._time_limit = time_limit
         self._slots = threading.BoundedSemaphore(stagings)
         self._pool = ThreadPoolExecutor(max_workers=stagings, thread_name_prefix="http-on-demand")
+        self._stop = threading.Event()
 
     def close(self) -> None:
+        """Cancel the stagings under way (at their next chunk): the cache closes next."""
+        self._stop.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def start(self, signed: SignedKey, grant: Grant, serve: Callable[[Link], Response]) -> Response | Future[Response]:
@@ -91,7 +94,7 @@ class OnDemand:
     def _answer(self, signed: SignedKey, grant: Grant, serve: Callable[[Link], Response]) -> Response:
         started = time.monotonic()
         try:
-            entries = call_within(self._time_limit, lambda: self._resolve(grant, signed.expires + CLOCK_SKEW))
+            entries = call_within(self._time_limit, lambda: self._resolve(grant, signed.expires + CLOCK_SKEW), self._stop)
         except Exception as exc:
             answer = failure(exc, "staging on demand", "-")
             if answer.bug:

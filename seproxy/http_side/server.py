@@ -165,8 +165,9 @@ class _Worker:
         self._thread = threading.Thread(target=self._run, name=f"http-side-{number}", daemon=True)
         # Idle connections other threads asked this one to close (to make room for theirs).
         self._evictions_asked = 0
-        # Connections whose answers other threads have made (``Future``s done), to start sending.
-        self._answered: list[tuple[_Connection, Future[Response]]] = []
+        # Connections whose answers other threads have made (``Future``s done), to start sending;
+        # None once the worker is closed (an answer made later is released at once).
+        self._answered: list[tuple[_Connection, Future[Response]]] | None = []
         self._evictions_lock = threading.Lock()
 
     def start(self, listeners: list[socket.socket]) -> None:
@@ -197,26 +198,33 @@ class _Worker:
     def answered(self, connection: _Connection, future: Future[Response]) -> None:
         """Called by the thread that completed ``future``: the worker starts the answer."""
         with self._evictions_lock:
-            self._answered.append((connection, future))
-        self.wake()
+            if self._answered is not None:
+                self._answered.append((connection, future))
+                self.wake()  # under the lock: ``close`` cannot close the pipe meanwhile
+                return
+        _release(future)  # the server has stopped
 
     def _send_answered(self, now: float) -> None:
         with self._evictions_lock:
-            answered, self._answered = self._answered, []
+            answered, self._answered = self._answered or [], []
         for connection, future in answered:
             if self.connections.get(connection.fd) is connection and connection.waiting is future:
                 connection.answer_ready(now)
                 self._advance(connection, now)
-            elif not future.cancelled() and future.exception() is None:
-                future.result().release()  # its client is gone
+            else:
+                _release(future)  # its client is gone
 
     def join(self, timeout: float | None) -> None:
         self._thread.join(timeout)
 
     def close(self) -> None:
         """Release the wake-up pipe, once the thread has ended."""
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        with self._evictions_lock:
+            answered, self._answered = self._answered or [], None
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+        for _, future in answered:
+            _release(future)
 
     def _run(self) -> None:
         if self.server.niceness:
@@ -316,6 +324,12 @@ class _Worker:
         self._epoll.unregister(connection.fd)
         connection.close()
         self.server.limits.release(connection.client)
+
+
+def _release(future: Future[Response]) -> None:
+    """Drop what an answer nobody will send holds (its cache read leases)."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().release()
 
 
 def _refuse_busy(sock: socket.socket) -> None:
