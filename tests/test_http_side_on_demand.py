@@ -47,7 +47,7 @@ class Trickle:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.started: set[str] = set()
+        self.started: list[str] = []
         self.lock = threading.Condition()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -56,7 +56,7 @@ class Trickle:
         if environ["REQUEST_METHOD"] != "GET" or "/lab/slow/" not in path:
             return body
         with self.lock:
-            self.started.add(path)
+            self.started.append(path)
             self.lock.notify_all()
         return self._slowly(body)
 
@@ -75,7 +75,10 @@ class Trickle:
 
     def wait_started(self, path: str) -> None:
         with self.lock:
-            assert self.lock.wait_for(lambda: any(p.endswith(path) for p in self.started), 30), f"no GET of {path}"
+            assert self.lock.wait_for(lambda: self.gets(path), 30), f"no GET of {path}"
+
+    def gets(self, path: str) -> int:
+        return sum(started.endswith(path) for started in self.started)
 
 
 @dataclass
@@ -139,10 +142,12 @@ def test_a_staging_waits_without_holding_the_server_and_bounds_the_others(instan
     instance.put("/lab/slow/second.dat", b"second")
     fast = instance.put("/lab/fast.dat", os.urandom(100_000))
     fast_url = instance.prepared_url("/lab/fast.dat")
-    answers: dict[str, requests.Response] = {}
-    waiting = threading.Thread(target=lambda: answers.update(slow=requests.get(instance.foreign_url("/lab/slow/first.dat", "1" * 32), timeout=60)))
-    waiting.start()
+    url = instance.foreign_url("/lab/slow/first.dat", "1" * 32)
+    answers: list[requests.Response] = []
+    waiting = [threading.Thread(target=lambda: answers.append(requests.get(url, timeout=60))) for _ in range(2)]
+    waiting[0].start()
     instance.trickle.wait_started("/lab/slow/first.dat")
+    waiting[1].start()  # the same URL again: it waits for the same staging, and takes no slot
 
     # The one staging slot is taken: another foreign URL is told to come back, at once.
     refused = requests.get(instance.foreign_url("/lab/slow/second.dat", "2" * 32), timeout=10)
@@ -150,11 +155,13 @@ def test_a_staging_waits_without_holding_the_server_and_bounds_the_others(instan
     assert "being staged here now" in refused.text
     # The side server's one thread serves other downloads meanwhile.
     assert requests.get(fast_url, timeout=10).content == fast
-    assert waiting.is_alive(), "the slow staging was still going on"
+    assert all(thread.is_alive() for thread in waiting), "the slow staging was still going on"
 
-    waiting.join(60)
-    assert answers["slow"].status_code == 200 and answers["slow"].content == slow
+    for thread in waiting:
+        thread.join(60)
+    assert [(answer.status_code, answer.content == slow) for answer in answers] == [(200, True)] * 2
     assert instance.stagings("1" * 32) == 1
+    assert instance.trickle.gets("/lab/slow/first.dat") == 1, "one download from the source"
     # The slot is free again.
     assert requests.get(instance.foreign_url("/lab/slow/second.dat", "2" * 32), timeout=30).content == b"second"
 
@@ -180,3 +187,14 @@ def test_a_client_that_leaves_while_its_files_are_staged(instance: Instance) -> 
     # Staged once for the client who left; the next request is served from the link kept.
     assert requests.get(url, timeout=10).content == data
     assert instance.stagings("4" * 32) == 1
+
+
+def test_refusals_that_come_at_once_are_answered(instance: Instance) -> None:
+    """A staging may end before its request is registered to wait for it (an unknown user is refused
+    before any I/O): every such request is still answered, and the server's thread never stalls."""
+    instance.put("/lab/quick.dat", b"quick")
+    for number in range(40):
+        grant = Grant(f"stranger{number}", "lab_user", ("/lab/quick.dat",), False)
+        key = Signer("k1", SECRET.encode()).sign(f"{number + 0x100:032x}", int(time.time()) + 600, "quick.dat", "a", grant)
+        answer = requests.get(f"{instance.side}/a/{key}/quick.dat", timeout=10)
+        assert answer.status_code == 403 and f"stranger{number}" in answer.text, answer.text

@@ -14,9 +14,10 @@ the tar archive with the same member names.
 Staging may take minutes, and the side server's threads each serve many
 connections, so it never runs in them: the answer is a ``Future`` that a
 small pool completes (``http.on_demand_stagings`` threads), while the
-connection waits without holding a thread. A request beyond that many
-stagings at once is answered 503 with ``Retry-After``; a staging is
-cancelled after ``service.call_timeout`` (a 504), as a
+connection waits without holding a thread. Requests of a URL whose
+staging is under way wait for that one; a request needing one more
+staging than the pool runs is answered 503 with ``Retry-After``; a staging
+is cancelled after ``service.call_timeout`` (a 504), as a
 ``prepareFileForHTTP`` call would be.
 
 A single-use URL is never served on demand: its use is recorded in the
@@ -27,6 +28,7 @@ instance holds it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -60,7 +62,11 @@ class Resolver(Protocol):
 
 
 class OnDemand:
-    """Stages the files of foreign URLs in a bounded pool and answers them once they are in the cache."""
+    """Stages the files of foreign URLs in a bounded pool and answers them once they are in the cache.
+
+    Requests of one URL that arrive while its files are being staged wait
+    for that staging: they take no slot of their own.
+    """
 
     def __init__(self, resolve: Resolver, links: LinkStore, *, stagings: int, time_limit: float) -> None:
         self._resolve = resolve
@@ -69,6 +75,9 @@ class OnDemand:
         self._slots = threading.BoundedSemaphore(stagings)
         self._pool = ThreadPoolExecutor(max_workers=stagings, thread_name_prefix="http-on-demand")
         self._stop = threading.Event()
+        # Stagings under way, by link id: what each ends with, the link or a refusal (status, message).
+        self._under_way: dict[str, Future[Link | _Refusal]] = {}
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Cancel the stagings under way (at their next chunk): the cache closes next."""
@@ -77,21 +86,31 @@ class OnDemand:
 
     def start(self, signed: SignedKey, grant: Grant, serve: Callable[[Link], Response]) -> Response | Future[Response]:
         """The answer to a URL of ``signed``, once its files are staged and ``serve`` made it of its link."""
-        if not self._slots.acquire(blocking=False):
-            return plain(
-                503,
-                "too many files of other instances' URLs are being staged here now; try again shortly",
-                extra=[("Retry-After", str(RETRY_AFTER))],
-            )
-        try:
-            future = self._pool.submit(self._answer, signed, grant, serve)
-        except RuntimeError:  # the pool is shut down: the service is stopping
-            self._slots.release()
-            return plain(503, "the service is stopping", extra=[("Retry-After", str(RETRY_AFTER))])
-        future.add_done_callback(lambda _: self._slots.release())
-        return future
+        with self._lock:
+            staging = self._under_way.get(signed.link_id)
+            new = staging is None
+            if staging is None:
+                if not self._slots.acquire(blocking=False):
+                    return _busy("too many files of other instances' URLs are being staged here now; try again shortly")
+                try:
+                    staging = self._pool.submit(self._stage, signed, grant)
+                except RuntimeError:  # the pool is shut down: the service is stopping
+                    self._slots.release()
+                    return _busy("the service is stopping")
+                self._under_way[signed.link_id] = staging
+        if new:
+            # Outside the lock: a staging already done runs its callbacks here, at once, and _done takes the lock.
+            staging.add_done_callback(functools.partial(self._done, signed.link_id))
+        answer: Future[Response] = Future()
+        staging.add_done_callback(functools.partial(_answer, answer, serve))
+        return answer
 
-    def _answer(self, signed: SignedKey, grant: Grant, serve: Callable[[Link], Response]) -> Response:
+    def _done(self, link_id: str, _: Future[Link | _Refusal]) -> None:
+        with self._lock:
+            del self._under_way[link_id]
+        self._slots.release()
+
+    def _stage(self, signed: SignedKey, grant: Grant) -> Link | _Refusal:
         started = time.monotonic()
         try:
             entries = call_within(self._time_limit, lambda: self._resolve(grant, signed.expires + CLOCK_SKEW), self._stop)
@@ -101,7 +120,7 @@ class OnDemand:
                 log.error("staging %d file(s) on demand for %s failed", len(grant.lfns), grant.user, exc_info=exc)
             else:
                 log.info("link %s:%s on demand for %s refused: %s", signed.key_id, signed.link_id, grant.user, answer.result["Message"])
-            return plain(answer.status, answer.result["Message"])
+            return answer.status, answer.result["Message"]
         name, names = served_names(signed.link_id, grant.lfns)
         link = Link(
             signed.link_id, name, len(entries) > 1, grant.user, time.time(), signed.expires, False,
@@ -112,4 +131,24 @@ class OnDemand:
             "link %s:%s on demand for %s: %d file(s) staged in %.1f s",
             signed.key_id, signed.link_id, grant.user, len(entries), time.monotonic() - started,
         )  # fmt: skip
-        return serve(link)
+        return link
+
+
+# An answer that is not the file: status and message.
+_Refusal = tuple[int, str]
+
+
+def _answer(answer: Future[Response], serve: Callable[[Link], Response], staging: Future[Link | _Refusal]) -> None:
+    """Complete one request's ``answer`` from the staging it waited for (in the thread that ended it)."""
+    try:
+        if staging.cancelled():
+            answer.set_result(_busy("the service is stopping"))
+            return
+        outcome = staging.result()
+        answer.set_result(serve(outcome) if isinstance(outcome, Link) else plain(*outcome))
+    except Exception as exc:  # a bug: the side server logs it and answers 500
+        answer.set_exception(exc)
+
+
+def _busy(message: str) -> Response:
+    return plain(503, message, extra=[("Retry-After", str(RETRY_AFTER))])

@@ -148,6 +148,7 @@ class HTTPSide:
         log.info("link %s:%s for %s: %d file(s), %d bytes, until %d", self.signer.key_id, link_id, owner, len(members), size, expires)
         return Published(f"{self.base_url}/{key}/{quote(name, safe='')}", key, expires, size)
 
+
 def _secret(settings: Settings) -> bytes:
     """The URL signing secret: ``http.secret``, or the secret file (made at the first start)."""
     http = settings.http
