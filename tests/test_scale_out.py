@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from fixtures.http_side import SE, SECRET, curl, http_config, raw_request, sha25
 from fixtures.service import ServiceProcess, free_port, start_service
 
 from bench.haproxy import HAProxy, Instance
-from seproxy.http_side.grants import Grant
+from seproxy.http_side.grants import MAX_ENCODED, Grant
 from seproxy.http_side.signing import CLOCK_SKEW, Signer
 from seproxy.transfer import RPCClient, returnValueOrRaise
 
@@ -206,6 +207,21 @@ def test_a_url_without_a_grant_is_served_by_its_instance_only(cluster: Cluster) 
     old_style = signed_path(route, link_id, name, None, expires=int(expires))
     assert body_of(get(cluster.side("s1"), old_style)) == b"old style"
     answer = get(cluster.side("s3"), old_style)
+    assert status_of(answer) == 503 and b"held by the instance 's1'" in answer, answer[:300]
+
+
+def test_a_url_of_too_many_lfns_to_carry_is_served_by_its_instance_only(cluster: Cluster) -> None:
+    """The grant stays under MAX_ENCODED characters in the URL; beyond, the URL is as before grants."""
+    lfns = [f"/lab/scale/many/{secrets.token_hex(10)}.dat" for _ in range(700)]
+    assert len(Grant("tester", "lab_user", tuple(lfns), False).encode()) > MAX_ENCODED
+    for lfn in lfns:
+        cluster.put(lfn, lfn.encode())
+    url = cluster.prepare_lfns(cluster.instances["s1"].port, lfns)
+    path = urlsplit(url).path
+    assert len(path.split("/")[2].split(".")) == 4 and len(url) < 200, url
+    with tarfile.open(fileobj=io.BytesIO(body_of(get(cluster.side("s1"), path)))) as tar:
+        assert len(tar.getnames()) == len(lfns)
+    answer = get(cluster.side("s3"), path)
     assert status_of(answer) == 503 and b"held by the instance 's1'" in answer, answer[:300]
 
 
