@@ -277,7 +277,7 @@ class HTTPSettings:
     # Most LFNs in one prepareFileForHTTP call (they become one tar archive).
     max_files: int = field(default=1000, metadata=_check(_positive))
     # Downloads of URLs this instance holds no link for (another instance's, when that one is down)
-    # whose files it stages at once; one more is answered 503 with Retry-After.
+    # whose files it stages at once, per worker process; one more is answered 503 with Retry-After.
     on_demand_stagings: int = field(default=4, metadata=_check(_positive))
     # Threads of the side server, each serving many connections (sendfile does the copying);
     # more than 2 mostly contend for Python's GIL.

@@ -56,6 +56,10 @@ class Resolver(Protocol):
     Returns the cache entries in the order of the LFNs; raises what
     ``seproxy.errors.failure`` answers (the user may not read a file: EACCES,
     no replica: its errno). Called in a pool thread, never a server thread.
+    It returns once the files are whole (``Stager.stage``); a stager that
+    opens files still growing would return those instead, and the link be
+    served as they grow: only this return type and ``Downloads._serve``
+    would change.
     """
 
     def __call__(self, grant: Grant, pin_until: float) -> list[Entry]: ...
