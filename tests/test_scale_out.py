@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import requests
 from fixtures.http_side import SE, SECRET, curl, http_config, raw_request, sha256, status_of
 from fixtures.service import ServiceProcess, free_port, start_service
 
@@ -251,6 +252,7 @@ def test_when_an_instance_stops_the_others_serve_its_urls(cluster: Cluster) -> N
         cluster.put(lfn, f"{lfn}\n".encode() * 5000)
     archive_url = cluster.prepare_lfns(cluster.instances["s2"].port, lfns)
     archive = download(archive_url)
+    etag = requests.head(archive_url, timeout=30).headers["ETag"]
     assert served_by(cluster, archive_url) == ["s2"]
     cluster.instances["s2"].stop(signal.SIGTERM)
     cluster.balancer.wait_for_status({"s1": "UP", "s2": "DOWN", "s3": "UP"})
@@ -261,6 +263,9 @@ def test_when_an_instance_stops_the_others_serve_its_urls(cluster: Cluster) -> N
     (elsewhere,) = staged_on_demand(cluster, lost_url)
     assert elsewhere in ("s1", "s3") and set(served_by(cluster, lost_url)) == {"s2", elsewhere}
     assert download(archive_url) == archive
+    # The same validator: a download of it broken off at s2 resumes elsewhere (If-Range, Range).
+    resumed = requests.get(archive_url, headers={"Range": "bytes=1000-", "If-Range": etag}, timeout=30)
+    assert resumed.status_code == 206 and resumed.content == archive[1000:]
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         assert tar.getnames() == [lfn.lstrip("/") for lfn in lfns]
     assert len(staged_on_demand(cluster, archive_url)) == 1

@@ -218,10 +218,12 @@ def _name_key(key: str, done: Future[Response]) -> None:
 
 
 def _archive_etag(link: Link, entries: list[Entry]) -> str:
-    """Changes whenever a member's name or content does (each member's xxh3 stands for its content)."""
+    """Changes whenever a member's name, content or time in its header does (each member's xxh3
+    stands for its content), so that ``If-Range`` never resumes an archive laid out otherwise (that
+    of another instance, whose copy of a file without a source time has another time)."""
     digest = hashlib.sha256()
     for member, entry in zip(link.members, entries):
-        digest.update(f"{member.name}\0{entry.xxh3}\0".encode("utf-8", "surrogateescape"))
+        digest.update(f"{member.name}\0{entry.xxh3}\0{int(entry.modified)}\0".encode("utf-8", "surrogateescape"))
     return f'"tar-{digest.hexdigest()[:32]}"'
 
 
