@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import unquote, urlencode
 
 from seproxy.byte_range import MAX_RANGES, RangeNotSatisfiable, parse_range, parse_ranges
+from seproxy.http_side.grants import MAX_ENCODED, Grant
 from seproxy.http_side.request import MAX_BODY, MAX_HEAD, METHODS, head_end, parse_head
 from seproxy.http_side.response import Refused
 from seproxy.http_side.signing import CLOCK_SKEW, SignedKey, Signer
@@ -191,6 +192,18 @@ def check_signed_key(signer: Signer, link_id: str, expires: int, name: str, rout
     _assert_valid_until_expiry(signer, key, SignedKey(signer.key_id, link_id, expires), name, route)
 
 
+def check_granted_key(
+    signer: Signer, link_id: str, expires: int, name: str, route: str, grant: Grant, position: int, char: str, kind: str
+) -> None:
+    """A key carrying a grant reads back with that very grant; one character changed anywhere in it is refused."""
+    key = signer.sign(link_id, expires, name, route=route, grant=grant)
+    carried = grant if len(grant.encode()) <= MAX_ENCODED else None  # a grant too long stays out of the URL
+    _assert_valid_until_expiry(signer, key, SignedKey(signer.key_id, link_id, expires, carried), name, route)
+    changed = mutate(key, position, char, kind)
+    if changed != key:
+        _assert_refused(signer, changed, name, expires, route, statuses=(403, 404))
+
+
 def check_retired_key(
     old_id: str, old_secret: bytes, new_id: str, new_secret: bytes, link_id: str, expires: int, name: str, route: str
 ) -> None:
@@ -261,7 +274,8 @@ def check_any_key(signer: Signer, key: str, name: str, route: str, now: float) -
     except Refused as refused:
         assert refused.status in (403, 404), refused.status
         return
-    assert key == signer.sign(signed.link_id, signed.expires, name, route=route), f"accepted a forged key {key!r}"
+    genuine = signer.sign(signed.link_id, signed.expires, name, route=route, grant=signed.grant)
+    assert key == genuine, f"accepted a forged key {key!r}"
     assert now <= signed.expires + CLOCK_SKEW
 
 

@@ -3,7 +3,9 @@
 MODE ``sign`` signs a key and checks it around its expiry; ``mutate`` changes
 one character (REST: ``PART KIND POSITION CHAR``, see properties.mutate);
 ``foreign`` checks a key made with another secret (REST empty) or another key
-id; ``retired`` checks keys of a replaced secret (REST); any other MODE
+id; ``retired`` checks keys of a replaced secret (REST); ``grant`` signs a
+key carrying a grant and changes one character of it (REST: ``KIND
+POSITION CHAR LFN,LFN,...``); any other MODE
 checks REST as a key. SEGMENT is the URL's last path
 segment, percent-decoded as the side server does.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import atheris
 
 with atheris.instrument_imports(include=["seproxy"]):
+    from seproxy.http_side.grants import Grant
     from seproxy.http_side.signing import Signer
 
 from fuzz import properties
@@ -40,6 +43,20 @@ def TestOneInput(data: bytes) -> None:
             name,
             route,
             part if part in properties.SIGNED_PARTS else "key",
+            number(position, 2**31) or 0,
+            raw(char).decode("latin-1")[:1] or "0",
+            kind if kind in properties.MUTATIONS else "substitute",
+        )
+    elif mode == "grant":
+        kind, position, char, lfns = (rest.split(" ", 3) + [""] * 4)[:4]
+        grant = Grant("fuzz", "group", tuple(raw(lfns).decode("latin-1").split(",")), False)
+        properties.check_granted_key(
+            OURS,
+            LINK_ID,
+            expires,
+            name,
+            route,
+            grant,
             number(position, 2**31) or 0,
             raw(char).decode("latin-1")[:1] or "0",
             kind if kind in properties.MUTATIONS else "substitute",

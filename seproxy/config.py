@@ -302,6 +302,9 @@ class HTTPSettings:
     # clients expect), or "started", as soon as the staging of its one file has started: the URL then
     # serves the file as it arrives, and cuts the download short if the staging fails.
     answer_when: Literal["staged", "started"] = "staged"
+    # Downloads of URLs this instance holds no link for (another instance's, when that one is down)
+    # whose files it stages at once, per worker process; one more is answered 503 with Retry-After.
+    on_demand_stagings: int = field(default=4, metadata=_check(_positive))
     # Threads of the side server, each serving many connections (sendfile does the copying);
     # more than 2 mostly contend for Python's GIL.
     threads: int = field(default=2, metadata=_check(_positive))

@@ -8,6 +8,7 @@ DIRAC installation and still make the same decisions DIRAC would.
 from __future__ import annotations
 
 import datetime
+import errno
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,8 @@ class Caller:
     valid_dn: bool = False
     valid_group: bool = False
     not_after: datetime.datetime | None = None
-    # How the caller proved who they are: "x509", "token", or "" (anonymous).
+    # How the caller proved who they are: "x509", "token", "url" (a signed download URL made
+    # for them, served by an instance staging it on demand), or "" (anonymous).
     authenticated_by: str = ""
     # A token's storage scopes: when set, they alone decide what the caller may do on storage.
     scopes: StorageScopes | None = None
@@ -115,6 +117,16 @@ class Registry:
             "scopes": token.scopes,
         }
         return self._resolve(base, username, None)
+
+    def caller_of_url(self, username: str, group: str) -> Caller:
+        """The user a signed download URL was made for, with the rights the registry gives them now;
+        ``PermissionError`` (EACCES) naming why when it no longer knows them in that group."""
+        if username not in self._settings.users:
+            raise PermissionError(errno.EACCES, f"the user {username!r} this URL was made for is not known here")
+        caller = self._resolve({"authenticated_by": "url"}, username, group)
+        if not caller.valid_group:
+            raise PermissionError(errno.EACCES, f"the user {username!r} this URL was made for is not in group {group!r} here")
+        return caller
 
     def _resolve(self, base: dict[str, Any], username: str | None, requested_group: str | None) -> Caller:
         if username is None:

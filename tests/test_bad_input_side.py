@@ -62,11 +62,12 @@ def get(path: str, *headers: str, version: str = "1.1", close: bool = True) -> b
 
 @dataclass(frozen=True)
 class Link:
-    """The parts of a download URL's path: ``/<key id>.<link id>.<expires>.<signature>/<name>``."""
+    """The parts of a download URL's path: ``/<key id>.<link id>.<expires>.<grant>.<signature>/<name>``."""
 
     key_id: str
     link_id: str
     expires: str
+    grant: str
     signature: str
     name: str
 
@@ -77,10 +78,11 @@ class Link:
 
     @property
     def path(self) -> str:
-        return f"/{self.key_id}.{self.link_id}.{self.expires}.{self.signature}/{self.name}"
+        return f"/{self.key_id}.{self.link_id}.{self.expires}.{self.grant}.{self.signature}/{self.name}"
 
     def signed(self, secret: bytes = SECRET.encode(), **changes: Any) -> str:
-        """The path of this link changed by ``changes`` and signed (with the service's secret by default)."""
+        """The path of this link changed by ``changes`` and signed (with the service's secret by default),
+        without its grant: only the link store says what it serves."""
         link = replace(self, **changes)
         return f"/{Signer(link.key_id, secret).sign(link.link_id, int(link.expires), link.name)}/{link.name}"
 
@@ -99,6 +101,8 @@ FORGERIES: list[tuple[str, Callable[[Link], str], int, str]] = [
     ("signature altered", lambda link: replace(link, signature=_flipped(link.signature)).path, 403, "invalid link"),
     ("expiry moved on", lambda link: replace(link, expires=str(int(link.expires) + 3600)).path, 403, "invalid link"),
     ("another link id", lambda link: replace(link, link_id=link.link_id[::-1]).path, 403, "invalid link"),
+    ("grant altered", lambda link: replace(link, grant=_flipped(link.grant)).path, 403, "invalid link"),
+    ("grant left out", lambda link: f"/{link.key_id}.{link.link_id}.{link.expires}.{link.signature}/{link.name}", 403, "invalid link"),
     ("another name", lambda link: replace(link, name="other.dat").path, 403, "invalid link"),
     ("another key id", lambda link: replace(link, key_id="k2").path, 403, "signed with another key"),
     ("another secret", lambda link: link.signed(secret=b"x" * 64), 403, "invalid link"),

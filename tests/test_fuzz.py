@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz import properties
+from seproxy.http_side.grants import Grant
 from seproxy.http_side.signing import Signer
 from seproxy.proxy.file_ids import GET_AREA, PUT_AREA
 from seproxy.rpc.call import FORM_TYPE
@@ -227,6 +228,15 @@ def test_any_one_character_change_is_refused(signer, link_id, expires, name, rou
     properties.check_mutation_refused(signer, link_id, expires, name, route, part, position, char, kind)
 
 
+_grants = st.builds(Grant, st.text(max_size=20), st.text(max_size=20), st.lists(st.text(max_size=80), min_size=1, max_size=8).map(tuple), st.booleans())
+
+
+@fuzz
+@given(_signers, _link_ids, _expiries, _served_names, _routes, _grants, st.integers(0, 400), st.characters(), st.sampled_from(properties.MUTATIONS))
+def test_keys_carry_their_grant_and_any_change_is_refused(signer, link_id, expires, name, route, grant, position, char, kind):
+    properties.check_granted_key(signer, link_id, expires, name, route, grant, position, char, kind)
+
+
 @fuzz
 @given(_signers, _key_ids, _secrets, st.booleans(), _link_ids, _expiries, _served_names)
 def test_keys_of_another_secret_or_key_id_are_refused(ours, key_id, secret, same_id, link_id, expires, name):
@@ -248,6 +258,14 @@ _keys = (
         _key_ids,
         _link_ids | st.text(string.hexdigits, max_size=33),
         st.integers(0, 10**13),
+        st.from_regex(r"[A-Za-z0-9_-]{42,44}", fullmatch=True),
+    )
+    | st.builds(
+        "{}.{}.{}.{}.{}".format,
+        _key_ids,
+        _link_ids,
+        st.integers(0, 10**13),
+        st.from_regex(r"[A-Za-z0-9_-]{1,80}", fullmatch=True),
         st.from_regex(r"[A-Za-z0-9_-]{42,44}", fullmatch=True),
     )
     | any_text

@@ -6,8 +6,11 @@ validators, conditional and multi-range requests: ``representation``);
 ``OPTIONS`` tells what is served, on any path.
 
 Behind a load balancer the path starts with the route of the instance that
-made the link (``/<route>/<key>/<name>``); another instance checks the key
-and answers 503, for the file is not in its cache.
+made the link (``/<route>/<key>/<name>``), so that the balancer sends it
+where the file is cached. Any instance checks the key; one that holds no
+link for it stages the files its grant names and serves them
+(``on_demand``). A URL it cannot serve so (a single-use one, or one whose
+key carries no grant) is answered 503 naming the instance that holds it.
 
 Nothing in the URL ever becomes a file path: the key is checked (signature,
 expiry), its link names cache entries, and the cache index says where
@@ -26,6 +29,7 @@ import functools
 import hashlib
 import logging
 import time
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from urllib.parse import quote, unquote
 
@@ -36,12 +40,13 @@ from seproxy.http_side.conditional import Validators
 from seproxy.http_side.digests import ALGORITHMS, DigestOf, checksum_values, file_digest
 from seproxy.http_side.growing import GrowingFile
 from seproxy.http_side.links import Link, LinkStore
+from seproxy.http_side.on_demand import OnDemand
 from seproxy.http_side.propfind import DEPTHS, MULTISTATUS_TYPE, BadPropfind, FileProperties, multistatus, read_request
 from seproxy.http_side.representation import Plan, Representation, framed, plan
 from seproxy.http_side.request import ALLOW, RequestHead
 from seproxy.http_side.response import Refused, Response, plain
 from seproxy.http_side.shared_leases import OutsideCache, SharedLeases
-from seproxy.http_side.signing import Signer
+from seproxy.http_side.signing import SignedKey, Signer
 from seproxy.http_side.tar_stream import tar_body
 from seproxy.transfer.checksum_headers import XXH3_HEADER
 
@@ -64,11 +69,16 @@ class Downloads:
         self._route = route
         # One function for every answer: the server adds up what answers sent before counting it.
         self._count_served = functools.partial(metrics.count_served, cache)
+        # Set by the application that can stage files (HTTPSide.serve_on_demand); None: it cannot.
+        self.on_demand: OnDemand | None = None
 
     def close(self) -> None:
+        if self.on_demand is not None:
+            self.on_demand.close()
         self._leases.close()
 
-    def answer(self, request: RequestHead) -> Response:
+    def answer(self, request: RequestHead) -> Response | Future[Response]:
+        """The response, or (for a URL whose files are staged on demand) its future."""
         if request.method == "OPTIONS":
             return Response(200, [("DAV", "1"), ("Allow", ALLOW), ("Accept-Ranges", "bytes"), ("Content-Length", "0")])
         # /<key>/<name>, or /<route>/<key>/<name> from an instance behind a load balancer.
@@ -81,13 +91,25 @@ class Downloads:
             signed = self._signer.check(key, name, time.time(), route)
         except Refused as refused:
             return plain(refused.status, str(refused))
-        response = self._serve_link(request, signed.link_id, name) if route == self._route else _elsewhere(route)
-        response.key = f"{signed.key_id}:{signed.link_id}"
+        response = self._serve_key(request, signed, route, name)
+        key = f"{signed.key_id}:{signed.link_id}"  # for the access log: never the signature nor the grant
+        if isinstance(response, Future):
+            response.add_done_callback(functools.partial(_name_key, key))
+        else:
+            response.key = key
         return response
 
-    def _serve_link(self, request: RequestHead, link_id: str, name: str) -> Response:
-        link = self._links.get(link_id)
-        if link is None or link.name != name:
+    def _serve_key(self, request: RequestHead, signed: SignedKey, route: str, name: str) -> Response | Future[Response]:
+        link = self._links.get(signed.link_id)
+        if link is not None:
+            return self._serve_link(request, link, name)
+        grant = signed.grant
+        if grant is None or grant.single_use or self.on_demand is None:
+            return plain(404, NOT_FOUND) if route == self._route else _elsewhere(route)
+        return self.on_demand.start(signed, grant, lambda adopted: self._serve(request, adopted))
+
+    def _serve_link(self, request: RequestHead, link: Link, name: str) -> Response:
+        if link.name != name:
             return plain(404, NOT_FOUND)
         if link.single_use and link.used is not None:
             return plain(403, "this single-use link was already used")
@@ -282,11 +304,18 @@ def _elsewhere(route: str) -> Response:
     )
 
 
+def _name_key(key: str, done: Future[Response]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        done.result().key = key
+
+
 def _archive_etag(link: Link, entries: list[Entry]) -> str:
-    """Changes whenever a member's name or content does (each member's xxh3 stands for its content)."""
+    """Changes whenever a member's name, content or time in its header does (each member's xxh3
+    stands for its content), so that ``If-Range`` never resumes an archive laid out otherwise (that
+    of another instance, whose copy of a file without a source time has another time)."""
     digest = hashlib.sha256()
     for member, entry in zip(link.members, entries):
-        digest.update(f"{member.name}\0{entry.xxh3}\0".encode("utf-8", "surrogateescape"))
+        digest.update(f"{member.name}\0{entry.xxh3}\0{int(entry.modified)}\0".encode("utf-8", "surrogateescape"))
     return f'"tar-{digest.hexdigest()[:32]}"'
 
 

@@ -5,6 +5,10 @@ archive, each under a member name. Links live in ``http-links.sqlite3``
 under the cache root, so a restarted service still serves the URLs it
 handed out (the cache keeps their files: they are pinned until expiry).
 
+A link served on demand (a URL of another instance, ``on_demand``) is
+added under the URL's own link id, so that this instance's next requests
+of that URL find it here; two such requests racing to add it keep one.
+
 Single use: ``claim`` marks a link used in one conditional ``UPDATE``, so of
 two downloads racing for it, exactly one wins, even across processes.
 """
@@ -86,12 +90,12 @@ class LinkStore:
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT INTO links (id, name, archive, owner, created, expires, single_use)"
+                "INSERT OR IGNORE INTO links (id, name, archive, owner, created, expires, single_use)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (link.id, link.name, link.archive, link.owner, link.created, link.expires, link.single_use),
             )
             self._db.executemany(
-                "INSERT INTO members (link_id, position, entry_id, name) VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO members (link_id, position, entry_id, name) VALUES (?, ?, ?, ?)",
                 [(link.id, position, m.entry_id, m.name) for position, m in enumerate(link.members)],
             )
 

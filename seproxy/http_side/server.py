@@ -21,6 +21,13 @@ complete within ``idle_timeout`` of the connection becoming idle, however
 slowly it trickles in. A connection sends at most ``TURN`` bytes before the others of
 its worker get their turn.
 
+An answer that takes long to make (files staged on demand) comes as a
+``Future``: the connection then waits, watched for nothing (its next
+request stays unread), for at most ``wait_limit`` seconds, while its worker
+serves the others; the thread completing the future hands the connection
+back to its worker, which starts the answer. A client that leaves while
+its answer is made is closed, and the answer, once made, released.
+
 TLS: Python's ``ssl`` module cannot hand a file to kernel TLS, so over HTTPS
 file bodies are read in ``TLS_CHUNK`` pieces and written through OpenSSL:
 one copy through Python per chunk, and throughput bound by encryption.
@@ -38,6 +45,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,7 +73,7 @@ STARVED_INTERVAL = 0.01
 # (which epoll reports anyway), so that a writable socket does not wake its worker in vain.
 STARVED = 0
 
-Answer = Callable[[RequestHead], Response]
+Answer = Callable[[RequestHead], Response | Future[Response]]
 
 _BYTES_SENT = metrics.BYTES_SENT.labels("http")
 _DOWNLOADS = metrics.ACTIVE_TRANSFERS.labels("http")
@@ -133,6 +141,8 @@ class SideServer:
         self.idle_timeout = idle_timeout
         # A new connection's time to send its request head (and complete TLS).
         self.first_request_timeout = min(idle_timeout, handshake_timeout)
+        # Seconds a connection waits for an answer that comes as a future.
+        self.wait_limit = idle_timeout
         self.tls = tls
         self.stopping = False
         self.forced = False
@@ -193,6 +203,9 @@ class _Worker:
         self._thread = threading.Thread(target=self._run, name=f"http-side-{number}", daemon=True)
         # Idle connections other threads asked this one to close (to make room for theirs).
         self._evictions_asked = 0
+        # Connections whose answers other threads have made (``Future``s done), to start sending;
+        # None once the worker is closed (an answer made later is released at once).
+        self._answered: list[tuple[_Connection, Future[Response]]] | None = []
         self._evictions_lock = threading.Lock()
         self.tally = _Tally()
 
@@ -221,13 +234,36 @@ class _Worker:
             if not self._evict_idle():
                 return
 
+    def answered(self, connection: _Connection, future: Future[Response]) -> None:
+        """Called by the thread that completed ``future``: the worker starts the answer."""
+        with self._evictions_lock:
+            if self._answered is not None:
+                self._answered.append((connection, future))
+                self.wake()  # under the lock: ``close`` cannot close the pipe meanwhile
+                return
+        _release(future)  # the server has stopped
+
+    def _send_answered(self, now: float) -> None:
+        with self._evictions_lock:
+            answered, self._answered = self._answered or [], []
+        for connection, future in answered:
+            if self.connections.get(connection.fd) is connection and connection.waiting is future:
+                connection.answer_ready(now)
+                self._advance(connection, now)
+            else:
+                _release(future)  # its client is gone
+
     def join(self, timeout: float | None) -> None:
         self._thread.join(timeout)
 
     def close(self) -> None:
         """Release the wake-up pipe, once the thread has ended."""
-        os.close(self._wake_read)
-        os.close(self._wake_write)
+        with self._evictions_lock:
+            answered, self._answered = self._answered or [], None
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+        for _, future in answered:
+            _release(future)
 
     def _run(self) -> None:
         if self.server.niceness:
@@ -245,6 +281,7 @@ class _Worker:
                     elif fd == self._wake_read:
                         os.read(self._wake_read, 4096)
                         self._evict_as_asked()
+                        self._send_answered(now)
                     elif (connection := self.connections.get(fd)) is None:
                         continue
                     elif connection in self._starved and flags & (select.EPOLLHUP | select.EPOLLERR):
@@ -297,7 +334,7 @@ class _Worker:
                 _refuse_busy(sock)
                 continue
             try:
-                connection = _Connection(sock, address, self.server, self.tally, now)
+                connection = _Connection(sock, address, self, now)
             except OSError:
                 limits.release(address[0])
                 sock.close()
@@ -342,6 +379,12 @@ class _Worker:
         self.server.limits.release(connection.client)
 
 
+def _release(future: Future[Response]) -> None:
+    """Drop what an answer nobody will send holds (its cache read leases)."""
+    if not future.cancelled() and future.exception() is None:
+        future.result().release()
+
+
 def _refuse_busy(sock: socket.socket) -> None:
     """Tell a client over the connection limit to come back later, if its socket takes it at once."""
     try:
@@ -357,7 +400,8 @@ def _refuse_busy(sock: socket.socket) -> None:
 class _Connection:
     """One client connection: the TLS handshake, then requests and answers, one at a time."""
 
-    def __init__(self, sock: socket.socket, address: tuple[str, int], server: SideServer, tally: _Tally, now: float) -> None:
+    def __init__(self, sock: socket.socket, address: tuple[str, int], worker: _Worker, now: float) -> None:
+        server = worker.server
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if server.tls is not None:
@@ -366,7 +410,7 @@ class _Connection:
         self.fd = sock.fileno()
         self.client = address[0]
         self.server = server
-        self.tally = tally
+        self.worker = worker
         self.events = select.EPOLLIN
         self.handshaking = server.tls is not None
         self.lingering = False
@@ -376,6 +420,7 @@ class _Connection:
         self.response: Response | None = None
         self.request: RequestHead | None = None
         self.incoming: RequestHead | None = None  # a head read, its body still arriving
+        self.waiting: Future[Response] | None = None  # the answer to ``request``, being made elsewhere
         self.keep_alive = False
         self.started = 0.0
         self.head_length = 0
@@ -387,10 +432,12 @@ class _Connection:
     @property
     def busy(self) -> bool:
         """Whether a request is being read or answered (a graceful stop waits for these)."""
-        return self.response is not None or self.incoming is not None or bool(self.buffer)
+        return self.response is not None or self.waiting is not None or self.incoming is not None or bool(self.buffer)
 
     def step(self, now: float) -> int | None:
         """Go as far as the socket allows; return the epoll events to wait for, or None to close."""
+        if self.waiting is not None:
+            return None  # watched for nothing, so woken only by a hang-up or an error: the client is gone
         try:
             if self.lingering:
                 return self._drain()
@@ -400,6 +447,8 @@ class _Connection:
             while True:
                 if self.response is None and not self._read_request(now):
                     return select.EPOLLIN
+                if self.waiting is not None:
+                    return 0
                 if not self._send(now):
                     return select.EPOLLOUT
                 refused = self.response is not None and self.response.close
@@ -468,13 +517,32 @@ class _Connection:
 
     def _respond(self, request: RequestHead, now: float) -> None:
         self.request = request
+        response = self._made(lambda: self.server.answer(request))
+        if isinstance(response, Future):
+            self.waiting = response
+            self.started = now
+            self.deadline = now + self.server.wait_limit
+            response.add_done_callback(lambda done: self.worker.answered(self, done))
+            return
+        self._start(response, request.keep_alive, now, with_body=request.method != "HEAD")
+
+    def answer_ready(self, now: float) -> None:
+        """The answer that was being made elsewhere is done: start sending it."""
+        assert self.waiting is not None and self.request is not None
+        future, self.waiting = self.waiting, None
+        response = self._made(future.result)
+        assert isinstance(response, Response)
+        self._start(response, self.request.keep_alive, now, with_body=self.request.method != "HEAD")
+
+    def _made(self, make: Callable[[], Response | Future[Response]]) -> Response | Future[Response]:
+        """What ``make`` answers; a 500 (its traceback logged) if it fails."""
         try:
-            response = self.server.answer(request)
+            return make()
         except Exception:
             # Not the path: it holds the URL's signature, which must not land in logs.
-            log.exception("%s: answering %s failed", self.client, request.method)
-            response = plain(500, "internal error; the service log has details", close=True)
-        self._start(response, request.keep_alive, now, with_body=request.method != "HEAD")
+            method = self.request.method if self.request else "-"
+            log.exception("%s: answering %s failed", self.client, method)
+            return plain(500, "internal error; the service log has details", close=True)
 
     def _respond_refusal(self, refused: Refused, now: float) -> None:
         self.request = None
@@ -484,7 +552,7 @@ class _Connection:
     def _start(self, response: Response, keep_alive: bool, now: float, *, with_body: bool) -> None:
         self.response = response
         if response.status < 400:
-            self.tally.downloads += 1
+            self.worker.tally.downloads += 1
         self.keep_alive = keep_alive and not response.close and not self.server.stopping
         head = response.head(self.keep_alive)
         self.head_length = len(head)
@@ -620,9 +688,9 @@ class _Connection:
         method = self.request.method if self.request else "-"
         body = max(0, self.sent - self.head_length)
         if response.status < 400:
-            self.tally.downloads -= 1
-            self.tally.bytes += body
-            self.tally.add_served(response, self.file_bytes)
+            self.worker.tally.downloads -= 1
+            self.worker.tally.bytes += body
+            self.worker.tally.add_served(response, self.file_bytes)
         log.info(
             "%s key=%s %s status=%d bytes=%d %.1fms%s",
             self.client, response.key, method, response.status, body, (time.monotonic() - self.started) * 1000, note,
@@ -631,6 +699,8 @@ class _Connection:
     def log_timeout(self) -> None:
         if self.response is not None:
             log.info("%s: no progress for %.0f s, closing", self.client, self.server.idle_timeout)
+        elif self.waiting is not None:
+            log.info("%s: no answer made within %.0f s, closing", self.client, self.server.wait_limit)
 
     def close(self) -> None:
         self._end_response(" (cut)")

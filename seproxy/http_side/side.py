@@ -1,11 +1,13 @@
 """The HTTP side of one service: signer, link store and server, opened and closed together.
 
 ``publish`` turns staged cache entries into a signed URL: it pins the files
-until the URL expires, records the link and signs the key. The server then
-answers that URL from its own threads, sharing the service's cache. A file
-still being staged may be published too (``http.answer_when = "started"``):
-it is pinned when its staging commits (``pending_pins``), and served as it
-grows until then.
+until the URL expires, records the link and signs the key (with the URL's
+grant inside: its LFNs and user). The server then answers that URL from its
+own threads, sharing the service's cache; with ``serve_on_demand``, it also
+answers URLs it holds no link for, staging their files through the
+application's resolver. A file still being staged may be published too
+(``http.answer_when = "started"``): it is pinned when its staging commits
+(``pending_pins``), and served as it grows until then.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from seproxy.cache import Cache, Entry, Growing
 from seproxy.config import ConfigError, Settings, url_host
 from seproxy.http_side.body import body_length
 from seproxy.http_side.downloads import Downloads
+from seproxy.http_side.grants import Grant, served_names
 from seproxy.http_side.links import Link, LinkStore, Member
+from seproxy.http_side.on_demand import OnDemand, Resolver
 from seproxy.http_side.pending_pins import PendingPins
 from seproxy.http_side.server import SideServer
 from seproxy.http_side.signing import CLOCK_SKEW, Signer, load_secret, new_link_id
@@ -33,6 +37,8 @@ log = logging.getLogger("seproxy.http")
 
 # Seconds that downloads in progress get to finish when the service stops.
 STOP_GRACE = 10.0
+# Seconds a connection waits for a staging on demand beyond its time limit, for its 504 to arrive.
+WAIT_MARGIN = 5.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,12 @@ class HTTPSide:
         self.public_host = http.public_name or service_host
         self.replica_places = settings.lfn_places()
 
+    def serve_on_demand(self, resolve: Resolver, time_limit: float) -> None:
+        """Serve URLs this instance holds no link for (another instance's), staging with ``resolve``
+        for at most ``time_limit`` seconds each; call before ``start``."""
+        self.downloads.on_demand = OnDemand(resolve, self.links, stagings=self.settings.on_demand_stagings, time_limit=time_limit)
+        self.server.wait_limit = time_limit + WAIT_MARGIN
+
     def start(self) -> None:
         try:
             self.server.start()
@@ -112,21 +124,26 @@ class HTTPSide:
     def _expiry(self) -> int:
         return int(time.time() + self.settings.url_lifetime)
 
-    def publish(self, owner: str, members: Sequence[tuple[str, Entry | Growing]], *, archive: bool) -> Published:
-        """A signed URL serving the one member as itself or, with ``archive``, all as one tar archive.
+    def publish(self, owner: str, files: Sequence[tuple[str, Entry | Growing]], *, group: str | None = None) -> Published:
+        """A signed URL serving ``files`` (LFN, cache entry): one as itself, several as one tar archive.
 
-        ``members`` are (name in the URL or the archive, cache entry); the
-        one member of a URL that is not an archive may still be growing.
+        The one file of a URL that is not an archive may still be growing.
+        With ``group`` (the owner's group, as the registry knows them), the
+        URL carries its grant, so that any instance of the same secret can
+        stage and serve it; without, only this one serves it.
         """
         now = time.time()
         expires = self._expiry()
-        for _, entry in members:
+        for _, entry in files:
             if isinstance(entry, Growing):
                 self.pending_pins.add(entry.entry_id, expires + CLOCK_SKEW)
             else:
                 self._pin(entry, expires)
         link_id = new_link_id()
-        name = f"seproxy-{link_id[:12]}.tar" if archive else members[0][0]
+        lfns = [lfn for lfn, _ in files]
+        name, names = served_names(link_id, lfns)
+        members = [(member, entry) for member, (_, entry) in zip(names, files, strict=True)]
+        archive = len(files) > 1
         self.links.forget_expired(now - CLOCK_SKEW)
         self.links.add(
             Link(
@@ -134,7 +151,8 @@ class HTTPSide:
                 tuple(Member(_entry_id(entry), member) for member, entry in members),
             )
         )  # fmt: skip
-        key = self.signer.sign(link_id, expires, name, self.settings.route)
+        grant = None if group is None else Grant(owner, group, tuple(lfns), self.settings.single_use)
+        key = self.signer.sign(link_id, expires, name, self.settings.route, grant)
         size = body_length(tar_body(_whole(members))) if archive else members[0][1].size
         log.info("link %s:%s for %s: %d file(s), %s bytes, until %d", self.signer.key_id, link_id, owner, len(members), size, expires)
         return Published(f"{self.base_url}/{key}/{quote(name, safe='')}", key, expires, size)

@@ -3,9 +3,11 @@
 Each member is its header (``tar_format``), the file itself as a
 ``FileSlice`` for ``sendfile``, and its padding; the end blocks close the
 archive. Every header depends only on what the cache index says (name,
-size, time staged), so the layout, and with it ``Content-Length``, ETag and
-any byte range, is the same on every request: ``Range`` resumes a broken
-archive download as it does a file.
+size, modification time: the source's where it tells it), so the layout,
+and with it ``Content-Length``, ETag and any byte range, is the same on
+every request, and on every instance that staged the same files (a URL
+served on demand elsewhere): ``Range`` resumes a broken archive download
+as it does a file.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def tar_body(members: Sequence[tuple[str, Entry]]) -> list[Piece]:
     pending = b""  # bytes waiting to be written before the next file slice
     total = 0
     for name, entry in members:
-        pending += member_header(name, entry.size, entry.created)
+        pending += member_header(name, entry.size, entry.modified)
         pieces.append(pending)
         pieces.append(FileSlice(entry.path, 0, entry.size, se=entry.se))
         total += len(pending) + entry.size

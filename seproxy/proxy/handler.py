@@ -80,7 +80,8 @@ class StorageElementProxyHandler(RPCHandler):
 
     @classmethod
     def initializeHandler(cls, service: ServiceContext) -> ProxyResources:
-        return ProxyResources.open(service.settings, service.ca_dir, urlsplit(service.url).hostname or "localhost")
+        host = urlsplit(service.url).hostname or "localhost"
+        return ProxyResources.open(service.settings, service.ca_dir, host, lambda: service.registry)
 
     @classmethod
     def extra_routes(cls) -> list[tuple[str, type[tornado.web.RequestHandler]]]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextvars
 import datetime
 import errno
-import posixpath
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,10 +36,11 @@ from typing import Any, TypeVar
 from seproxy.cache import Entry, Growing, VerificationError
 from seproxy.config import LFN_FIELD
 from seproxy.errors import failure
+from seproxy.http_side.grants import Grant
 from seproxy.http_side.side import HTTPSide
 from seproxy.proxy.describe import describe
 from seproxy.proxy.staging import Stager
-from seproxy.registry import Caller
+from seproxy.registry import Caller, Registry
 from seproxy.rpc.executor import check_cancelled
 from seproxy.storage.base import path_text_problem
 from seproxy.transfer import S_ERROR, S_OK, SErrorException
@@ -80,8 +80,9 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, caller: Caller, lfns
         details = " | ".join(f"{lfn}: {exc}" for lfn, exc in failed.items())
         return S_ERROR(first.code, f"prepareFileForHTTP: {len(failed)} of {len(wanted)} file(s) could not be staged: {details}")
     archive = len(wanted) > 1
-    members = [(lfn.lstrip("/") if archive else posixpath.basename(lfn), staged[lfn].entry) for lfn in wanted]
-    published = http.publish(caller.username, members, archive=archive)
+    # A caller the registry knows gets a URL that any instance can serve (as that user and group).
+    group = caller.group if caller.valid_group else None
+    published = http.publish(caller.username, [(lfn, staged[lfn].entry) for lfn in wanted], group=group)
     files = {}
     for lfn, done in staged.items():
         files[lfn] = {"SE": done.se, **describe(done.entry)}
@@ -184,3 +185,23 @@ def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str, *, 
 
     se, entry, errors = first_replica(http.replica_places, lfn, stage, "prepareFileForHTTP")
     return Staged(se, entry, errors)
+
+
+def stage_for_url(stager: Stager, http: HTTPSide, registry: Callable[[], Registry], grant: Grant, pin_until: float) -> list[Entry]:
+    """The side server's resolver: the files of a URL made elsewhere, staged as its user (as the
+    registry knows them now) would stage them with ``prepareFileForHTTP``, pinned until ``pin_until``."""
+    caller = registry().caller_of_url(grant.user, grant.group)
+    entries = []
+    for lfn in grant.lfns:
+        check_cancelled()
+        problem = lfn_problem(lfn)
+        if problem:
+            raise ValueError(f"{lfn[:200]!r} is not an LFN: {problem}")
+        try:
+            entry = _stage_replica(stager, http, caller, lfn).entry
+        except NoReplica as exc:
+            raise SErrorException(f"{lfn}: {exc}", errno=exc.code) from None
+        assert isinstance(entry, Entry), "staged whole: not started=True"
+        stager.cache.pin(entry.id, pin_until)
+        entries.append(entry)
+    return entries

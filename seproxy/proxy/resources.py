@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +12,9 @@ from seproxy.cache import Cache
 from seproxy.cache.configured import open_cache
 from seproxy.config import Settings
 from seproxy.http_side import HTTPSide
+from seproxy.proxy.lfns import stage_for_url
 from seproxy.proxy.staging import Stager
+from seproxy.registry import Registry
 from seproxy.storage.base import StorageElement
 from seproxy.storage.factory import make_storage_element
 
@@ -25,8 +29,12 @@ class ProxyResources:
     http: HTTPSide | None = None
 
     @classmethod
-    def open(cls, settings: Settings, ca_dir: Path, service_host: str) -> ProxyResources:
-        """Open everything the config names; the side server starts listening when enabled."""
+    def open(cls, settings: Settings, ca_dir: Path, service_host: str, registry: Callable[[], Registry]) -> ProxyResources:
+        """Open everything the config names; the side server starts listening when enabled.
+
+        ``registry`` gives the registry in force (it changes on reload): whose
+        rights apply to a URL of another instance, staged here on demand.
+        """
         cache = open_cache(settings)
         cache.on_count = metrics.count_cache_event
         elements = {
@@ -39,8 +47,9 @@ class ProxyResources:
         )  # fmt: skip
         resources = cls(cache, elements, stager)
         if settings.http.enabled:
-            resources.http = HTTPSide(settings, cache, service_host)
-            resources.http.start()
+            http = resources.http = HTTPSide(settings, cache, service_host)
+            http.serve_on_demand(functools.partial(stage_for_url, resources.stager, http, registry), settings.service.call_timeout)
+            http.start()
         return resources
 
     def close(self) -> None:

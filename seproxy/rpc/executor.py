@@ -40,12 +40,14 @@ class CallContext:
 
     deadline: float
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Set to stop this call and the others sharing it (their service is stopping).
+    stop: threading.Event | None = None
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
     def check(self) -> None:
-        if self.cancelled.is_set() or time.monotonic() > self.deadline:
+        if self.cancelled.is_set() or (self.stop is not None and self.stop.is_set()) or time.monotonic() > self.deadline:
             self.cancelled.set()
             raise CallCancelled("the call was cancelled (time limit reached or client gone)")
 
@@ -73,6 +75,21 @@ def call_in(context: CallContext, function: Callable[..., T], *args: Any) -> T:
         return function(*args)
     finally:
         _current.reset(token)
+
+
+def call_within(limit: float, function: Callable[[], T], stop: threading.Event | None = None) -> T:
+    """Run ``function`` in this thread as a call of its own, cancelled (``CallTimeout``) past ``limit``
+    seconds, or (``CallCancelled``) once ``stop`` is set.
+
+    For work that starts outside an RPC call (a download staged on demand)
+    and must stop as a call would: ``check_cancelled`` inside it sees both.
+    """
+    try:
+        return call_in(CallContext(deadline=time.monotonic() + limit, stop=stop), function)
+    except CallCancelled:
+        if stop is not None and stop.is_set():
+            raise
+        raise CallTimeout(limit) from None
 
 
 def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
