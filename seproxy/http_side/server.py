@@ -362,7 +362,7 @@ class _Worker:
         if wanted is None:
             self._close(connection)
             return
-        if wanted == STARVED:
+        if wanted == STARVED and connection.waiting is None:  # (one waiting for its answer is watched for nothing too)
             self._starved.add(connection)
         else:
             self._starved.discard(connection)
