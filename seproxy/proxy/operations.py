@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from seproxy.security.scopes import Access
-from seproxy.storage.base import FileInfo, StorageElement
+from seproxy.storage.base import FileInfo, PathRefused, StorageElement
 
 MAX_PATHS = 10_000
 # Every option any operation takes, with its type on the wire.
@@ -149,17 +149,22 @@ def run_bulk(
     done: Callable[[str], object] | None = None,
 ) -> dict[str, Any]:
     """Run ``operation`` for every path that passes ``check``; an ``OSError`` fails that path only.
-    ``done(path)`` follows every run, whether it succeeded or failed."""
+    ``done(path)`` follows every run that may have changed the path, whether it succeeded or failed
+    (a removal may stop half-way); not one the element refused before touching anything."""
     successful: dict[str, Any] = {}
     failed: dict[str, str] = {}
     for original in paths:
         try:
             path = element.normalize(original)
             check(path)
+            touched = True
             try:
                 successful[original] = operation.run(element, path, **options)
+            except PathRefused:
+                touched = False
+                raise
             finally:
-                if done is not None:
+                if done is not None and touched:
                     done(path)
         except OSError as exc:
             failed[original] = str(exc.strerror or exc)
