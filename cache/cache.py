@@ -299,8 +299,8 @@ class Cache:
         **fields: Any,
     ) -> NewEntry:
         entry_id = new_entry_id()
-        lease = self._take_lease(entry_id, "write")
         owner = fields.get("owner") if area == "upload" else None
+        lease = self._take_lease(entry_id, "write", owner=owner, claimed=expected_size or 0)
         announce = None
         if area == "staged":
             announce = partial(self._announce, entry_id, fields["se"], fields["source_path"], time.time())
@@ -417,12 +417,14 @@ class Cache:
         shortfall = self.space.shortfall(size)
         if not shortfall and writer.owner is None:
             return  # the usual staging: nothing to weigh (and no scan of the index)
-        held = self._index.held_bytes(time.time())
+        now = time.time()
+        held = self._index.held_bytes(now)
         if shortfall > self._total() - held:
             raise self.space.full(size)
         if writer.owner is None:
             return
-        held += self._in_progress(_claimed)
+        # Files being written: this process's as they stand, other processes' uploads as they announced.
+        held += self._in_progress(_claimed) + self._index.claimed_elsewhere(now, self._holder)
         if size > self.quota.limit - held:
             raise OSError(
                 errno.EDQUOT,
@@ -430,7 +432,11 @@ class Cache:
                 f"{self.quota.limit} bytes (cache.quota), {held} of them held by files in use, pinned, "
                 "being written or waiting to be uploaded",
             )
-        pending = self._index.pending_upload_bytes(writer.owner) + self._in_progress(_claimed, writer.owner)
+        pending = (
+            self._index.pending_upload_bytes(writer.owner)
+            + self._in_progress(_claimed, writer.owner)
+            + self._index.claimed_elsewhere(now, self._holder, writer.owner)
+        )
         if pending + size > self.upload_share:
             raise OSError(
                 errno.EDQUOT,
@@ -494,9 +500,9 @@ class Cache:
         finally:
             self.release(lease)
 
-    def _take_lease(self, entry_id: str, kind: str) -> int:
+    def _take_lease(self, entry_id: str, kind: str, *, owner: str | None = None, claimed: int = 0) -> int:
         now = time.time()
-        lease = self._index.add_lease(entry_id, kind, Holder.current(), now + self._lease_ttl, now)
+        lease = self._index.add_lease(entry_id, kind, Holder.current(), now + self._lease_ttl, now, owner=owner, claimed=claimed)
         if lease is None:
             raise _no_entry(entry_id)
         return lease

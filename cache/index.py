@@ -169,9 +169,16 @@ ALTER TABLE entries ADD COLUMN unverified TEXT;
 ALTER TABLE entries ADD COLUMN dropped REAL;
 """
 
+# Uploads in progress, on their write lease: whose, and how many bytes they announced, so that
+# one user's share of the quota holds over all the processes that take uploads (worker processes).
+_UPLOAD_CLAIMS_V9 = """
+ALTER TABLE leases ADD COLUMN owner TEXT;
+ALTER TABLE leases ADD COLUMN claimed INTEGER NOT NULL DEFAULT 0;
+"""
+
 _MIGRATIONS = (
     _ENTRIES_V1, _RUNNING_TOTALS_V2, _ORDERS_V3, _CRASH_MARKS_V4, _DIGESTS_V5, _TRAFFIC_V6, _GROWING_V7,
-    _FRESHNESS_V8,
+    _FRESHNESS_V8, _UPLOAD_CLAIMS_V9,
 )  # fmt: skip
 SCHEMA_VERSION = len(_MIGRATIONS)
 # From this version on, a crash leaves marks; an index of an earlier version
@@ -589,17 +596,30 @@ class Index:
 
     # --- leases
 
-    def add_lease(self, entry_id: str, kind: str, holder: Holder, expires: float, now: float) -> int | None:
-        """Record a lease; a read lease only on an existing entry not dropped (then also its last access)."""
+    def add_lease(
+        self, entry_id: str, kind: str, holder: Holder, expires: float, now: float, *, owner: str | None = None, claimed: int = 0
+    ) -> int | None:
+        """Record a lease; a read lease only on an existing entry not dropped (then also its last access).
+        ``owner`` and ``claimed``: of an upload being written, its user and announced size."""
         with self.transaction():
             touched = "UPDATE entries SET last_access = ? WHERE id = ? AND dropped IS NULL"
             if kind == "read" and self._db.execute(touched, (now, entry_id)).rowcount == 0:
                 return None
             cursor = self._db.execute(
-                "INSERT INTO leases (entry_id, kind, pid, pid_start, expires) VALUES (?, ?, ?, ?, ?)",
-                (entry_id, kind, holder.pid, holder.start, expires),
+                "INSERT INTO leases (entry_id, kind, pid, pid_start, expires, owner, claimed) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (entry_id, kind, holder.pid, holder.start, expires, owner, claimed),
             )
             return cursor.lastrowid
+
+    def claimed_elsewhere(self, now: float, holder: Holder, owner: str | None = None) -> int:
+        """Bytes announced by uploads that other processes than ``holder`` are writing (of ``owner`` only, if given)."""
+        rows = self._rows(
+            "SELECT COALESCE(SUM(claimed), 0) FROM leases WHERE kind = 'write' AND expires > ?"
+            " AND NOT (pid = ? AND pid_start IS ?) AND (? IS NULL OR owner = ?)",
+            (now, holder.pid, holder.start, owner, owner),
+        )
+        claimed: int = rows[0][0]
+        return claimed
 
     def drop_lease(self, lease_id: int) -> None:
         self._change("DELETE FROM leases WHERE id = ?", (lease_id,))

@@ -4,6 +4,8 @@ arrive (never for a size merely announced), and one user's uploads cannot hold m
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +99,39 @@ def test_pending_uploads_of_others_are_never_evicted_for_an_upload(cache: Cache)
         cache.begin_upload("alice", "putFile/mine", expected_size=8 * KiB)
     assert refused.value.errno == errno.EDQUOT and "cache.quota" in str(refused.value)
     assert {e.owner for e in cache.entries()} == {"bob", "carol"}
+
+
+# Another process taking an upload (a worker process of the same service): it announces the size,
+# writes nothing yet, says so, and holds the upload open until stdin closes.
+UPLOADER = """
+import sys
+from pathlib import Path
+from seproxy.cache import Cache
+
+with Cache(Path(sys.argv[1]), quota=int(sys.argv[2]), min_free=0, upload_share=0.5) as cache:
+    upload = cache.begin_upload("alice", "putFile/elsewhere", expected_size=int(sys.argv[3]))
+    print("uploading", flush=True)
+    sys.stdin.read()
+    cache.abort(upload)
+"""
+
+
+def test_a_share_holds_over_the_processes_that_take_uploads(cache: Cache) -> None:
+    """What alice is uploading through another worker process counts against her share here."""
+    elsewhere = subprocess.Popen(
+        [sys.executable, "-c", UPLOADER, str(cache.layout.root), str(QUOTA), str(20 * KiB)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert elsewhere.stdout is not None and elsewhere.stdout.readline() == "uploading\n"
+    try:
+        with pytest.raises(OSError) as refused:
+            cache.begin_upload("alice", "putFile/here", expected_size=20 * KiB)
+        assert refused.value.errno == errno.EDQUOT and "from alice" in str(refused.value)
+        assert f"hold {20 * KiB} bytes" in str(refused.value)
+        with cache.receive_upload("bob", "putFile/his", expected_size=20 * KiB) as writer:  # others still may
+            writer.write(b"b" * 20 * KiB)
+    finally:
+        elsewhere.communicate("", timeout=30)
+    assert elsewhere.returncode == 0
+    with cache.receive_upload("alice", "putFile/here", expected_size=20 * KiB) as writer:  # that one ended
+        writer.write(b"a" * 20 * KiB)
