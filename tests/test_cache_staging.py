@@ -77,7 +77,7 @@ def test_source_mtime_and_recorded_digests_are_kept(cache: Cache) -> None:
 
 
 def test_an_index_of_the_first_version_gets_the_new_columns(tmp_path: Path) -> None:
-    """An index file written before source_mtime, md5, sha256 and the freshness columns existed (schema 4)
+    """An index file written before source_mtime, md5, sha256, the freshness and upload-claim columns existed (schema 4)
     opens, and its entries stay."""
     with Cache(tmp_path / "cache", quota=1 << 30, min_free=0) as cache:
         entry = cache.stage("SE", "/f", source(b"abc", 3))
@@ -86,6 +86,8 @@ def test_an_index_of_the_first_version_gets_the_new_columns(tmp_path: Path) -> N
         db.execute(f"ALTER TABLE entries DROP COLUMN {column}")
     db.execute("DROP TABLE traffic")  # and what later versions added
     db.execute("DROP TABLE growing")
+    for column in ("owner", "claimed"):
+        db.execute(f"ALTER TABLE leases DROP COLUMN {column}")
     db.execute("PRAGMA user_version = 4")
     db.commit()
     db.close()
