@@ -118,10 +118,12 @@ class ServiceTree:
 
 def service_config(credentials: DevCredentials, directory: Path, storage: Path, workers: int | str) -> dict[str, Any]:
     config = seproxy_config(credentials, directory / "state")
-    config["service"].update({"port": free_port(), "workers": workers, "max_connections": 4096})
+    # wrk and the RPC clients come from one address: no per-address share below the whole.
+    config["service"].update({"port": free_port(), "workers": workers, "max_connections": 4096, "max_connections_per_address": 4096})
     config["storage_elements"] = {"BenchSE": {"plugin": "file", "base": str(storage)}}
     config["http"] = {
         "enabled": True, "host": "127.0.0.1", "port": free_port(), "url_lifetime": "1d", "max_connections": 4096,
+        "max_connections_per_address": 4096,
         **SAME_PRIORITY,
     }  # fmt: skip
     config["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}

@@ -52,6 +52,9 @@ R = TypeVar("R")
 
 Fetch = Callable[[StagingWriter], None]
 
+# The size at which the stamp file of ``changes`` starts again.
+_CHANGES_CYCLE = 4096
+
 # Rows read at a time when looking for eviction candidates: a pass that needs
 # a few entries reads about one page; a large one reads page after page.
 _EVICTION_PAGE = 128
@@ -474,6 +477,7 @@ class Cache:
     def record_digest(self, entry_id: str, algorithm: str, value: str) -> None:
         """Keep a checksum computed after the entry was written (md5, sha256: asked for, once)."""
         self._index.record_digest(check_entry_id(entry_id), algorithm, value)
+        self._changed()
 
     @_full_index_is_enospc
     def acquire_read(self, entry_id: str) -> ReadLease:
@@ -532,6 +536,7 @@ class Cache:
         could not be compared, ``failure`` saying why. Either way its freshness starts again now:
         a source that cannot be reached is asked again when the copy is due, not by every reader."""
         self._index.record_check(check_entry_id(entry_id), time.time(), failure)
+        self._changed()
 
     @_full_index_is_enospc
     def drop_source(self, se: str, path: str, *, tree: bool = False) -> int:
@@ -549,7 +554,27 @@ class Cache:
             dropped = self._index.drop_source(se, path, time.time(), tree=tree)
         entries = [entry for entry in map(self._index.get, dropped) if entry is not None]
         self.delete_batch(entries, force=True)
+        if dropped:
+            self._changed()
         return len(dropped)
+
+    def changes(self) -> tuple[int, int]:
+        """A stamp of the changes that readers holding an entry must see (copies dropped by a write,
+        marked stale or fresh again), from any process, for one ``stat``: a reader that keeps an
+        entry in memory reads the index again only when the stamp moved."""
+        try:
+            stamp = os.stat(self.layout.changes)
+        except FileNotFoundError:
+            return (0, 0)
+        return (stamp.st_size, stamp.st_mtime_ns)
+
+    def _changed(self) -> None:
+        """Move the stamp of ``changes``: a byte more, or none once it holds a page (its size then
+        starts again, and its modification time moves too)."""
+        with open(self.layout.changes, "ab") as stamp:
+            if stamp.tell() >= _CHANGES_CYCLE:
+                stamp.truncate(0)
+            stamp.write(b".")
 
     # --- names, pins, uploads
 

@@ -40,6 +40,8 @@ class Layout:
         self.tmp = self.root / "tmp"
         self.index = self.root / "index.sqlite3"
         self.locks = self.root / "locks"
+        # Grows (and starts again) by a byte at each change readers that hold an entry must see.
+        self.changes = self.root / "changes"
 
     def create(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)

@@ -305,9 +305,10 @@ class HTTPSettings:
     # Downloads of URLs this instance holds no link for (another instance's, when that one is down)
     # whose files it stages at once, per worker process; one more is answered 503 with Retry-After.
     on_demand_stagings: int = field(default=4, metadata=_check(_positive))
-    # Threads of the side server, each serving many connections (sendfile does the copying);
-    # more than 2 mostly contend for Python's GIL.
-    threads: int = field(default=2, metadata=_check(_positive))
+    # Threads of the side server in each process, each serving many connections (sendfile does the
+    # copying); more than 2 mostly contend for Python's GIL. 0: 2 in a service of one process, 1 in
+    # each worker process (the workers already use every core, and a second thread only contends).
+    threads: int = field(default=0, metadata=_check(_not_negative))
     # Added to the side server threads' nice value: when the cores are busy, downloads wait, not RPC calls.
     niceness: int = field(default=10, metadata=_check(_niceness))
     max_connections: int = field(default=1024, metadata=_check(_positive))

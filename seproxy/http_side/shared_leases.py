@@ -15,10 +15,11 @@ after its last download ends, and dropped then by a sweeper thread unless
 another download took it meanwhile. Eviction and purge wait at most that
 long for a file nobody reads any more.
 
-A download that joins a lease held already reads the entry's row (a read,
-no write), so it sees what changed since (a copy marked stale, a checksum
-recorded); a file that a write through seproxy dropped meanwhile stays for
-the downloads it has, and is not served to a new one.
+A download that joins a lease held already sees what changed since (a copy
+marked stale, a checksum recorded): the cache's stamp of such changes
+(``Cache.changes``, one ``stat``) tells when the entry's row must be read
+again. A file that a write through seproxy dropped meanwhile stays for the
+downloads it has, and is not served to a new one.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class OutsideCache(Exception):
 class _Held:
     lease: ReadLease
     users: int
+    # The entry as last read from the index, and the cache's stamp of changes then.
+    entry: Entry
+    stamp: tuple[int, int]
     idle_since: float = 0.0
 
 
@@ -93,6 +97,7 @@ class SharedLeases:
             self._release(entry_id)
 
     def _acquire(self, entry_id: str) -> Entry:
+        stamp = self._cache.changes()  # before the index is read: a change after it shows next time
         with self._lock:
             held = self._held.get(entry_id)
             if held is None:
@@ -100,16 +105,20 @@ class SharedLeases:
                 if not os.path.realpath(lease.path).startswith(self._data_dir):
                     self._cache.release(lease)
                     raise OutsideCache(f"cache entry {entry_id} resolves outside {self._data_dir}")
-                self._held[entry_id] = _Held(lease, 1)
+                self._held[entry_id] = _Held(lease, 1, lease.entry, stamp)
                 return lease.entry
             held.users += 1  # the lease stays while the index is read, outside the lock
-        # Joining a lease held already: the entry as the index has it now (a read, no write), unless a
-        # write through seproxy dropped it since: the downloads it has keep it, a new one must not
-        # get the old bytes.
+            if held.stamp == stamp:
+                return held.entry
+        # Joining a lease held already after a change somewhere in the cache: the entry as the index
+        # has it now, unless a write through seproxy dropped it since: the downloads it has keep it,
+        # a new one must not get the old bytes.
         entry = self._cache.get(entry_id)
         if entry is None or entry.dropped is not None:
             self._release(entry_id)
             raise FileNotFoundError(errno.ENOENT, "the file was replaced or removed since", entry_id)
+        with self._lock:
+            held.entry, held.stamp = entry, stamp
         return entry
 
     def _release(self, entry_id: str) -> None:

@@ -76,7 +76,7 @@ class HTTPSide:
             self.downloads.answer,
             host=http.host or settings.service.host,
             port=http.port,
-            threads=http.threads,
+            threads=http.threads or (1 if settings.service.workers > 1 else 2),
             max_connections=http.max_connections,
             max_per_address=http.max_connections_per_address,
             idle_timeout=http.idle_timeout,
