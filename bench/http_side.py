@@ -113,7 +113,11 @@ def prepare_seproxy(directory: Path, storage: Path) -> tuple[ServerProcess, str,
     credentials = ensure_dev_credentials(directory / "credentials")
     config = seproxy_config(credentials, directory / "state")
     config["storage_elements"] = {"BenchSE": {"plugin": "file", "base": str(storage)}}
-    config["http"] = {"enabled": True, "port": 0, "url_lifetime": "1d", **SAME_PRIORITY}
+    # wrk is one address: no per-address share of the connections below the whole (nginx has none).
+    config["http"] = {
+        "enabled": True, "port": 0, "url_lifetime": "1d", "max_connections": 4096, "max_connections_per_address": 4096,
+        **SAME_PRIORITY,
+    }  # fmt: skip
     config["metrics"] = {"enabled": False}  # its fixed port could be taken by another run
     server = ServerProcess(start_seproxy, [config], directory / "seproxy.log")
     url = f"https://localhost:{server.port}/DataManagement/StorageElementProxy"
