@@ -52,6 +52,9 @@ R = TypeVar("R")
 
 Fetch = Callable[[StagingWriter], None]
 
+# The largest size an upload's lease records (SQLite's largest integer).
+_MOST_CLAIMED = 2**63 - 1
+
 # The size at which the stamp file of ``changes`` starts again.
 _CHANGES_CYCLE = 4096
 
@@ -303,7 +306,8 @@ class Cache:
     ) -> NewEntry:
         entry_id = new_entry_id()
         owner = fields.get("owner") if area == "upload" else None
-        lease = self._take_lease(entry_id, "write", owner=owner, claimed=expected_size or 0)
+        # An absurd announced size is refused by ``expect`` below; the index can only hold 64 bits of it.
+        lease = self._take_lease(entry_id, "write", owner=owner, claimed=min(expected_size or 0, _MOST_CLAIMED))
         announce = None
         if area == "staged":
             announce = partial(self._announce, entry_id, fields["se"], fields["source_path"], time.time())
