@@ -73,7 +73,7 @@ def prepare_for_http(stager: Stager, http: HTTPSide | None, caller: Caller, lfns
     wanted = _checked_lfns(lfns, http.settings.max_files)
     started = http.settings.answer_when == "started" and len(wanted) == 1
     staged, failed = _stage_all(
-        wanted, lambda lfn: _stage_replica(stager, http, caller, lfn, started=started), http.settings.staging_concurrency
+        wanted, lambda lfn: _stage_replica(stager, http, caller, lfn, http.pin, started=started), http.settings.staging_concurrency
     )
     if failed:
         first = next(iter(failed.values()))
@@ -173,14 +173,16 @@ def _one(stage: Callable[[str], Staged], lfn: str) -> Staged | NoReplica:
         return exc
 
 
-def _stage_replica(stager: Stager, http: HTTPSide, caller: Caller, lfn: str, *, started: bool = False) -> Staged:
-    """The first replica of ``lfn`` that stages (with ``started``: whose staging starts), pinned
+def _stage_replica(
+    stager: Stager, http: HTTPSide, caller: Caller, lfn: str, pin: Callable[[Entry], None], *, started: bool = False
+) -> Staged:
+    """The first replica of ``lfn`` that stages (with ``started``: whose staging starts), ``pin``ned
     once whole; ``NoReplica`` naming every failure otherwise."""
 
     def stage(se: str, pfn: str) -> Entry | Growing:
         got = stager.open(caller, se, pfn, name=lfn) if started else stager.stage(caller, se, pfn, name=lfn)
         if isinstance(got, Entry):
-            http.pin(got)
+            pin(got)
         return got
 
     se, entry, errors = first_replica(http.replica_places, lfn, stage, "prepareFileForHTTP")
@@ -191,6 +193,10 @@ def stage_for_url(stager: Stager, http: HTTPSide, registry: Callable[[], Registr
     """The side server's resolver: the files of a URL made elsewhere, staged as its user (as the
     registry knows them now) would stage them with ``prepareFileForHTTP``, pinned until ``pin_until``."""
     caller = registry().caller_of_url(grant.user, grant.group)
+
+    def pin(entry: Entry) -> None:
+        stager.cache.pin(entry.id, pin_until)
+
     entries = []
     for lfn in grant.lfns:
         check_cancelled()
@@ -198,10 +204,9 @@ def stage_for_url(stager: Stager, http: HTTPSide, registry: Callable[[], Registr
         if problem:
             raise ValueError(f"{lfn[:200]!r} is not an LFN: {problem}")
         try:
-            entry = _stage_replica(stager, http, caller, lfn).entry
+            entry = _stage_replica(stager, http, caller, lfn, pin).entry
         except NoReplica as exc:
             raise SErrorException(f"{lfn}: {exc}", errno=exc.code) from None
         assert isinstance(entry, Entry), "staged whole: not started=True"
-        stager.cache.pin(entry.id, pin_until)
         entries.append(entry)
     return entries
