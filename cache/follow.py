@@ -122,13 +122,20 @@ class Follower:
         """Block until bytes from ``offset`` on are readable; return how many (0: the file ended
         before ``offset``). ``TimeoutError`` past the deadline (or ``timeout``) with none."""
         limit = self.deadline if timeout is None else min(self.deadline, time.monotonic() + timeout)
-        while True:
-            available = self.poll() - offset
-            if available > 0 or self.done:
-                return max(available, 0)
-            if time.monotonic() >= limit:
-                raise self.timed_out(offset)
+        while (available := self.arrived(offset, limit)) is None:
             time.sleep(POLL_INTERVAL)
+        return available
+
+    def arrived(self, offset: int, limit: float | None = None) -> int | None:
+        """One look of a waiting reader: how many bytes from ``offset`` on are readable (0: the file
+        ended before ``offset``), None while there are none yet; ``TimeoutError`` once none came
+        by ``limit`` (``time.monotonic()``; the deadline if None)."""
+        available = self.poll() - offset
+        if available > 0 or self.done:
+            return max(available, 0)
+        if time.monotonic() >= (self.deadline if limit is None else limit):
+            raise self.timed_out(offset)
+        return None
 
     def timed_out(self, offset: int) -> TimeoutError:
         """The error of a reader that waited in vain for the byte at ``offset``."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -138,12 +137,10 @@ async def arrived(follower: Follower, offset: int) -> int:
     """Wait until bytes from ``offset`` on have arrived, on the event loop (a look costs a few
     system calls, no thread); how many (0: the file ended before ``offset``)."""
     pause = _FIRST_PAUSE
-    while (available := follower.poll() - offset) <= 0 and not follower.done:
-        if time.monotonic() > follower.deadline:
-            raise follower.timed_out(offset)
+    while (available := follower.arrived(offset)) is None:
         await asyncio.sleep(pause)
         pause = min(2 * pause, _LONGEST_PAUSE)
-    return max(available, 0)
+    return available
 
 
 async def _send(handler: tornado.web.RequestHandler, chunk: bytes) -> None:
