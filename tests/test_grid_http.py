@@ -12,10 +12,12 @@ import email.utils
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import time
 import zlib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -191,6 +193,29 @@ def test_curl_multi_range(served):
     parts = multipart_parts(content_type, body)
     assert [(first, last) for first, last, _, _ in parts] == RANGES
     assert all(part == data[first : last + 1] for first, last, _, part in parts)
+
+
+def test_many_ranges_to_a_slow_reader(served):
+    """Small ranges go out read and gathered, big ones by sendfile; a reader that takes its time makes the
+    server stop mid-gather again and again, and every byte must still come in order."""
+    url, data = served
+    parts = urlsplit(url)
+    spans = [(n * 9_000, n * 9_000 + 4_095) for n in range(200)] + [(2 * MiB, 3 * MiB + 12_000)]
+    spec = ",".join(f"{first}-{last}" for first, last in spans)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET {parts.path} HTTP/1.1\r\nHost: x\r\nRange: bytes={spec}\r\nConnection: close\r\n\r\n".encode())
+        received = bytearray()
+        while chunk := sock.recv(4096):
+            received += chunk
+            if len(received) < 256 * 1024:
+                time.sleep(0.0005)
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206 ")
+    content_type = re.search(rb"(?i)\r\ncontent-type: ([^\r]+)", head).group(1).decode()
+    answered = multipart_parts(content_type, body)
+    assert [(first, last) for first, last, _, _ in answered] == spans
+    assert all(part == data[first : last + 1] for first, last, _, part in answered)
 
 
 def test_davix_vectored_read(served, davix_vector_reader, http_service):
