@@ -142,6 +142,9 @@ class ServiceSettings:
     # A new connection must complete TLS and send a request head within this, or it is closed.
     handshake_timeout: Duration = field(default=Duration(10), metadata=_check(_positive))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # How long an INFO or DEBUG line may wait before it is written, with others (0: each line at once);
+    # a WARNING or ERROR goes out at once, with the lines before it.
+    log_flush_after: Duration = field(default=Duration(0.2), metadata=_check(_not_negative))
 
 
 @dataclass

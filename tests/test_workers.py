@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -64,13 +65,13 @@ def workers(pki: Any, tmp_path: Path, slow_webdav: WatchedWebDav, storage_ca: Lo
     """A service of ``WORKERS`` processes with a file element, the slow WebDAV, the side server and metrics."""
     running: list[ProxyService] = []
 
-    def start(**http: Any) -> ProxyService:
+    def start(service_options: dict[str, Any] | None = None, **http: Any) -> ProxyService:
         places = [
             file_place(FILE_SE, tmp_path / "file-se"),
             webdav_place(SLOW_SE, slow_webdav.url, slow_webdav.root, storage_ca),
         ]
         config = proxy_config(pki, tmp_path / "state", places)
-        config["service"]["workers"] = WORKERS
+        config["service"].update(workers=WORKERS, **(service_options or {}))
         config["http"] = {"enabled": True, "host": "127.0.0.1", "port": 0, **http}
         config["metrics"] = {"enabled": True, "host": "127.0.0.1", "port": free_port()}
         service = ProxyService(start_service(tmp_path / "service", config), pki, {place.name: place for place in places})
@@ -164,6 +165,33 @@ def test_a_single_use_url_is_served_once_by_all_workers(workers: Callable[..., P
         statuses = Counter(pool.map(get, range(16)))
     assert statuses[200] == 1 and sum(statuses.values()) == 16, statuses
     assert set(statuses) <= {200, 403, 404, 410}, statuses
+
+
+def test_log_lines_written_in_batches_arrive_whole(workers: Callable[..., ProxyService]) -> None:
+    """Lines written a few at a time (log_flush_after, as a site runs it) all arrive soon after, each
+    line whole: the two workers' batches share one stderr without mixing."""
+    service = workers(service_options={"log_flush_after": "0.5s"})
+    name, data = unique("logged"), os.urandom(1000)
+    (service.place(FILE_SE).root / name).write_bytes(data)
+    url = ok(service.call("prepareFileForHTTP", f"/{name}"))["HttpURL"]
+    link_id = urlsplit(url).path.split("/")[1].split(".")[1]
+
+    def get(_: int) -> bool:
+        with requests.Session() as session:  # a connection each, over both workers
+            return all(session.get(url, timeout=30).content == data for _ in range(25))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(get, range(8)))
+    access = re.compile(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} INFO w[01] seproxy\.http \[-\] 127\.0\.0\.1 "
+        rf"key=\w+:{link_id} GET status=200 bytes=1000 [0-9.]+ms"
+    )
+    lines = wait_until(
+        lambda: len(found := [line for line in service.process.log().splitlines() if f":{link_id} GET " in line]) >= 200 and found,
+        "every access line written", 10,
+    )  # fmt: skip
+    assert len(lines) == 200 and all(access.fullmatch(line) for line in lines), lines
+    assert {line.split()[3] for line in lines} == {"w0", "w1"}
 
 
 def test_a_killed_worker_is_restarted_and_the_service_keeps_answering(workers: Callable[..., ProxyService]) -> None:

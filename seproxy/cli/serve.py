@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None:
         settings.service.workers = args.workers
     worker: WorkerSpec | None = args.worker
-    logs.configure(settings.service.log_level, worker.index if worker else None)
+    logs.configure(settings.service.log_level, worker.index if worker else None, settings.service.log_flush_after)
     if worker is not None:
         worker.follow_supervisor()
         worker.apply(settings)
