@@ -308,6 +308,9 @@ class HTTPSettings:
     # Downloads of URLs this instance holds no link for (another instance's, when that one is down)
     # whose files it stages at once, per worker process; one more is answered 503 with Retry-After.
     on_demand_stagings: int = field(default=4, metadata=_check(_positive))
+    # The share of those one user's URLs may take at once (at least one staging): one user's many
+    # URLs cannot keep every other user's waiting.
+    on_demand_share: float = field(default=0.5, metadata=_check(_fraction))
     # Threads of the side server in each process, each serving many connections (sendfile does the
     # copying); more than 2 mostly contend for Python's GIL. 0: 2 in a service of one process, 1 in
     # each worker process (the workers already use every core, and a second thread only contends).

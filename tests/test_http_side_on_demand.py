@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 import requests
 from fixtures.http_side import SECRET, curl, http_config
 from fixtures.proxy import element_spec
-from fixtures.service import ServiceProcess, free_port, start_service
+from fixtures.service import TEST_ADMIN, TEST_USER, ServiceProcess, free_port, start_service
 from fixtures.storage_servers import LoopbackCA, fresh_directory, run_webdav
 
 from seproxy.http_side.grants import Grant
@@ -98,10 +99,11 @@ class Instance:
         path.write_bytes(data)
         return data
 
-    def foreign_url(self, lfn: str, link_id: str) -> str:
-        """A URL of this file as instance ``a`` (same secret) would hand it out."""
+    def foreign_url(self, lfn: str, link_id: str, grant: Grant | None = None) -> str:
+        """A URL of this file as instance ``a`` (same secret) would hand it out, for ``grant`` (tester's)."""
         name = lfn.rsplit("/", 1)[1]
-        key = Signer("k1", SECRET.encode()).sign(link_id, int(time.time()) + 600, name, "a", Grant("tester", "lab_user", (lfn,), False))
+        grant = grant or Grant(TEST_USER, "lab_user", (lfn,), False)
+        key = Signer("k1", SECRET.encode()).sign(link_id, int(time.time()) + 600, name, "a", grant)
         return f"{self.side}/a/{key}/{name}"
 
     def prepared_url(self, lfn: str) -> str:
@@ -114,9 +116,9 @@ class Instance:
         return sum(f":{link_id} on demand for tester: " in line for line in self.process.log().splitlines())
 
 
-@pytest.fixture(scope="module")
-def instance(pki: Any, storage_ca: LoopbackCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
-    directory = tmp_path_factory.mktemp("on-demand")
+@contextmanager
+def run_instance(pki: Any, storage_ca: LoopbackCA, directory: Path, stagings: int) -> Iterator[Instance]:
+    """Route ``b`` with ``stagings`` on-demand stagings (each user's share: half, at least one)."""
     trickles: list[Trickle] = []
 
     def wrap(app: Any) -> Trickle:
@@ -126,7 +128,7 @@ def instance(pki: Any, storage_ca: LoopbackCA, tmp_path_factory: pytest.TempPath
     (directory / "dav").mkdir()
     with run_webdav(directory / "dav", storage_ca, wrap=wrap) as url:
         root = fresh_directory(directory / "dav")
-        config = http_config(pki, directory, route="b", port=free_port(), threads=1, on_demand_stagings=1)
+        config = http_config(pki, directory, route="b", port=free_port(), threads=1, on_demand_stagings=stagings)
         config["service"]["call_timeout"] = CALL_LIMIT
         config["storage_elements"] = {SLOW_SE: element_spec("webdav", f"{url}/{root.name}", ca_dir=str(storage_ca.ca_dir))}
         process = start_service(directory / "service", config)
@@ -135,6 +137,12 @@ def instance(pki: Any, storage_ca: LoopbackCA, tmp_path_factory: pytest.TempPath
         finally:
             process.stop()
             assert "Traceback" not in process.log()
+
+
+@pytest.fixture(scope="module")
+def instance(pki: Any, storage_ca: LoopbackCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Instance]:
+    with run_instance(pki, storage_ca, tmp_path_factory.mktemp("on-demand"), stagings=1) as running:
+        yield running
 
 
 def test_a_staging_waits_without_holding_the_server_and_bounds_the_others(instance: Instance) -> None:
@@ -198,3 +206,26 @@ def test_refusals_that_come_at_once_are_answered(instance: Instance) -> None:
         key = Signer("k1", SECRET.encode()).sign(f"{number + 0x100:032x}", int(time.time()) + 600, "quick.dat", "a", grant)
         answer = requests.get(f"{instance.side}/a/{key}/quick.dat", timeout=10)
         assert answer.status_code == 403 and f"stranger{number}" in answer.text, answer.text
+
+
+def test_one_users_urls_take_their_share_of_the_stagings(pki: Any, storage_ca: LoopbackCA, tmp_path: Path) -> None:
+    """Two stagings, half each user's: a user's second URL waits its turn (503), another user's is staged."""
+    with run_instance(pki, storage_ca, tmp_path, stagings=2) as instance:
+        slow = instance.put("/lab/slow/mine.dat", os.urandom(4 * MiB))  # about 2 s from the source
+        instance.put("/lab/slow/mine-too.dat", b"mine too")
+        theirs = instance.put("/lab/slow/theirs.dat", os.urandom(1 * MiB))
+        answers: list[requests.Response] = []
+        first = threading.Thread(target=lambda: answers.append(requests.get(instance.foreign_url("/lab/slow/mine.dat", "5" * 32), timeout=60)))
+        first.start()
+        instance.trickle.wait_started("/lab/slow/mine.dat")
+
+        refused = requests.get(instance.foreign_url("/lab/slow/mine-too.dat", "6" * 32), timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "10", refused.text
+        assert "1 file(s) of tester's URLs are being staged here now, that user's share" in refused.text
+        other = Grant(TEST_ADMIN, "lab_admin", ("/lab/slow/theirs.dat",), False)
+        assert requests.get(instance.foreign_url("/lab/slow/theirs.dat", "7" * 32, other), timeout=30).content == theirs
+        assert first.is_alive(), "the first user's staging was still going on"
+
+        first.join(60)
+        assert [(answer.status_code, answer.content == slow) for answer in answers] == [(200, True)]
+        assert requests.get(instance.foreign_url("/lab/slow/mine-too.dat", "6" * 32), timeout=30).content == b"mine too"

@@ -16,7 +16,9 @@ connections, so it never runs in them: the answer is a ``Future`` that a
 small pool completes (``http.on_demand_stagings`` threads), while the
 connection waits without holding a thread. Requests of a URL whose
 staging is under way wait for that one; a request needing one more
-staging than the pool runs is answered 503 with ``Retry-After``; a staging
+staging than the pool runs, or than its user's share of the pool
+(``http.on_demand_share``, at least one), is answered 503 with
+``Retry-After``; a staging
 is cancelled after ``service.call_timeout`` (a 504), as a
 ``prepareFileForHTTP`` call would be.
 
@@ -32,6 +34,7 @@ import functools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
@@ -72,11 +75,13 @@ class OnDemand:
     for that staging: they take no slot of their own.
     """
 
-    def __init__(self, resolve: Resolver, links: LinkStore, *, stagings: int, time_limit: float) -> None:
+    def __init__(self, resolve: Resolver, links: LinkStore, *, stagings: int, share: float, time_limit: float) -> None:
         self._resolve = resolve
         self._links = links
         self._time_limit = time_limit
         self._slots = threading.BoundedSemaphore(stagings)
+        self._per_user = max(1, int(stagings * share))
+        self._by_user: Counter[str] = Counter()
         self._pool = ThreadPoolExecutor(max_workers=stagings, thread_name_prefix="http-on-demand")
         self._stop = threading.Event()
         # Stagings under way, by link id: what each ends with, the link or a refusal (status, message).
@@ -94,6 +99,11 @@ class OnDemand:
             staging = self._under_way.get(signed.link_id)
             new = staging is None
             if staging is None:
+                if self._by_user[grant.user] >= self._per_user:
+                    return _busy(
+                        f"{self._by_user[grant.user]} file(s) of {grant.user}'s URLs are being staged here now, "
+                        "that user's share; try again shortly"
+                    )
                 if not self._slots.acquire(blocking=False):
                     return _busy("too many files of other instances' URLs are being staged here now; try again shortly")
                 try:
@@ -102,16 +112,20 @@ class OnDemand:
                     self._slots.release()
                     return _busy("the service is stopping")
                 self._under_way[signed.link_id] = staging
+                self._by_user[grant.user] += 1
         if new:
             # Outside the lock: a staging already done runs its callbacks here, at once, and _done takes the lock.
-            staging.add_done_callback(functools.partial(self._done, signed.link_id))
+            staging.add_done_callback(functools.partial(self._done, signed.link_id, grant.user))
         answer: Future[Response] = Future()
         staging.add_done_callback(functools.partial(_answer, answer, serve))
         return answer
 
-    def _done(self, link_id: str, _: Future[Link | _Refusal]) -> None:
+    def _done(self, link_id: str, user: str, _: Future[Link | _Refusal]) -> None:
         with self._lock:
             del self._under_way[link_id]
+            self._by_user[user] -= 1
+            if not self._by_user[user]:
+                del self._by_user[user]
         self._slots.release()
 
     def _stage(self, signed: SignedKey, grant: Grant) -> Link | _Refusal:

@@ -91,7 +91,9 @@ class HTTPSide:
     def serve_on_demand(self, resolve: Resolver, time_limit: float) -> None:
         """Serve URLs this instance holds no link for (another instance's), staging with ``resolve``
         for at most ``time_limit`` seconds each; call before ``start``."""
-        self.downloads.on_demand = OnDemand(resolve, self.links, stagings=self.settings.on_demand_stagings, time_limit=time_limit)
+        self.downloads.on_demand = OnDemand(
+            resolve, self.links, stagings=self.settings.on_demand_stagings, share=self.settings.on_demand_share, time_limit=time_limit
+        )
         self.server.wait_limit = time_limit + WAIT_MARGIN
 
     def start(self) -> None:
