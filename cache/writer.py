@@ -11,7 +11,9 @@ where that file lives and commits it by renaming.
 
 Room in the cache is made as bytes arrive, never for a size merely
 announced: a client that declares a petabyte and sends nothing must not
-empty the cache. What was announced is only checked up front (``admit``)
+empty the cache. It is made in steps of at most as much again as has
+arrived (and ``ROOM_STEP``), so that a large file asks the index a few
+dozen times, not at every chunk. What was announced is only checked up front (``admit``)
 against what the cache could ever give, so that a file that cannot fit is
 refused before anything is evicted.
 """
@@ -34,6 +36,8 @@ from seproxy.cache.space import FULL_DISK_ERRNOS, DiskSpace
 _ALGORITHMS = {"adler32": "adler32", "ad": "adler32", "xxh3": "xxh3", "xxh3_64": "xxh3", "xxh3-64": "xxh3"}
 
 
+# The most room made ahead of the bytes that arrived.
+ROOM_STEP = 64 * 1024 * 1024
 # How many written bytes are handed to the disk at a time while a file is written (see _writeback).
 WRITEBACK_STEP = 8 * 1024 * 1024
 
@@ -116,6 +120,7 @@ class StagingWriter:
         self._announced = False
         self._file = open(path, "xb")
         self._written_back = 0  # bytes whose writing to the disk has been started
+        self._room = 0  # bytes from the start of the file that room has been made for
         self._xxh3 = xxhash.xxh3_64()
         self._adler32 = 1  # the ADLER32 of no bytes
         self._size: int | None = None
@@ -158,9 +163,11 @@ class StagingWriter:
         count = memoryview(data).nbytes
         if self._size is not None and self.written + count > self._size:
             raise VerificationError(f"the source sent more than the {self._size} bytes it announced")
-        if self._size is not None:
+        if self._size is not None and self.written + count > self._room:
             # Without an announced size nothing is made room for: the disk itself says when it is full.
-            self._make_room(count)
+            step = max(count, min(self.written, ROOM_STEP, self._size - self.written))
+            self._make_room(step)
+            self._room = self.written + step
         if not self._announced:
             self._tell_readers()
         self._guard_disk(count, self._write_through, data)
