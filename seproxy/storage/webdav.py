@@ -18,6 +18,7 @@ import functools
 import http.client
 import os
 import secrets
+import socket
 import ssl
 import threading
 import xml.etree.ElementTree as ElementTree
@@ -333,25 +334,40 @@ def _read_into(raw: urllib3.HTTPResponse) -> Callable[[memoryview], int]:
     """How to read the body into a buffer: what one read of the connection gives (one TLS record),
     bounded by the announced length.
 
-    The fast way takes the bytes from http.client's own buffered socket, so only for a body that
-    needs nothing from http.client or urllib3 on the way: neither chunked nor encoded, of a
-    known length. Any other body goes through urllib3's ``read1`` and a copy.
+    The fast way reads the socket itself, once http.client's buffered reader has given what it
+    took in with the header, so only for a body that needs nothing from http.client or urllib3
+    on the way: neither chunked nor encoded, of a known length. Any other body goes through
+    urllib3's ``read1`` and a copy.
     """
     inner = getattr(raw, "_fp", None)
+    sock = getattr(raw.connection, "sock", None)
     plain = raw.headers.get("Content-Encoding", "identity").lower() == "identity"
-    if not plain or not isinstance(inner, http.client.HTTPResponse) or inner.chunked or inner.length is None:
+    if (
+        not plain
+        or not isinstance(inner, http.client.HTTPResponse)
+        or inner.chunked
+        or inner.length is None
+        or not isinstance(sock, socket.socket)
+    ):
         return functools.partial(_copied, raw)
-    socket_file, left = inner.fp, inner.length
+    buffered: Any = inner.fp
+    left = inner.length
 
     def read_into(buffer: memoryview) -> int:
-        nonlocal left
+        nonlocal buffered, left
         if not left:
             return 0
-        count: int = _body_read(socket_file.readinto1, buffer[: min(len(buffer), left)])
+        if left < len(buffer):
+            buffer = buffer[:left]
+        if buffered is None:
+            count: int = sock.recv_into(buffer)
+        else:  # a peek reads the socket only when the reader holds nothing
+            held = len(buffered.peek(0))
+            count = buffered.readinto(buffer[:held]) if held else 0
+            if held <= count:
+                buffered = None
         if not count:
-            raise requests.exceptions.ChunkedEncodingError(
-                urllib3.exceptions.ProtocolError(f"the connection closed with {left} bytes of the body unsent")
-            )
+            raise urllib3.exceptions.ProtocolError(f"the connection closed with {left} bytes of the body unsent")
         left -= count
         return count
 
@@ -359,7 +375,7 @@ def _read_into(raw: urllib3.HTTPResponse) -> Callable[[memoryview], int]:
 
 
 def _copied(raw: urllib3.HTTPResponse, buffer: memoryview) -> int:
-    piece: bytes = _body_read(raw.read1, len(buffer))
+    piece = raw.read1(len(buffer))
     buffer[: len(piece)] = piece
     return len(piece)
 
@@ -405,7 +421,7 @@ class _Ring:
                 if self._reader_waits:
                     self._wake()
         except BaseException as exc:  # handed to the reader, who raises it after the bytes before it
-            self._error = exc
+            self._error = _as_requests_error(exc)
         self._ended = True
         self._wake()
 
@@ -438,9 +454,11 @@ class _Ring:
             self._changed.notify_all()
 
 
-def _body_read(read: Callable[[Any], Any], argument: Any) -> Any:
-    """``read(argument)`` of a body, failing as requests would (so that _transport names the failure)."""
-    try:
-        return read(argument)
-    except tuple(_BODY_ERRORS) as exc:
-        raise next(wrap for kind, wrap in _BODY_ERRORS.items() if isinstance(exc, kind))(exc) from exc
+def _as_requests_error(exc: BaseException) -> BaseException:
+    """A failure reading a body as requests would have raised it (so that _transport names it)."""
+    for kind, wrap in _BODY_ERRORS.items():
+        if isinstance(exc, kind):
+            wrapped = wrap(exc)
+            wrapped.__cause__ = exc
+            return wrapped
+    return exc
