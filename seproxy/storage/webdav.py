@@ -48,6 +48,9 @@ from seproxy.transfer.network_errors import causes
 _DAV = "{DAV:}"
 # How many bytes of a download may wait for the cache (in a ring the connection's thread reads into).
 _RING_SIZE = 16 * 1024 * 1024
+# The most a body that urllib3 must decode is read at a time (each read allocates what it may
+# return, for a TLS record of 16 KiB).
+_COPIED_PIECE = 64 * 1024
 # What urllib3, or the socket under it, raises mid-body, as requests would have raised it (so
 # _transport names the failure); the first kind that matches counts.
 _BODY_ERRORS: dict[type[Exception], type[requests.exceptions.RequestException]] = {
@@ -375,7 +378,7 @@ def _read_into(raw: urllib3.HTTPResponse) -> Callable[[memoryview], int]:
 
 
 def _copied(raw: urllib3.HTTPResponse, buffer: memoryview) -> int:
-    piece = raw.read1(len(buffer))
+    piece = raw.read1(min(len(buffer), _COPIED_PIECE))
     buffer[: len(piece)] = piece
     return len(piece)
 
