@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import functools
 import http.client
+import mmap
 import os
 import secrets
 import socket
@@ -396,7 +397,9 @@ class _Ring:
 
     def __init__(self, read_into: Callable[[memoryview], int]) -> None:
         self._read_into = read_into
-        self._view = memoryview(bytearray(_RING_SIZE))
+        # Anonymous memory, zero pages given as they are first written: a bytearray would zero all
+        # of it before the first byte could be read (milliseconds added to every first byte).
+        self._view = memoryview(mmap.mmap(-1, _RING_SIZE))
         self._changed = threading.Condition()
         self._produced = self._consumed = 0
         self._ended = False
