@@ -13,15 +13,17 @@ measurement starts (the cache is purged before each):
   "started"``, then ``curl`` of its ``HttpURL`` (plain HTTP, sendfile);
   both times counted from the start of the call. Same targets.
 - **20 readers**: ``curl`` GETs of the same cold file through the door, all
-  started at once. Targets: each one's last byte within 1.3 times one
-  reader's (the median of the single door reads), and one staging: the
-  storage counts the GETs of the file, which must grow by one.
+  started at once (the kernel spreads their connections over the worker
+  processes). Targets: each one's last byte within 1.3 times one reader's
+  (the median of the single door reads), and one staging: the storage
+  counts the GETs of the file, which must grow by one.
 
 The direct ``curl`` reads the storage's file from the page cache, as the
 stagings do; all transfers write to /dev/null. Times are curl's own
 (``time_starttransfer``, ``time_total``). The storage and the service each
-run in a process of their own. Rounds alternate the three single reads;
-the median round counts.
+run in processes of their own, the service as ``seproxy serve`` runs by
+default (``service.workers = "auto"``: a worker per core). Rounds alternate
+the three single reads; the median round counts.
 """
 
 from __future__ import annotations
@@ -43,8 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ServerProcess, free_port, median, print_table
-from bench.rpc_ping import seproxy_config, start_seproxy
+from bench.rpc_ping import seproxy_config
 from bench.storage_proxy import Plan, start_webdav, write_durably
+from bench.workers import ServiceTree
 from seproxy.cache import PurgeRule, purge
 from seproxy.cache.configured import open_cache
 from seproxy.config import Settings, settings_from_dict
@@ -190,13 +193,15 @@ def start_servers(directory: Path, storage: Path, digests: dict[str, str], size:
     servers.callback(webdav.stop)
     storage_url = f"https://127.0.0.1:{webdav.port}"
     config = seproxy_config(developer, directory / "state")
+    # As `seproxy serve` runs by default: a worker process per core, sharing fixed ports.
+    config["service"].update({"port": free_port(), "workers": "auto"})
     config["storage_elements"] = {SE: {"plugin": "webdav", "base": f"{storage_url}/"}}
     config["metrics"] = {"port": free_port()}
     config["http"] = {
-        "enabled": True, "port": 0, "host": "127.0.0.1", "public_name": "127.0.0.1", "secret": SECRET,
+        "enabled": True, "port": free_port(), "host": "127.0.0.1", "public_name": "127.0.0.1", "secret": SECRET,
         "answer_when": "started",
     }  # fmt: skip
-    service = ServerProcess(start_seproxy, [config], directory / "seproxy.log")
+    service = ServiceTree(directory / "service", config)
     servers.callback(service.stop)
     credentials = {"proxy": str(developer.proxy), "ca_dir": str(developer.ca_dir)}
     service_url = f"https://127.0.0.1:{service.port}"

@@ -11,13 +11,16 @@ where that file lives and commits it by renaming.
 
 Room in the cache is made as bytes arrive, never for a size merely
 announced: a client that declares a petabyte and sends nothing must not
-empty the cache. What was announced is only checked up front (``admit``)
+empty the cache. It is made in steps of at most as much again as has
+arrived (and ``ROOM_STEP``), so that a large file asks the index a few
+dozen times, not at every chunk. What was announced is only checked up front (``admit``)
 against what the cache could ever give, so that a file that cannot fit is
 refused before anything is evicted.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import zlib
 from collections.abc import Callable, Mapping
@@ -31,6 +34,36 @@ from seproxy.cache.space import FULL_DISK_ERRNOS, DiskSpace
 
 # The names sources and clients use for the checksums we can compute.
 _ALGORITHMS = {"adler32": "adler32", "ad": "adler32", "xxh3": "xxh3", "xxh3_64": "xxh3", "xxh3-64": "xxh3"}
+
+
+# The most room made ahead of the bytes that arrived.
+ROOM_STEP = 64 * 1024 * 1024
+# How many written bytes are handed to the disk at a time while a file is written (see _writeback).
+WRITEBACK_STEP = 8 * 1024 * 1024
+
+
+def _start_writeback() -> Callable[[int, int, int], object] | None:
+    """Linux's ``sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE)``: starts writing a range
+    to the disk and returns without waiting (None where the C library lacks it).
+
+    The commit's fsync must wait for every byte to be on the disk, and a reader's last byte waits
+    for the commit: left to the kernel, a 1 GiB file is still all in memory when its last byte
+    arrives, and the fsync then takes as long again as a fast storage took to send it. Started as
+    the bytes come, the writing to the disk runs beside the transfer. The standard library has no
+    binding for it (``os.posix_fadvise`` starts the same writing but then drops the pages that
+    readers following the growing file are about to read).
+    """
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    call.restype = ctypes.c_int
+    write_only = 2  # SYNC_FILE_RANGE_WRITE
+    return lambda fd, offset, count: call(fd, offset, count, write_only)
+
+
+_writeback = _start_writeback()
 
 
 class VerificationError(ValueError):
@@ -86,6 +119,8 @@ class StagingWriter:
         self._announce = announce
         self._announced = False
         self._file = open(path, "xb")
+        self._written_back = 0  # bytes whose writing to the disk has been started
+        self._room = 0  # bytes from the start of the file that room has been made for
         self._xxh3 = xxhash.xxh3_64()
         self._adler32 = 1  # the ADLER32 of no bytes
         self._size: int | None = None
@@ -128,9 +163,11 @@ class StagingWriter:
         count = memoryview(data).nbytes
         if self._size is not None and self.written + count > self._size:
             raise VerificationError(f"the source sent more than the {self._size} bytes it announced")
-        if self._size is not None:
+        if self._size is not None and self.written + count > self._room:
             # Without an announced size nothing is made room for: the disk itself says when it is full.
-            self._make_room(count)
+            step = max(count, min(self.written, ROOM_STEP, self._size - self.written))
+            self._make_room(step)
+            self._room = self.written + step
         if not self._announced:
             self._tell_readers()
         self._guard_disk(count, self._write_through, data)
@@ -141,6 +178,11 @@ class StagingWriter:
     def _write_through(self, data: bytes | bytearray | memoryview) -> None:
         self._file.write(data)
         self._file.flush()  # to the OS now: readers of the growing file follow it from other processes
+        end = self.written + memoryview(data).nbytes
+        if _writeback is not None and end - self._written_back >= WRITEBACK_STEP:
+            # A failure here only leaves the work to the commit's fsync, which reports it.
+            _writeback(self._file.fileno(), self._written_back, end - self._written_back)
+            self._written_back = end
 
     def finish(self) -> tuple[int, str, str]:
         """Make the bytes durable and verify them; return (size, xxh3, adler32) in hex."""

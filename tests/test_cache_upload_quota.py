@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from seproxy.cache import Cache, Entry, StagingWriter
+from seproxy.cache.space import DiskSpace
 
 KiB = 1024
 QUOTA = 64 * KiB  # high watermark 57.6 KiB, low 51.2 KiB; one user's uploads: 32 KiB
@@ -68,6 +69,27 @@ def test_room_is_made_as_the_bytes_arrive(cache: Cache) -> None:
     entry = cache.commit(upload)
     assert bobs[0].id not in ids(cache) and bobs[-1].id in ids(cache)  # least recently used went first
     assert entry.id in ids(cache) and cache.usage().total <= QUOTA
+
+
+def test_room_is_made_in_steps_never_more_than_twice_what_arrived(tmp_path: Path) -> None:
+    # Real files, a real disk: only the callback that makes room is the test's, to see what it was asked.
+    asked: list[tuple[int, int]] = []  # (bytes written so far, room asked for)
+    writer: StagingWriter | None = None
+
+    def make_room(size: int) -> None:
+        assert writer is not None
+        asked.append((writer.written, size))
+
+    writer = StagingWriter(tmp_path / "file", DiskSpace(tmp_path, 0), lambda _writer, _size: None, make_room)
+    writer.expect(1000 * KiB)
+    for _ in range(1000):
+        writer.write(b"w" * KiB)
+    writer.finish()
+
+    assert 1 < len(asked) <= 12  # log2(1000) steps, not one per chunk
+    assert sum(size for _, size in asked) == 1000 * KiB  # room for every byte, and not one beyond the announced size
+    for written, size in asked:
+        assert size <= max(KiB, written)  # never more ahead than what has arrived
 
 
 def test_one_user_cannot_hold_more_than_their_share(cache: Cache) -> None:

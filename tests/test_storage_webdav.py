@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import os
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import certifi
 import pytest
@@ -14,6 +17,8 @@ from fixtures.storage_servers import LOOPBACK, LoopbackCA, MemorySink, StorageTa
 
 from seproxy.config import ConfigError, StorageElementSettings
 from seproxy.storage import ChecksumMismatch, StorageUnavailable, make_storage_element
+from seproxy.storage.base import CHUNK_SIZE
+from seproxy.storage.webdav import _RING_SIZE
 
 
 def test_the_digest_header_reaches_the_sink(webdav_target: StorageTarget) -> None:
@@ -138,3 +143,46 @@ def test_x509_credentials_are_presented_to_the_storage(
 
     assert as_proxy.stat("/a.dat").size == 3
     assert as_pair.stat("/a.dat").size == 3
+
+
+def test_a_body_larger_than_the_reading_ring_arrives_whole_however_slowly_it_is_written(
+    webdav_target: StorageTarget,
+) -> None:
+    # The connection's thread fills a ring while the sink writes views of it: a sink slower than
+    # the connection makes the ring run full and wrap around many times.
+    data = os.urandom(2 * _RING_SIZE + 12_345)
+    (webdav_target.root / "big.dat").write_bytes(data)
+
+    class SlowSink(MemorySink):
+        def write(self, data: bytes | memoryview) -> None:
+            time.sleep(0.001)
+            super().write(data)
+
+    sink = SlowSink()
+    info = webdav_target.element().download("/big.dat", sink)
+
+    assert info.size == len(data) and sink.announced == (len(data), {"adler32": f"{zlib.adler32(data):08x}"})
+    assert sink.data == data
+    assert len(sink.chunks) > 2 and max(sink.chunks) <= CHUNK_SIZE
+
+
+def test_a_chunked_body_of_unannounced_length_arrives_whole(start_webdav: Callable[..., StorageTarget]) -> None:
+    def without_length(app: Any) -> Any:
+        def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                kept = [(name, value) for name, value in headers if name.lower() != "content-length"]
+                return start_response(status, kept, exc_info)
+
+            return app(environ, start if environ["REQUEST_METHOD"] == "GET" else start_response)
+
+        return serve
+
+    target = start_webdav(wrap=without_length)
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    (target.root / "c.dat").write_bytes(data)
+
+    sink = MemorySink()
+    info = target.element().download("/c.dat", sink)
+
+    assert sink.announced is not None and sink.announced[0] is None  # no Content-Length: sent chunked
+    assert sink.data == data and info.size == len(data)

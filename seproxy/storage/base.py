@@ -94,7 +94,11 @@ class FileInfo:
 
 
 class DownloadSink(Protocol):
-    """Where a download goes (the cache's staging writer)."""
+    """Where a download goes (the cache's staging writer).
+
+    ``write`` must be done with ``data`` when it returns: a plugin may hand on a view of a buffer
+    that it fills again with the next bytes (copying each block would cost as much as receiving it).
+    """
 
     def expect(self, size: int | None, checksums: dict[str, str], mtime: float | None = None) -> None: ...
 
@@ -107,7 +111,7 @@ class ReadStream(NamedTuple):
     size: int | None
     checksums: dict[str, str]
     mtime: float | None
-    chunks: Iterator[bytes]
+    chunks: Iterator[bytes | memoryview]
 
 
 class StorageElement(ABC):

@@ -14,9 +14,13 @@ not what a plain ``requests`` user would expect:
 from __future__ import annotations
 
 import errno
+import functools
+import http.client
+import mmap
 import os
-import queue
 import secrets
+import socket
+import ssl
 import threading
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
@@ -43,15 +47,21 @@ from seproxy.transfer.checksum_headers import canonical_adler32, parse_digest
 from seproxy.transfer.network_errors import causes
 
 _DAV = "{DAV:}"
-# A download's bytes are taken off the connection in pieces of at most this (a read of more would
-# allocate that much each time, for a TLS record of 16 KiB), and at most this many wait for the cache.
-_PIECE = 64 * 1024
-_QUEUED_PIECES = 128
-# What urllib3 raises mid-body, as requests would have raised it (so _transport names the failure).
+# How many bytes of a download may wait for the cache (in a ring the connection's thread reads into).
+_RING_SIZE = 16 * 1024 * 1024
+# The most a body that urllib3 must decode is read at a time (each read allocates what it may
+# return, for a TLS record of 16 KiB).
+_COPIED_PIECE = 64 * 1024
+# What urllib3, or the socket under it, raises mid-body, as requests would have raised it (so
+# _transport names the failure); the first kind that matches counts.
 _BODY_ERRORS: dict[type[Exception], type[requests.exceptions.RequestException]] = {
     urllib3.exceptions.ProtocolError: requests.exceptions.ChunkedEncodingError,
     urllib3.exceptions.ReadTimeoutError: requests.exceptions.ConnectionError,
     urllib3.exceptions.SSLError: requests.exceptions.SSLError,
+    TimeoutError: requests.exceptions.ConnectionError,
+    ssl.SSLError: requests.exceptions.SSLError,
+    OSError: requests.exceptions.ChunkedEncodingError,
+    http.client.HTTPException: requests.exceptions.ChunkedEncodingError,
 }
 _PROPFIND_BODY = (
     b'<?xml version="1.0" encoding="utf-8"?>'
@@ -248,7 +258,7 @@ class WebDavStorage(StorageElement):
                 self._chunks(response, path),
             )
 
-    def _chunks(self, response: requests.Response, path: str) -> Iterator[bytes]:
+    def _chunks(self, response: requests.Response, path: str) -> Iterator[memoryview]:
         with self._transport(path):
             yield from _arriving(response.raw)
 
@@ -301,66 +311,160 @@ def _innermost(exc: BaseException) -> str:
     return str(last)
 
 
-def _arriving(raw: urllib3.HTTPResponse) -> Iterator[bytes]:
-    """A body in blocks of what has arrived: a thread takes the bytes off the connection as they
-    come, and each block joins all that waits, up to ``CHUNK_SIZE``.
+def _arriving(raw: urllib3.HTTPResponse) -> Iterator[memoryview]:
+    """A body in blocks of what has arrived: a thread takes the bytes off the connection into a
+    ring as they come, and each block is all that waits there, up to ``CHUNK_SIZE``.
 
     Readers that stream a file while it is staged must see a slow storage's bytes as they come,
     and nothing that arrived may sit in a half-filled block while the next read waits for a storage
     that paused; a fast storage, on the other hand, must give few large blocks (each write into
     the cache has a fixed cost). Reading in this thread alone could not do both: a read that
     gathers a block blocks with the block in hand.
+
+    The bytes are decrypted straight into the ring and handed on as views of it, never copied
+    on the way: at the storage's full speed a copy, or a new object per TLS record, costs as much
+    CPU as the TLS itself. A block is valid until the next one is asked for.
     """
-    arrived: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=_QUEUED_PIECES)
-    stopped = threading.Event()
-
-    def take_off_the_connection() -> None:
-        item: bytes | BaseException
-        while not stopped.is_set():
-            try:
-                item = _body_read(raw.read1, _PIECE)
-            except BaseException as exc:  # handed to the reader, who raises it
-                item = exc
-            while not stopped.is_set():
-                try:
-                    arrived.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if not isinstance(item, bytes) or not item:
-                return
-
-    threading.Thread(target=take_off_the_connection, name="webdav-body", daemon=True).start()
+    ring = _Ring(_read_into(raw))
+    threading.Thread(target=ring.fill, name="webdav-body", daemon=True).start()
     try:
-        while True:
-            pieces, size, ended = [], 0, False
-            item = arrived.get()
-            while True:
-                if isinstance(item, BaseException):
-                    raise item
-                if not item:
-                    ended = True
-                    break
-                pieces.append(item)
-                size += len(item)
-                if size >= CHUNK_SIZE:
-                    break
-                try:
-                    item = arrived.get_nowait()
-                except queue.Empty:
-                    break
-            if pieces:
-                yield b"".join(pieces)
-            if ended:
-                return
+        yield from ring.blocks()
     finally:
         # The connection is closed by the caller; a read blocked on it then fails and the thread ends.
-        stopped.set()
+        ring.stop()
 
 
-def _body_read(read: Callable[[int], bytes], amount: int) -> bytes:
-    """``read(amount)`` of a body, failing as requests would (so that _transport names the failure)."""
-    try:
-        return read(amount)
-    except tuple(_BODY_ERRORS) as exc:
-        raise next(wrap for kind, wrap in _BODY_ERRORS.items() if isinstance(exc, kind))(exc) from exc
+def _read_into(raw: urllib3.HTTPResponse) -> Callable[[memoryview], int]:
+    """How to read the body into a buffer: what one read of the connection gives (one TLS record),
+    bounded by the announced length.
+
+    The fast way reads the socket itself, once http.client's buffered reader has given what it
+    took in with the header, so only for a body that needs nothing from http.client or urllib3
+    on the way: neither chunked nor encoded, of a known length. Any other body goes through
+    urllib3's ``read1`` and a copy.
+    """
+    inner = getattr(raw, "_fp", None)
+    sock = getattr(raw.connection, "sock", None)
+    plain = raw.headers.get("Content-Encoding", "identity").lower() == "identity"
+    if (
+        not plain
+        or not isinstance(inner, http.client.HTTPResponse)
+        or inner.chunked
+        or inner.length is None
+        or not isinstance(sock, socket.socket)
+    ):
+        return functools.partial(_copied, raw)
+    buffered: Any = inner.fp
+    left = inner.length
+
+    def read_into(buffer: memoryview) -> int:
+        nonlocal buffered, left
+        if not left:
+            return 0
+        if left < len(buffer):
+            buffer = buffer[:left]
+        if buffered is None:
+            count: int = sock.recv_into(buffer)
+        else:  # a peek reads the socket only when the reader holds nothing
+            held = len(buffered.peek(0))
+            count = buffered.readinto(buffer[:held]) if held else 0
+            if held <= count:
+                buffered = None
+        if not count:
+            raise urllib3.exceptions.ProtocolError(f"the connection closed with {left} bytes of the body unsent")
+        left -= count
+        return count
+
+    return read_into
+
+
+def _copied(raw: urllib3.HTTPResponse, buffer: memoryview) -> int:
+    piece = raw.read1(min(len(buffer), _COPIED_PIECE))
+    buffer[: len(piece)] = piece
+    return len(piece)
+
+
+class _Ring:
+    """The bytes of one body between the thread that reads the connection (``fill``) and the one
+    that writes them into the cache (``blocks``).
+
+    Each side takes the lock only to wait, or to wake the other when it waits: at a fast storage's
+    speed a lock per TLS record would cost more than the record. Only ``fill`` moves ``produced``
+    and only ``blocks`` moves ``consumed``; a side reads the other's count without the lock, which
+    can only make it see too little room or too few bytes, never too much, and the flag a side sets
+    (under the lock) before it looks for the last time tells the other to wake it.
+    """
+
+    def __init__(self, read_into: Callable[[memoryview], int]) -> None:
+        self._read_into = read_into
+        # Anonymous memory, zero pages given as they are first written: a bytearray would zero all
+        # of it before the first byte could be read (milliseconds added to every first byte).
+        self._view = memoryview(mmap.mmap(-1, _RING_SIZE))
+        self._changed = threading.Condition()
+        self._produced = self._consumed = 0
+        self._ended = False
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._filler_waits = self._reader_waits = False
+
+    def fill(self) -> None:
+        """The reading thread: into the ring until the body ends, fails or nobody reads any more."""
+        try:
+            while not self._stopped:
+                room = _RING_SIZE - (self._produced - self._consumed)
+                if not room:
+                    with self._changed:
+                        self._filler_waits = True
+                        while self._produced - self._consumed == _RING_SIZE and not self._stopped:
+                            self._changed.wait()
+                        self._filler_waits = False
+                    continue
+                start = self._produced % _RING_SIZE
+                count = self._read_into(self._view[start : start + min(room, _RING_SIZE - start)])
+                if not count:
+                    break
+                self._produced += count
+                if self._reader_waits:
+                    self._wake()
+        except BaseException as exc:  # handed to the reader, who raises it after the bytes before it
+            self._error = _as_requests_error(exc)
+        self._ended = True
+        self._wake()
+
+    def blocks(self) -> Iterator[memoryview]:
+        """What has arrived, in views of at most ``CHUNK_SIZE``; the body's failure at its end."""
+        while True:
+            if self._produced == self._consumed:
+                with self._changed:
+                    self._reader_waits = True
+                    while self._produced == self._consumed and not self._ended:
+                        self._changed.wait()
+                    self._reader_waits = False
+                if self._produced == self._consumed:  # ended, and all that came was handed on
+                    if self._error is not None:
+                        raise self._error
+                    return
+            start = self._consumed % _RING_SIZE
+            count = min(self._produced - self._consumed, _RING_SIZE - start, CHUNK_SIZE)
+            yield self._view[start : start + count]
+            self._consumed += count
+            if self._filler_waits:
+                self._wake()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+
+def _as_requests_error(exc: BaseException) -> BaseException:
+    """A failure reading a body as requests would have raised it (so that _transport names it)."""
+    for kind, wrap in _BODY_ERRORS.items():
+        if isinstance(exc, kind):
+            wrapped = wrap(exc)
+            wrapped.__cause__ = exc
+            return wrapped
+    return exc
