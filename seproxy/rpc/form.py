@@ -17,7 +17,6 @@ digits stays as it is; names and values must be UTF-8 once decoded.
 from __future__ import annotations
 
 import codecs
-import re
 from collections.abc import Callable, Collection
 from urllib.parse import unquote_to_bytes
 
@@ -26,7 +25,8 @@ class FormError(ValueError):
     """The body is not a form this service takes; the message says why."""
 
 
-_SEPARATORS = re.compile(rb"[&=]")
+def _route_nothing(name: str) -> None:
+    return None
 
 
 class FormReader:
@@ -77,15 +77,23 @@ class FormReader:
         # An escape cut by the chunk's end waits for its hex digits.
         hold = 2 if data[-2:-1] == b"%" else 1 if data[-1:] == b"%" else 0
         data, self._carry = (data[:-hold], data[-hold:]) if hold else (data, b"")
-        start = 0
-        for separator in _SEPARATORS.finditer(data):
-            self._text(data[start : separator.start()])
-            self._separator(separator[0])
-            start = separator.end()
-        self._text(data[start:])
+        # Split at the pairs, then a name at its first "=": one step per field rather than per separator.
+        for index, pair in enumerate(data.split(b"&")):
+            if index:
+                self._end_pair()
+            if self._value is None:
+                name, equals, pair = pair.partition(b"=")
+                self._text(name)
+                if not equals:
+                    continue
+                self._begin_value()
+            self._value_text(pair)
 
     def finish(self) -> dict[str, str]:
         """The kept fields (a routed one: empty) once the body is all in."""
+        # No field begins any more: let go of ``route`` (a handler's bound method, which would make a
+        # reference cycle with the handler holding this reader, freed only by the cyclic collector).
+        self._route = _route_nothing
         try:
             self._utf8.decode(b"", final=True)
         except UnicodeDecodeError:
@@ -107,7 +115,14 @@ class FormReader:
         if raw:
             if self._sink is not None:
                 self._routed += len(raw)
-            self._take(unquote_to_bytes(raw.replace(b"+", b" ")))
+            self._take(unquote_to_bytes(raw.replace(b"+", b" ")) if b"%" in raw or b"+" in raw else raw)
+
+    def _value_text(self, raw: bytes) -> None:
+        """Text of a value, in which an "=" is a plain byte (never part of an escape); as a separator,
+        it is not counted among a sink's bytes."""
+        if self._sink is not None:
+            self._routed -= raw.count(b"=")
+        self._text(raw)
 
     def _take(self, decoded: bytes) -> None:
         if self._value is None:
@@ -116,14 +131,6 @@ class FormReader:
             self._sink(decoded)
         elif self._keeping:
             self._value += decoded
-
-    def _separator(self, separator: bytes) -> None:
-        if separator == b"&":
-            self._end_pair()
-        elif self._value is None:
-            self._begin_value()
-        else:
-            self._take(b"=")  # a second "=" belongs to the value
 
     def _begin_value(self) -> None:
         name = bytes(self._name)
