@@ -143,7 +143,9 @@ class RPCHandler(AdmittingHandler):
 
     def streamed_body_limit(self) -> int:
         """Hook: the largest body this caller may send when a field of it goes to a sink (only the
-        kept fields count against the form limit then); 0: no field of theirs is ever routed."""
+        kept fields count against the form limit then); 0: none larger than a form. Asked only of
+        a known caller whose body may be larger than the form limit (``route_field`` decides alone
+        whether a field of a smaller one goes to a sink)."""
         return 0
 
     def _route(self, name: str) -> Callable[[bytes], None] | None:
@@ -161,12 +163,14 @@ class RPCHandler(AdmittingHandler):
             self._anonymous = self.identify().anonymous
         except RequestError:
             pass  # refused credentials (answered at admission) send no more than anonymous callers
+        declared = self.request.headers.get("Content-Length")
         if not self._anonymous:
-            self._limit = self.service.settings.service.max_form_size
-            self._ceiling = max(self._limit, self.streamed_body_limit())
+            self._limit = self._ceiling = self.service.settings.service.max_form_size
+            if declared is None or not declared.isdigit() or int(declared) > self._limit:
+                # Only a body that may be larger than a form asks for more (most calls are small).
+                self._ceiling = max(self._limit, self.streamed_body_limit())
             # Refusing such a body mid-way (over a cap, out of quota), its sender still gets the reason.
             self.drain_limit = max(self.drain_limit, self._ceiling)
-        declared = self.request.headers.get("Content-Length")
         if declared is not None and not declared.isdigit():
             self.refuse(400, S_ERROR(errno.EINVAL, f"Content-Length {declared[:32]!r} is not a number"))
         elif declared is not None and int(declared) > self._ceiling:
