@@ -382,10 +382,10 @@ class RPCHandler(AdmittingHandler):
         return S_OK(
             {
                 "version": __version__,
-                "time": _utc(now),
+                "time": _utc(int(now)),
                 "name": self.service_name,
                 "service url": self.service.url,
-                "service start time": _utc(self.service.started),
+                "service start time": _utc(int(self.service.started)),
                 "service uptime": int(now - self.service.started),
                 **_host_and_process_load(int(now)),
             }
@@ -434,8 +434,11 @@ def _call_metrics(method: str, outcome: str) -> tuple[Any, Any]:
     return metrics.RPC_CALLS.labels(method, outcome), metrics.RPC_DURATION.labels(method)
 
 
-def _utc(timestamp: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).replace(tzinfo=None, microsecond=0)
+@functools.lru_cache(maxsize=2)
+def _utc(second: int) -> datetime.datetime:
+    """A whole second as DIRAC's naive UTC datetime; ``ping`` asks for the same two (now, the start)
+    many times a second, and a datetime is immutable."""
+    return datetime.datetime.fromtimestamp(second, datetime.UTC).replace(tzinfo=None)
 
 
 @functools.lru_cache(maxsize=1)
