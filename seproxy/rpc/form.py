@@ -25,8 +25,17 @@ class FormError(ValueError):
     """The body is not a form this service takes; the message says why."""
 
 
+# Looked up once: a codec lookup per request costs more than checking a small body.
+_UTF8 = codecs.getincrementaldecoder("utf-8")
+
+
 def _route_nothing(name: str) -> None:
     return None
+
+
+def _decoded(raw: bytes) -> bytes:
+    """``raw`` with ``+`` as a space and its %-escapes decoded (most names and values have neither)."""
+    return unquote_to_bytes(raw.replace(b"+", b" ")) if b"%" in raw or b"+" in raw else raw
 
 
 class FormReader:
@@ -40,7 +49,7 @@ class FormReader:
     def __init__(self, kept: Collection[str], route: Callable[[str], Callable[[bytes], None] | None]) -> None:
         self._kept = {name.encode() for name in kept}
         self._route = route
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
+        self._utf8 = _UTF8("strict")
         self._carry = b""
         self._started = False
         self._name = bytearray()
@@ -83,11 +92,17 @@ class FormReader:
                 self._end_pair()
             if self._value is None:
                 name, equals, pair = pair.partition(b"=")
-                self._text(name)
+                self._name += _decoded(name)
                 if not equals:
                     continue
                 self._begin_value()
-            self._value_text(pair)
+            # In a value, an "=" is a plain byte (never part of an escape), not counted as a sink's.
+            if self._sink is not None:
+                if pair:
+                    self._routed += len(pair) - pair.count(b"=")
+                    self._sink(_decoded(pair))
+            elif self._keeping and pair:
+                self._take(_decoded(pair))
 
     def finish(self) -> dict[str, str]:
         """The kept fields (a routed one: empty) once the body is all in."""
@@ -115,14 +130,7 @@ class FormReader:
         if raw:
             if self._sink is not None:
                 self._routed += len(raw)
-            self._take(unquote_to_bytes(raw.replace(b"+", b" ")) if b"%" in raw or b"+" in raw else raw)
-
-    def _value_text(self, raw: bytes) -> None:
-        """Text of a value, in which an "=" is a plain byte (never part of an escape); as a separator,
-        it is not counted among a sink's bytes."""
-        if self._sink is not None:
-            self._routed -= raw.count(b"=")
-        self._text(raw)
+            self._take(_decoded(raw))
 
     def _take(self, decoded: bytes) -> None:
         if self._value is None:
