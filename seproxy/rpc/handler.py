@@ -285,7 +285,7 @@ class RPCHandler(AdmittingHandler):
             raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))
         check_arguments(method, function, getattr(self, f"types_{method}", ()), self.call.args)
         self.initializeRequest()
-        if inspect.iscoroutinefunction(function):
+        if _is_coroutine(getattr(function, "__func__", function)):
             return await function(*self.call.args)
         return await self.service.executor.run(self._in_thread, function, *self.call.args)
 
@@ -425,6 +425,13 @@ class NotFoundHandler(tornado.web.RequestHandler):
 
     def data_received(self, chunk: bytes) -> None:
         """The body of a request to nowhere is dropped unread."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _is_coroutine(function: Callable[..., Any]) -> bool:
+    """Whether a method runs on the event loop; keyed on the plain function (a bound method is a new
+    object per request), as unwrapping and flag checks cost more than a cache look-up."""
+    return inspect.iscoroutinefunction(function)
 
 
 @functools.lru_cache(maxsize=1024)
