@@ -5,9 +5,11 @@ for these tests; the TLS, HTTP and RPC layers are the real ones.
 """
 
 import errno
+import gc
 import logging
 import threading
 import time
+import weakref
 
 import pytest
 from fixtures.service import ServiceThread, base_config, post_form, rpc_fields
@@ -17,11 +19,17 @@ from seproxy.rpc.handler import RPCHandler
 from seproxy.transfer import S_ERROR, S_OK, codec
 
 stopped_work = threading.Event()
+# Every handler made, weakly: a test checks that a finished call's handler is freed without the cyclic collector.
+made_handlers: list[weakref.ref] = []
 
 
 class ExerciseHandler(RPCHandler):
     auth_slow = auth_crash = auth_bogus = auth_later = auth_raw = ("all",)
     types_slow = (float,)
+
+    def initialize(self, service):
+        super().initialize(service)
+        made_handlers.append(weakref.ref(self))
 
     def export_slow(self, seconds):
         stopped_work.clear()
@@ -115,3 +123,21 @@ def test_stop_lets_running_calls_finish(pki, tmp_path):
         time.sleep(0.3)
     worker.join(10)
     assert answers and codec.decode(answers[0].content) == S_OK(1.0)
+
+
+def test_a_finished_call_is_freed_without_the_cyclic_collector(exercise, pki):
+    """A handler in a reference cycle (with its request, connection, headers, form) lives until the
+    cyclic collector runs: at thousands of calls a second that collector cost a twentieth of the CPU."""
+    call(exercise, pki, "ping")  # a first call, so that whatever is made once per service is made
+    made_handlers.clear()
+    gc.disable()
+    try:
+        for method, args in (("ping", ()), ("echo", ("x",)), ("later", ("v",)), ("slow", (0.01,)), ("nosuchmethod", ())):
+            assert call(exercise, pki, method, *args).status_code == 200
+        deadline = time.monotonic() + 5
+        while any(ref() is not None for ref in made_handlers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = [type(ref()).__name__ for ref in made_handlers if ref() is not None]
+    finally:
+        gc.enable()
+    assert len(made_handlers) == 5 and not alive, f"{len(alive)} of {len(made_handlers)} handlers still alive"

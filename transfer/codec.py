@@ -31,21 +31,27 @@ class CodecError(ValueError):
 
 
 class _Encoder(json.JSONEncoder):
+    """One per ``encode``: it counts the tagged values it writes (``tagged``)."""
+
+    def __init__(self) -> None:
+        super().__init__(allow_nan=False, separators=(",", ":"))
+        self.tagged = 0
+
     def default(self, obj: Any) -> Any:
+        if isinstance(obj, (set, frozenset)):
+            return sorted(obj)
         if isinstance(obj, datetime.datetime):
             if obj.tzinfo is not None:  # DIRAC's datetimes are naive UTC
                 obj = obj.astimezone(datetime.UTC).replace(tzinfo=None)
-            return {"__dCls": "dt", "obj": obj.isoformat(sep=" ", timespec="seconds")}
-        if isinstance(obj, datetime.date):
-            return {"__dCls": "date", "obj": obj.isoformat()}
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            return {"__dCls": "b64", "obj": base64.b64encode(bytes(obj)).decode("ascii")}
-        if isinstance(obj, (set, frozenset)):
-            return sorted(obj)
-        raise TypeError(f"cannot encode a {type(obj).__name__} as DIRAC JSON")
-
-
-_ENCODER = _Encoder(allow_nan=False, separators=(",", ":"))
+            tagged = {"__dCls": "dt", "obj": obj.isoformat(sep=" ", timespec="seconds")}
+        elif isinstance(obj, datetime.date):
+            tagged = {"__dCls": "date", "obj": obj.isoformat()}
+        elif isinstance(obj, (bytes, bytearray, memoryview)):
+            tagged = {"__dCls": "b64", "obj": base64.b64encode(bytes(obj)).decode("ascii")}
+        else:
+            raise TypeError(f"cannot encode a {type(obj).__name__} as DIRAC JSON")
+        self.tagged += 1
+        return tagged
 
 
 def _has_tag_key(data: Any) -> bool:
@@ -82,15 +88,17 @@ def _too_deep(data: Any, text: str) -> bool:
 
 def encode(data: Any) -> str:
     """Serialise ``data``; raises ``CodecError`` for what the wire cannot carry faithfully."""
+    encoder = _Encoder()
     try:
-        text = _ENCODER.encode(data)
+        text = encoder.encode(data)
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an aware datetime beyond year 1..9999 in UTC
         raise CodecError(str(exc)) from None
     except RecursionError:
         raise CodecError(_TOO_DEEP) from None
-    # A caller's dict with the key __dCls would come back as bytes or a date, or be refused:
-    # look for one only when the text shows the key at all (tagged values put it there too).
-    if f'"{TAG}"' in text and _has_tag_key(data):
+    # A caller's dict with the key __dCls would come back as bytes or a date, or be refused: look for
+    # one only when the text shows the key more often than the tagged values the encoder wrote put it
+    # there (each puts it once; a string "__dCls" counts too, so more is a reason to look, not a proof).
+    if text.count(f'"{TAG}"') > encoder.tagged and _has_tag_key(data):
         raise CodecError(f"a dict key {TAG!r} is reserved for tagged values and cannot be sent")
     if _too_deep(data, text):
         raise CodecError(_TOO_DEEP)

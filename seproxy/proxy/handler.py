@@ -75,7 +75,8 @@ class StorageElementProxyHandler(RPCHandler):
     def initialize(self, service: ServiceContext) -> None:
         super().initialize(service)
         # DIRAC's sendFile from a caller who may upload: the file goes to the cache as the form arrives.
-        self._may_upload = False
+        # Whether they may is decided when a body could need it (None: not yet), not for every call.
+        self._may_upload: bool | None = None
         self._form_upload: FormUpload | None = None
 
     @classmethod
@@ -91,22 +92,29 @@ class StorageElementProxyHandler(RPCHandler):
     def absolute_routes(cls, settings: Settings) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         return door_routes(settings.door.prefix) if settings.door.enabled else []
 
+    def _upload_allowed(self) -> bool:
+        """Whether this caller may send a file with DIRAC's sendFile (decided once per request)."""
+        if self._may_upload is None:
+            try:
+                caller = self.admit(UPLOAD_METHOD, self.auth_streamFromClient)
+                check_may_upload(self.service.settings.storage_elements, caller)
+                self._may_upload = True
+            except (RequestError, SErrorException):
+                self._may_upload = False
+        return self._may_upload
+
     def streamed_body_limit(self) -> int:
         limits = self.service.settings.service
         sendfile_body = limits.max_form_size + 2 * limits.max_form_upload  # base64 and its %-escapes: under twice the file
-        try:
-            caller = self.admit(UPLOAD_METHOD, self.auth_streamFromClient)
-            check_may_upload(self.service.settings.storage_elements, caller)
-        except (RequestError, SErrorException):
+        if not self._upload_allowed():
             # A known caller who may not upload still gets the refusal of a sendFile that large: its body is
             # read and dropped (at the body deadline's rate, or cut with a 408), never kept.
             self.drain_limit = max(self.drain_limit, sendfile_body)
             return 0
-        self._may_upload = True
         return sendfile_body
 
     def route_field(self, name: str, form: FormReader) -> FieldSink | None:
-        if name != "args" or not self._may_upload or form.field("method") != UPLOAD_METHOD:
+        if name != "args" or form.field("method") != UPLOAD_METHOD or not self._upload_allowed():
             return None
         limits = self.service.settings.service
         self._form_upload = FormUpload(self.resources.cache, self.caller.username, limits.max_form_upload, limits.max_form_size)

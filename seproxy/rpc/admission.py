@@ -29,6 +29,8 @@ from seproxy.transfer import S_ERROR
 log = logging.getLogger("seproxy.access")
 
 DEFAULT_AUTH = ("authenticated",)
+# The caller until one is identified (a Caller is immutable: one serves every request).
+NOBODY = Caller()
 
 
 class RequestError(Exception):
@@ -53,7 +55,7 @@ class AdmittingHandler(StreamedBodyHandler):
     def initialize(self, service: ServiceContext) -> None:
         self.service = service
         self.request_id = secrets.token_hex(6)
-        self.caller = Caller()
+        self.caller = NOBODY
         self._identified: Caller | None = None
         self._started = time.monotonic()
         self.guard_body(service.settings.service.idle_connection_timeout)

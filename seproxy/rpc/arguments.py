@@ -55,14 +55,33 @@ def _signature(function: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(function)
 
 
+@functools.lru_cache(maxsize=1024)
+def _arity(function: Callable[..., Any], skip: int) -> tuple[float, float]:
+    """The fewest and most positional arguments that always bind to ``function`` past its first
+    ``skip`` parameters; (1, 0), which no count is within, when a keyword-only one is required."""
+    fewest, most = 0, 0.0
+    for parameter in list(_signature(function).parameters.values())[skip:]:
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            most = float("inf")
+        elif parameter.kind is parameter.KEYWORD_ONLY and parameter.default is parameter.empty:
+            return (1, 0)
+        elif parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            fewest += parameter.default is parameter.empty
+            most += 1
+    return (fewest, most)
+
+
 def check_arguments(method: str, function: Callable[..., Any], types: Sequence[TypeSpec], args: list[Any]) -> None:
     """Raise ``BadRequest`` naming the argument when ``args`` does not fit."""
     unbound = getattr(function, "__func__", None)
+    fewest, most = _arity(unbound, 1) if unbound is not None else _arity(function, 0)
     try:
-        if unbound is not None:
-            _signature(unbound).bind(None, *args)  # None stands for self
-        else:
-            _signature(function).bind(*args)
+        # Binding builds a mapping of every argument; a count known to fit needs none.
+        if not fewest <= len(args) <= most:
+            if unbound is not None:
+                _signature(unbound).bind(None, *args)  # None stands for self
+            else:
+                _signature(function).bind(*args)
     except TypeError as exc:
         raise BadRequest(f"{method}: wrong number of arguments ({len(args)} given): {exc}") from None
     for position, (value, spec) in enumerate(zip(args, types), start=1):

@@ -143,7 +143,9 @@ class RPCHandler(AdmittingHandler):
 
     def streamed_body_limit(self) -> int:
         """Hook: the largest body this caller may send when a field of it goes to a sink (only the
-        kept fields count against the form limit then); 0: no field of theirs is ever routed."""
+        kept fields count against the form limit then); 0: none larger than a form. Asked only of
+        a known caller whose body may be larger than the form limit (``route_field`` decides alone
+        whether a field of a smaller one goes to a sink)."""
         return 0
 
     def _route(self, name: str) -> Callable[[bytes], None] | None:
@@ -161,12 +163,14 @@ class RPCHandler(AdmittingHandler):
             self._anonymous = self.identify().anonymous
         except RequestError:
             pass  # refused credentials (answered at admission) send no more than anonymous callers
+        declared = self.request.headers.get("Content-Length")
         if not self._anonymous:
-            self._limit = self.service.settings.service.max_form_size
-            self._ceiling = max(self._limit, self.streamed_body_limit())
+            self._limit = self._ceiling = self.service.settings.service.max_form_size
+            if declared is None or not declared.isdigit() or int(declared) > self._limit:
+                # Only a body that may be larger than a form asks for more (most calls are small).
+                self._ceiling = max(self._limit, self.streamed_body_limit())
             # Refusing such a body mid-way (over a cap, out of quota), its sender still gets the reason.
             self.drain_limit = max(self.drain_limit, self._ceiling)
-        declared = self.request.headers.get("Content-Length")
         if declared is not None and not declared.isdigit():
             self.refuse(400, S_ERROR(errno.EINVAL, f"Content-Length {declared[:32]!r} is not a number"))
         elif declared is not None and int(declared) > self._ceiling:
@@ -281,7 +285,7 @@ class RPCHandler(AdmittingHandler):
             raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))
         check_arguments(method, function, getattr(self, f"types_{method}", ()), self.call.args)
         self.initializeRequest()
-        if inspect.iscoroutinefunction(function):
+        if _is_coroutine(getattr(function, "__func__", function)):
             return await function(*self.call.args)
         return await self.service.executor.run(self._in_thread, function, *self.call.args)
 
@@ -378,10 +382,10 @@ class RPCHandler(AdmittingHandler):
         return S_OK(
             {
                 "version": __version__,
-                "time": _utc(now),
+                "time": _utc(int(now)),
                 "name": self.service_name,
                 "service url": self.service.url,
-                "service start time": _utc(self.service.started),
+                "service start time": _utc(int(self.service.started)),
                 "service uptime": int(now - self.service.started),
                 **_host_and_process_load(int(now)),
             }
@@ -424,14 +428,24 @@ class NotFoundHandler(tornado.web.RequestHandler):
 
 
 @functools.lru_cache(maxsize=1024)
+def _is_coroutine(function: Callable[..., Any]) -> bool:
+    """Whether a method runs on the event loop; keyed on the plain function (a bound method is a new
+    object per request), as unwrapping and flag checks cost more than a cache look-up."""
+    return inspect.iscoroutinefunction(function)
+
+
+@functools.lru_cache(maxsize=1024)
 def _call_metrics(method: str, outcome: str) -> tuple[Any, Any]:
     """The metric children of one (method, outcome); methods are the exported ones or "unknown":
     looking them up by label on every call costs more than counting."""
     return metrics.RPC_CALLS.labels(method, outcome), metrics.RPC_DURATION.labels(method)
 
 
-def _utc(timestamp: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).replace(tzinfo=None, microsecond=0)
+@functools.lru_cache(maxsize=2)
+def _utc(second: int) -> datetime.datetime:
+    """A whole second as DIRAC's naive UTC datetime; ``ping`` asks for the same two (now, the start)
+    many times a second, and a datetime is immutable."""
+    return datetime.datetime.fromtimestamp(second, datetime.UTC).replace(tzinfo=None)
 
 
 @functools.lru_cache(maxsize=1)

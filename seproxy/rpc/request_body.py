@@ -36,6 +36,10 @@ MIN_BODY_RATE = 1024
 DRAIN_LIMIT = 64 * 1024 * 1024
 
 
+def _never_called(message: str) -> None:
+    """What a stopped deadline calls: nothing is due any more."""
+
+
 class BodyDeadline:
     """Calls ``expired(message)`` once, on the event loop, if the body falls behind; ``stop()`` when it is in.
 
@@ -58,6 +62,9 @@ class BodyDeadline:
 
     def stop(self) -> None:
         self._watch.discard(self)
+        # ``expired`` is a bound method of the handler, which holds this deadline: dropped, the handler
+        # and its request are freed as soon as they are done with, not by the cyclic garbage collector.
+        self._expired = _never_called
 
     def due(self) -> float:
         return self._started + self._grace + self._received / MIN_BODY_RATE
