@@ -56,7 +56,9 @@ def wanted(header: str | None, names: dict[str, str]) -> list[str]:
     a weight of zero means "not this one".
     """
     found: list[str] = []
-    for item in (header or "").split(",", _MAX_ITEMS)[:_MAX_ITEMS]:
+    if not header:
+        return found
+    for item in header.split(",", _MAX_ITEMS)[:_MAX_ITEMS]:
         name, _, weight = item.partition(";") if ";" in item else item.partition("=")
         algorithm = names.get(name.strip(" \t").lower())
         if algorithm and algorithm not in found and not _refused(weight):

@@ -13,6 +13,7 @@ from seproxy import __version__
 from seproxy.http_side.body import Piece
 
 SERVER = f"seproxy/{__version__}"
+_PHRASES = {status.value: status.phrase for status in HTTPStatus}
 
 
 class Refused(Exception):
@@ -40,7 +41,7 @@ class Response:
 
     def head(self, keep_alive: bool) -> bytes:
         """The status line and headers, ``Date``, ``Server`` and ``Connection`` included."""
-        lines = [f"HTTP/1.1 {self.status} {HTTPStatus(self.status).phrase}", f"Date: {_http_date()}", f"Server: {SERVER}"]
+        lines = [f"HTTP/1.1 {self.status} {_PHRASES[self.status]}", f"Date: {_http_date()}", f"Server: {SERVER}"]
         lines += [f"{name}: {value}" for name, value in self.headers]
         lines.append("Connection: keep-alive" if keep_alive and not self.close else "Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
@@ -48,7 +49,7 @@ class Response:
 
 def plain(status: int, message: str, *, close: bool = False, extra: list[tuple[str, str]] | None = None) -> Response:
     """A short text answer (a refusal): never a file."""
-    text = f"{status} {HTTPStatus(status).phrase}: {message}\n".encode()
+    text = f"{status} {_PHRASES[status]}: {message}\n".encode()
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(text))), *(extra or [])]
     return Response(status, headers, [text], close=close)
 
