@@ -56,8 +56,9 @@ def _skip_what_no_line_shows() -> None:
 class _BatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """stderr, written a few lines at a time, as nginx's buffered access log is.
 
-    A busy server logs a line per request, and one ``write`` per line was a
-    tenth of the side server's work per small download. Lines now wait, at
+    A busy server logs a line per request, and a ``write`` per line was a
+    few per cent of the side server's work per small download (the system
+    call, and its wake-up of whoever reads stderr). Lines now wait, at
     most ``flush_after`` seconds (a thread writes them out when no new line
     does); a WARNING or worse goes out at once with every line before it, so
     an error is seen when it happens and in its order.

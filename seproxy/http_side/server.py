@@ -637,10 +637,7 @@ class _Connection:
             if isinstance(piece, FileSlice):
                 if not _gathered(piece):
                     break
-                data = os.pread(self._descriptor(piece), piece.length, piece.offset)
-                if len(data) < piece.length:
-                    raise _ShortFile(f"{piece.path} ended {piece.length - len(data)} bytes early")
-                piece = data
+                piece = self._read(piece, piece.length)
             buffers.append(piece)
             offered += len(piece)
         if self.server.tls is not None:
@@ -705,11 +702,16 @@ class _Connection:
 
     def _read_chunk(self, piece: FileSlice) -> bytes:
         """The next chunk of a file slice, read for a TLS socket (which cannot sendfile)."""
-        chunk = os.pread(self._descriptor(piece), min(piece.length, TLS_CHUNK), piece.offset)
-        if not chunk:
-            raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
+        chunk = self._read(piece, min(piece.length, TLS_CHUNK))
         self._advance_slice(piece, len(chunk))
         return chunk
+
+    def _read(self, piece: FileSlice, count: int) -> bytes:
+        """The first ``count`` bytes of a file slice; ``_ShortFile`` if the file has fewer."""
+        data = os.pread(self._descriptor(piece), count, piece.offset)
+        if len(data) < count:
+            raise _ShortFile(f"{piece.path} ended {piece.length - len(data)} bytes early")
+        return data
 
     def _descriptor(self, piece: FileSlice) -> int:
         """The file of a slice: the growing file's own descriptor, or the cache file opened by path."""
