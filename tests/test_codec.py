@@ -12,7 +12,8 @@ from seproxy.transfer import codec
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
     | st.binary() | st.datetimes().map(lambda d: d.replace(microsecond=0)) | st.dates(),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    # A dict key "__dCls" is refused, not sent (test_a_dict_with_the_reserved_key_is_refused).
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text().filter(lambda key: key != "__dCls"), inner, max_size=5),
     max_leaves=30,
 )
 
@@ -20,6 +21,12 @@ json_values = st.recursive(
 @given(json_values)
 def test_round_trip(value):
     assert codec.decode(codec.encode(value)) == value
+
+
+@pytest.mark.parametrize("value", [{"__dCls": None}, [1, {"a": {"__dCls": "dt", "obj": "x"}}], {"when": datetime.date(2026, 1, 1), "__dCls": 1}])
+def test_a_dict_with_the_reserved_key_is_refused(value):
+    with pytest.raises(codec.CodecError, match="'__dCls' is reserved for tagged values"):
+        codec.encode(value)
 
 
 def test_wire_forms_match_dirac():
