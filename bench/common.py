@@ -15,12 +15,17 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import tomli_w
+
+from seproxy.config import available_cores
 
 # What a server's start function returns, called inside the subprocess's
 # running event loop: the port it listens on, and how to stop it.
@@ -268,3 +273,51 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+class ServiceTree:
+    """``python -m seproxy serve --config FILE``: the supervisor and its workers (or the one process)."""
+
+    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = config["service"]["port"]
+        path = directory / "seproxy.toml"
+        path.write_text(tomli_w.dumps(config))
+        path.chmod(0o600)
+        self.log_path = directory / "service.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "seproxy", "serve", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT
+            )
+        workers = available_cores() if config["service"]["workers"] == "auto" else config["service"]["workers"]
+        ready = f"{workers} workers serving" if workers > 1 else "seproxy is serving"
+        deadline = time.monotonic() + 120
+        while ready not in self.log_path.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the service did not start; its log:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _tree(self) -> list[int]:
+        return [self.process.pid, *children(self.process.pid)]
+
+    def cpu_seconds(self) -> float:
+        """The supervisor's and its workers' (or the one process's)."""
+        return sum(process_cpu_seconds(pid) for pid in self._tree())
+
+    def peak_rss_mib(self) -> float:
+        """The supervisor's and its workers' peaks, added: what the service as a whole may need."""
+        return sum(process_peak_rss_mib(pid) for pid in self._tree())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

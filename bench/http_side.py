@@ -1,8 +1,10 @@
 """HTTP side server against nginx: the same 16 MiB files, the same machine, loaded by wrk.
 
 nginx (the Debian package, ``sendfile on``, ``tcp_nopush on``, access log
-on, as a site would run it) serves the files straight from a directory;
-seproxy serves the same files through ``prepareFileForHTTP``: they are staged
+on, ``worker_processes auto``, as a site would run it) serves the files
+straight from a directory; seproxy, run as ``seproxy serve`` runs it by
+default (``service.workers = "auto"``: a worker per core, as nginx),
+serves the same files through ``prepareFileForHTTP``: they are staged
 into the cache first, then fetched from the signed URLs the RPC call
 returns, as a grid job would. wrk opens 64, then 512 keep-alive
 connections and cycles over the files. The two servers are measured in
@@ -36,8 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import Nginx, ServerProcess, median, nginx_scratch, nginx_version, print_table
-from bench.rpc_ping import Plan, seproxy_config, start_seproxy
+from bench.common import Nginx, ServiceTree, free_port, median, nginx_scratch, nginx_version, print_table
+from bench.rpc_ping import Plan, seproxy_config
 from seproxy.security.devcreds import ensure_dev_credentials
 from seproxy.transfer import RPCClient, returnValueOrRaise
 
@@ -108,10 +110,12 @@ class Measurement:
 SAME_PRIORITY = {"niceness": 0}
 
 
-def prepare_seproxy(directory: Path, storage: Path) -> tuple[ServerProcess, str, list[str]]:
-    """The service with its side server, the files staged; (process, base URL, paths of the signed URLs)."""
+def prepare_seproxy(directory: Path, storage: Path) -> tuple[ServiceTree, str, list[str]]:
+    """The service as ``seproxy serve`` runs it by default (a worker per core, as nginx runs here) with its
+    side server, the files staged; (the service, base URL, paths of the signed URLs)."""
     credentials = ensure_dev_credentials(directory / "credentials")
     config = seproxy_config(credentials, directory / "state")
+    config["service"].update({"port": free_port(), "workers": "auto"})
     config["storage_elements"] = {"BenchSE": {"plugin": "file", "base": str(storage)}}
     # wrk is one address: no per-address share of the connections below the whole (nginx has none).
     config["http"] = {
@@ -119,7 +123,7 @@ def prepare_seproxy(directory: Path, storage: Path) -> tuple[ServerProcess, str,
         **SAME_PRIORITY,
     }  # fmt: skip
     config["metrics"] = {"enabled": False}  # its fixed port could be taken by another run
-    server = ServerProcess(start_seproxy, [config], directory / "seproxy.log")
+    server = ServiceTree(directory / "seproxy", config)
     url = f"https://localhost:{server.port}/DataManagement/StorageElementProxy"
     client = RPCClient(url, proxy=str(credentials.proxy), ca_dir=str(credentials.ca_dir))
     paths = []

@@ -38,10 +38,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from bench.common import ServerProcess, free_port, machine_cpu_seconds, percentile, print_table, process_cpu_seconds, process_peak_rss_mib
+from bench.common import (
+    ServerProcess,
+    ServiceTree,
+    free_port,
+    machine_cpu_seconds,
+    percentile,
+    print_table,
+    process_cpu_seconds,
+    process_peak_rss_mib,
+)
 from bench.haproxy import HAProxy, Instance
 from bench.rpc_ping import CONTENT_LENGTH, ROUTE, seproxy_config, start_seproxy
-from bench.workers import ServiceTree
 from seproxy.security.devcreds import DevCredentials, ensure_dev_credentials
 from seproxy.security.tls import client_context
 

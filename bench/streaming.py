@@ -44,10 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import ServerProcess, free_port, median, print_table
+from bench.common import ServerProcess, ServiceTree, free_port, median, print_table
 from bench.rpc_ping import seproxy_config
 from bench.storage_proxy import Plan, start_webdav, write_durably
-from bench.workers import ServiceTree
 from seproxy.cache import PurgeRule, purge
 from seproxy.cache.configured import open_cache
 from seproxy.config import Settings, settings_from_dict

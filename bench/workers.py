@@ -27,28 +27,20 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-import tomli_w
-
 from bench.common import (
     Nginx,
-    children,
+    ServiceTree,
     free_port,
     median,
     nginx_scratch,
     nginx_version,
     print_table,
-    process_cpu_seconds,
-    process_peak_rss_mib,
 )
 from bench.http_side import SAME_PRIORITY, WRK, load, write_script
 from bench.rpc_ping import ROUTE, Plan, measure, seproxy_config
@@ -66,54 +58,6 @@ RPC_TARGET = 1.5
 
 FULL = Plan(rounds=3, warmup=2.0, duration=8.0)
 QUICK = Plan(rounds=1, warmup=1.0, duration=3.0)
-
-
-class ServiceTree:
-    """``python -m seproxy serve --config FILE``: the supervisor and its workers (or the one process)."""
-
-    def __init__(self, directory: Path, config: dict[str, Any]) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        self.port = config["service"]["port"]
-        path = directory / "seproxy.toml"
-        path.write_text(tomli_w.dumps(config))
-        path.chmod(0o600)
-        self.log_path = directory / "service.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "seproxy", "serve", "--config", str(path)], stdout=log, stderr=subprocess.STDOUT
-            )
-        workers = available_cores() if config["service"]["workers"] == "auto" else config["service"]["workers"]
-        ready = f"{workers} workers serving" if workers > 1 else "seproxy is serving"
-        deadline = time.monotonic() + 120
-        while ready not in self.log_path.read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the service did not start; its log:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _tree(self) -> list[int]:
-        return [self.process.pid, *children(self.process.pid)]
-
-    def cpu_seconds(self) -> float:
-        """The supervisor's and its workers' (or the one process's)."""
-        return sum(process_cpu_seconds(pid) for pid in self._tree())
-
-    def peak_rss_mib(self) -> float:
-        """The supervisor's and its workers' peaks, added: what the service as a whole may need."""
-        return sum(process_peak_rss_mib(pid) for pid in self._tree())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def service_config(credentials: DevCredentials, directory: Path, storage: Path, workers: int | str) -> dict[str, Any]:

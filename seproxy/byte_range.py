@@ -18,11 +18,16 @@ sent twice.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # ASCII digits only (Python's \d also takes other scripts' digits); blanks are SP and HTAB (RFC 9110 OWS).
 _SPEC = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
 _BLANKS = " \t"
+# A whole list of specs, empty elements allowed; written so that no two parts of it can take the same
+# blanks, so that a long list that fails to match fails in linear time.
+_ELEMENT = r"[ \t]*(?:(?:[0-9]+[ \t]*)?-(?:[ \t]*[0-9]+)?[ \t]*)?"
+_LIST = re.compile(rf"{_ELEMENT}(?:,{_ELEMENT})*")
+_PAIR = re.compile(r"([0-9]*)[ \t]*-[ \t]*([0-9]*)")
 # More digits than any file size; longer numbers are answered, not parsed.
 _MAX_DIGITS = 19
 # Ranges in one request: davix sends at most a 3900-byte Range line, some 200 short ranges.
@@ -33,8 +38,9 @@ class RangeNotSatisfiable(ValueError):
     """416: the client asked for bytes the file does not have."""
 
 
-@dataclass(frozen=True)
-class ByteRange:
+class ByteRange(NamedTuple):
+    """A range of a file; a tuple, since a vectored read makes dozens per request."""
+
     start: int
     end: int  # inclusive, as in Content-Range
 
@@ -62,7 +68,10 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if specs is None or "," in specs:
         return None
     match = _spec(specs)
-    return None if match is None else ByteRange(*_bounds(match, size))
+    if match is None:
+        return None
+    first, last = match.groups()
+    return ByteRange(*_bounds(first, last, size))
 
 
 def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
@@ -75,18 +84,27 @@ def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
     specs = _specs(header)
     if specs is None or specs.count(",") >= MAX_RANGES:
         return None
-    matches = [_spec(spec) for spec in specs.split(",") if spec.strip(_BLANKS)]
-    if not matches or not all(matches):
+    if _LIST.fullmatch(specs) is None:
         return None
+    # Matched once as a whole, then taken apart: a vectored read sends dozens of ranges.
     bounds: list[tuple[int, int]] = []
     refusal: RangeNotSatisfiable | None = None
-    for match in matches:
+    for first, last in _PAIR.findall(specs):
+        # The common "first-last" inside the file without the calls below.
+        if first and last and len(first) <= _MAX_DIGITS and len(last) <= _MAX_DIGITS:
+            start, end = int(first), int(last)
+            if start <= end and start < size:
+                bounds.append((start, end if end < size else size - 1))
+                continue
+        elif not (first or last):
+            return None  # a lone "-"
         try:
-            bounds.append(_bounds(match, size))  # type: ignore[arg-type]
+            bounds.append(_bounds(first, last, size))
         except RangeNotSatisfiable as exc:
             refusal = exc
     if not bounds:
-        assert refusal is not None
+        if refusal is None:
+            return None  # no range at all
         raise refusal
     return _merged(bounds)
 
@@ -107,9 +125,8 @@ def _spec(text: str) -> re.Match[str] | None:
     return None if match is None or match.groups() == ("", "") else match
 
 
-def _bounds(match: re.Match[str], size: int) -> tuple[int, int]:
+def _bounds(first: str, last: str, size: int) -> tuple[int, int]:
     """The first and last byte one ``first-last`` spec designates in a file of ``size`` bytes."""
-    first, last = match.groups()
     if not first:  # suffix: the last N bytes
         count = _number(last)
         if count == 0 or size == 0:
@@ -125,10 +142,14 @@ def _bounds(match: re.Match[str], size: int) -> tuple[int, int]:
 
 
 def _merged(bounds: list[tuple[int, int]]) -> list[ByteRange]:
-    merged: list[list[int]] = []
-    for start, end in sorted(bounds):
-        if merged and start <= merged[-1][1] + 1:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return [ByteRange(start, end) for start, end in merged]
+    bounds.sort()
+    merged = []
+    first, last = bounds[0]
+    for start, end in bounds:
+        if start > last + 1:
+            merged.append(ByteRange(first, last))
+            first, last = start, end
+        elif end > last:
+            last = end
+    merged.append(ByteRange(first, last))
+    return merged

@@ -139,6 +139,28 @@ def test_a_url_within_the_clock_skew_still_finds_its_file(start_http_service: Ca
     assert refusal.status_code == 403 and "expired" in refusal.text
 
 
+def test_a_cache_file_cut_short_on_disk_cuts_a_multi_range_answer(watched: HTTPService) -> None:
+    """A vectored read's slices are read, then sent from the file mapped: a slice past the file's end cuts the
+    answer there, as the slices read do, rather than sending anything that is not the file."""
+    path, data = "/lab/damaged-ranges.dat", os.urandom(4 * MiB)
+    url = watched.url(path, data)
+    cache_data = watched.process.directory / "state" / "cache" / "data"
+    (cached,) = [file for file in cache_data.rglob("*") if file.is_file()]
+    os.truncate(cached, MiB + 500)
+    ranges = ",".join(f"{n * MiB // 2}-{n * MiB // 2 + 999}" for n in range(8))
+
+    response = requests.get(url, headers={"Range": f"bytes={ranges}"}, stream=True, timeout=30)
+    assert response.status_code == 206 and response.headers["Content-Type"].startswith("multipart/byteranges")
+    received = bytearray()
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        for chunk in response.iter_content(100):  # small: the read that meets the cut loses its bytes
+            received += chunk
+    assert data[MiB // 2 : MiB // 2 + 1000] in received, "the slices before the cut went out"
+    assert data[MiB : MiB + 500] not in received, "nothing of the slice past the end"
+    assert f"{cached} ended" in watched.wait_for_log("cutting the connection")
+    assert requests.get(url, headers={"Range": "bytes=0-9,20-29"}, timeout=10).status_code == 206
+
+
 def test_a_cache_file_cut_short_on_disk_cuts_the_stream(watched: HTTPService, pki: Any) -> None:
     """The head promised the index's length: the client must see a broken transfer, never a short "whole" file."""
     path, data = "/lab/damaged.dat", os.urandom(4 * MiB)

@@ -3,8 +3,8 @@
 The vectored reads of davix (and of ROOT through it) ask dozens of ranges
 in one request. Each part is a small header made here and the range itself
 as body pieces (``select``), sent as any body is (large slices by ``sendfile``,
-small ones read and gathered with the part heads around them), and the
-answer's length is known before its first byte.
+small ones gathered with the part heads around them into one ``sendmsg``),
+and the answer's length is known before its first byte.
 """
 
 from __future__ import annotations
