@@ -4,6 +4,7 @@ every answer is still the one the request would get the first time.
 The requests follow each other within the shared read lease's linger, so
 the later ones are answered from what the server remembers, while the
 cache changes under them from another process (this test's own ``Cache``).
+Request heads too are remembered once parsed, by their bytes.
 """
 
 import base64
@@ -13,10 +14,14 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 from fixtures.http_side import SE, SECRET
 
 from seproxy.cache import Cache
+from seproxy.http_side import request
+from seproxy.http_side.request import parse_head
+from seproxy.http_side.response import Refused
 from seproxy.http_side.signing import CLOCK_SKEW, Signer
 
 STALE = '111 - "Revalidation Failed"'
@@ -90,3 +95,21 @@ def test_a_url_answered_many_times_is_refused_once_its_key_expires(http_service)
         time.sleep(max(0.0, expires + CLOCK_SKEW + 1.1 - time.time()))
         expired = session.get(short, timeout=10)
         assert expired.status_code == 403 and "this link has expired" in expired.text
+
+
+def test_a_head_seen_before_is_answered_as_parsed_and_the_memory_of_heads_stays_bounded():
+    plain = b"GET /a/b HTTP/1.1\r\nHost: x\r\n\r\n"
+    ranged = b"GET /a/b HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n"
+    closing = b"GET /a/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    for _ in range(2):
+        assert parse_head(plain).headers == {"host": "x"} and parse_head(plain).keep_alive
+        assert parse_head(ranged).headers["range"] == "bytes=0-9"
+        assert not parse_head(closing).keep_alive
+        with pytest.raises(Refused) as refused:
+            parse_head(b"GET /a/b HTTP/1.1\r\n\r\n")
+        assert refused.value.status == 400 and "Host" in str(refused.value)
+    for number in range(request.REMEMBERED + 10):
+        assert parse_head(f"GET /{number} HTTP/1.1\r\nHost: x\r\n\r\n".encode()).path == f"/{number}"
+    assert len(request._parsed) <= request.REMEMBERED
+    long = b"GET /a HTTP/1.1\r\nHost: x\r\nX-Long: " + b"y" * request.REMEMBERED_HEAD + b"\r\n\r\n"
+    assert parse_head(long).headers["x-long"] == "y" * request.REMEMBERED_HEAD and long not in request._parsed

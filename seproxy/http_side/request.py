@@ -13,6 +13,7 @@ be trusted to start a request.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ _FIELD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 # Headers that must not appear twice: two values would make the request ambiguous.
 _SINGLE = ("host", "content-length")
+# Heads remembered once parsed, and the longest remembered (at most some MiB; then it starts again).
+REMEMBERED = 1024
+REMEMBERED_HEAD = 2048
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,13 @@ class RequestHead:
     # The path of the target, still percent-encoded, without a query.
     path: str
     version: tuple[int, int]
-    headers: dict[str, str]  # lowercased names; repeated headers joined with ", "
+    # Lowercased names; repeated headers joined with ", ". Never changed: requests of the same bytes share it.
+    headers: dict[str, str]
     # Bytes of body that follow the head (read by the server into ``body``).
     body_length: int = 0
     body: bytes = b""
 
-    @property
+    @functools.cached_property
     def keep_alive(self) -> bool:
         """Whether the client wants the connection kept open after the answer."""
         tokens = {token.strip().lower() for token in self.headers.get("connection", "").split(",")}
@@ -78,8 +83,25 @@ def head_end(buffer: bytes | bytearray) -> int | None:
     return None
 
 
+# Heads parsed lately, by their bytes (shared by the server's threads: one dict operation each).
+_parsed: dict[bytes, RequestHead] = {}
+
+
 def parse_head(raw: bytes) -> RequestHead:
-    """Parse a complete request head (as delimited by ``head_end``)."""
+    """Parse a complete request head (as delimited by ``head_end``); a head seen lately is not parsed
+    again: a popular URL is asked with the very same bytes again and again (a client's repeats, a
+    thousand jobs of one kind), and parsing cost more than the rest of a small answer's Python."""
+    head = _parsed.get(raw)
+    if head is None:
+        head = _parse(raw)
+        if len(raw) <= REMEMBERED_HEAD:
+            if len(_parsed) >= REMEMBERED:
+                _parsed.clear()
+            _parsed[raw] = head
+    return head
+
+
+def _parse(raw: bytes) -> RequestHead:
     lines = _LINE_END.split(raw.decode("latin-1").rstrip("\r\n"))
     request_line = lines[0]
     if len(request_line) > MAX_REQUEST_LINE:
