@@ -5,7 +5,7 @@ checked, the same link looked up and the same representation and headers
 made. Here a URL's path, once its key checked out and its link was found,
 maps to that link and its key (``Known``); the answer made from the link's
 cache entries (``Prepared``) is kept beside it for as long as the read
-leases hand out the very same entries.
+leases hand out the same entries.
 
 Nothing goes stale unseen: a link never changes (single-use links, whose
 mark does, are never remembered); a URL is forgotten once its key expires,
@@ -13,7 +13,7 @@ so the next request is refused as before; and the entries come from
 ``SharedLeases`` on every request, which reads them again from the index
 whenever the cache's stamp of changes moved (a copy marked stale, a
 checksum recorded, a file dropped) or the lease was dropped and taken anew:
-other objects than those the answer was prepared from mean a new answer.
+entries that differ from those the answer was prepared from mean a new answer.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ class Prepared:
     plain: bytes | None = None
 
     def holds(self, entries: list[Entry]) -> bool:
-        """Whether ``entries`` are the very objects this was prepared from (see the module's docstring)."""
-        return len(entries) == len(self.entries) and all(new is old for new, old in zip(entries, self.entries))
+        """Whether ``entries`` are those this was prepared from (the same objects while the leases'
+        stamp stays, compared by identity first: no field is compared then)."""
+        return entries == self.entries
 
 
 @dataclass

@@ -98,7 +98,9 @@ class _Tally:
 
     def add_served(self, response: Response, sent: Counter[tuple[str | None, bool]]) -> None:
         if sent:
-            counts = self.served.setdefault(response.served, Counter())
+            counts = self.served.get(response.served)
+            if counts is None:  # (not setdefault: it would make a Counter per answer)
+                counts = self.served[response.served] = Counter()
             for key, count in sent.items():  # (Counter.update checks what it is given first: slower)
                 counts[key] += count
 
