@@ -469,6 +469,11 @@ class _Connection:
                 refused = self.response is not None and self.response.close
                 if not self._finish(now):
                     return self._linger(now) if refused else None
+                if not self.buffer and self.server.tls is None:
+                    # A client sends its next request once it has read this answer, so a read now
+                    # would nearly always find nothing: epoll says when it comes. (Through TLS, OpenSSL
+                    # may hold bytes already read from the socket, which epoll cannot see.)
+                    return select.EPOLLIN
         except ssl.SSLWantReadError:
             return select.EPOLLIN
         except ssl.SSLWantWriteError:
