@@ -71,10 +71,12 @@ def head_end(buffer: bytes | bytearray) -> int | None:
     # The blank line is "\n\r\n" (CRLF heads) or "\n\n" (bare LF): two plain searches in C, for the
     # head is looked for in every read of every request.
     with_cr = buffer.find(b"\n\r\n", 0, MAX_HEAD + 4)
-    bare = buffer.find(b"\n\n", 0, MAX_HEAD + 4)
-    ends = [found + length for found, length in ((with_cr, 3), (bare, 2)) if found >= 0]
-    if ends:
-        return min(ends)
+    # A bare one ends the head first only if it starts at or before the other: looked for up to there.
+    bare = buffer.find(b"\n\n", 0, MAX_HEAD + 4 if with_cr < 0 else with_cr + 2)
+    if bare >= 0:
+        return bare + 2
+    if with_cr >= 0:
+        return with_cr + 3
     line_end = buffer.find(b"\n", 0, MAX_REQUEST_LINE + 2)
     if line_end < 0 and len(buffer) > MAX_REQUEST_LINE:
         raise Refused(414, "request line too long")
