@@ -21,6 +21,10 @@ While a body is being sent, every file in it is under a cache read lease
 (shared by the downloads of that file in progress: ``shared_leases``), so
 neither eviction nor the operator's purge (in any process) removes it; the
 pins set when the link was made keep the files between downloads.
+
+A URL asked again is answered from what its first request resolved
+(``known``): no key check, link lookup, representation or plain header
+made again, only the lease, the request's own conditions and ranges.
 """
 
 from __future__ import annotations
@@ -39,14 +43,15 @@ from seproxy.http_side.body import FileSlice, GrowingSlice, Piece, body_length
 from seproxy.http_side.conditional import Validators
 from seproxy.http_side.digests import ALGORITHMS, DigestOf, checksum_values, file_digest
 from seproxy.http_side.growing import GrowingFile
+from seproxy.http_side.known import Known, KnownUrls, Prepared
 from seproxy.http_side.links import Link, LinkStore
 from seproxy.http_side.on_demand import OnDemand
 from seproxy.http_side.propfind import DEPTHS, MULTISTATUS_TYPE, BadPropfind, FileProperties, multistatus, read_request
-from seproxy.http_side.representation import Plan, Representation, framed, plan
+from seproxy.http_side.representation import ASKED_BY, Plan, Representation, framed, plan
 from seproxy.http_side.request import ALLOW, RequestHead
-from seproxy.http_side.response import Refused, Response, plain
+from seproxy.http_side.response import Refused, Response, encode_headers, plain
 from seproxy.http_side.shared_leases import OutsideCache, SharedLeases
-from seproxy.http_side.signing import SignedKey, Signer
+from seproxy.http_side.signing import CLOCK_SKEW, SignedKey, Signer
 from seproxy.http_side.tar_stream import tar_body
 from seproxy.transfer.checksum_headers import XXH3_HEADER
 
@@ -66,6 +71,7 @@ class Downloads:
         self._links = links
         self._cache = cache
         self._leases = SharedLeases(cache)
+        self._known = KnownUrls()
         self._route = route
         # One function for every answer: the server adds up what answers sent before counting it.
         self._count_served = functools.partial(metrics.count_served, cache)
@@ -81,6 +87,11 @@ class Downloads:
         """The response, or (for a URL whose files are staged on demand) its future."""
         if request.method == "OPTIONS":
             return Response(200, [("DAV", "1"), ("Allow", ALLOW), ("Accept-Ranges", "bytes"), ("Content-Length", "0")])
+        known = self._known.get(request.path, time.time())
+        if known is not None:  # the answer of the slow way below, with its key, link and checks as remembered
+            answer = self._serve(request, known.link, known)
+            answer.key = known.key
+            return answer
         # /<key>/<name>, or /<route>/<key>/<name> from an instance behind a load balancer.
         parts = request.path.split("/")
         if len(parts) not in (3, 4) or not all(parts[1:]):
@@ -102,20 +113,24 @@ class Downloads:
     def _serve_key(self, request: RequestHead, signed: SignedKey, route: str, name: str) -> Response | Future[Response]:
         link = self._links.get(signed.link_id)
         if link is not None:
-            return self._serve_link(request, link, name)
+            return self._serve_link(request, link, name, signed)
         grant = signed.grant
         if grant is None or grant.single_use or self.on_demand is None:
             return plain(404, NOT_FOUND) if route == self._route else _elsewhere(route)
         return self.on_demand.start(signed, grant, lambda adopted: self._serve(request, adopted))
 
-    def _serve_link(self, request: RequestHead, link: Link, name: str) -> Response:
+    def _serve_link(self, request: RequestHead, link: Link, name: str, signed: SignedKey) -> Response:
         if link.name != name:
             return plain(404, NOT_FOUND)
-        if link.single_use and link.used is not None:
-            return plain(403, "this single-use link was already used")
-        return self._serve(request, link)
+        if link.single_use:
+            if link.used is not None:
+                return plain(403, "this single-use link was already used")
+            return self._serve(request, link)
+        known = Known(f"{signed.key_id}:{signed.link_id}", signed.expires + CLOCK_SKEW, link)
+        self._known.add(request.path, known)
+        return self._serve(request, link, known)
 
-    def _serve(self, request: RequestHead, link: Link, *, growing: bool = True) -> Response:
+    def _serve(self, request: RequestHead, link: Link, known: Known | None = None, *, growing: bool = True) -> Response:
         try:
             entries, release = self._leases.hold([member.entry_id for member in link.members])
         except FileNotFoundError:
@@ -126,7 +141,7 @@ class Downloads:
             log.error("%s: not served", exc)
             return plain(404, NOT_FOUND)
         try:
-            response = self._file_response(request, link, entries)
+            response = self._file_response(request, link, entries, known)
         except BaseException:
             release()
             raise
@@ -181,7 +196,25 @@ class Downloads:
         )
         return self._planned(request, link, chosen, [whole], None if growing.size is None else representation)
 
-    def _file_response(self, request: RequestHead, link: Link, entries: list[Entry]) -> Response:
+    def _file_response(self, request: RequestHead, link: Link, entries: list[Entry], known: Known | None) -> Response:
+        prepared = known.prepared if known is not None else None
+        if prepared is None or not prepared.holds(entries):
+            prepared = self._prepare(link, entries)
+            if known is not None:
+                known.prepared = prepared
+        representation = prepared.representation
+        if request.method == "PROPFIND":
+            return propfind_answer(request, [(request.path, file_properties(representation, entries, link.name))])
+        asks = not ASKED_BY.isdisjoint(request.headers)
+        if prepared.plain is not None and not asks:
+            return Response(200, [], list(prepared.body), encoded=prepared.plain)
+        chosen = plan(request.method, request.headers, representation)
+        response = self._planned(request, link, chosen, prepared.body, representation, prepared.extra)
+        if known is not None and not asks and response.status == 200:
+            prepared.plain = encode_headers(response.headers)
+        return response
+
+    def _prepare(self, link: Link, entries: list[Entry]) -> Prepared:
         body: list[Piece]
         extra = staleness(entries)
         if link.archive:
@@ -193,9 +226,7 @@ class Downloads:
             body = [FileSlice(entry.path, 0, entry.size, se=entry.se)]
             representation = entry_representation(self._cache, entry)
             extra[XXH3_HEADER] = entry.xxh3
-        if request.method == "PROPFIND":
-            return propfind_answer(request, [(request.path, file_properties(representation, entries, link.name))])
-        return self._planned(request, link, plan(request.method, request.headers, representation), body, representation, extra)
+        return Prepared(entries, representation, body, extra)
 
     def _planned(
         self,
@@ -319,7 +350,6 @@ def _archive_etag(link: Link, entries: list[Entry]) -> str:
     return f'"tar-{digest.hexdigest()[:32]}"'
 
 
-@functools.lru_cache(maxsize=1024)
 @functools.lru_cache(maxsize=4096)
 def _attachment(name: str) -> str:
     """``Content-Disposition`` with the name as plain ASCII and, exactly, as RFC 6266's ``filename*``;

@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from seproxy.byte_range import ByteRange, RangeNotSatisfiable, parse_ranges
 from seproxy.http_side.body import Piece, body_length, select
 from seproxy.http_side.conditional import Validators, precondition, range_applies
-from seproxy.http_side.digests import ALGORITHMS, DigestOf, digest_headers
+from seproxy.http_side.digests import ALGORITHMS, WANT_DIGEST, WANT_REPR_DIGEST, DigestOf, digest_headers
 from seproxy.http_side.multipart import byteranges
 
 OCTET_STREAM = "application/octet-stream"
+# The request headers ``plan`` reads: a request with none of them gets the same plan every time.
+ASKED_BY = frozenset(
+    ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range", "range", WANT_DIGEST, WANT_REPR_DIGEST)
+)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ be trusted to start a request.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -38,6 +39,9 @@ _FIELD_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ABSOLUTE_FORM = re.compile(r"https?://[^/?#]*", re.IGNORECASE)
 # Headers that must not appear twice: two values would make the request ambiguous.
 _SINGLE = ("host", "content-length")
+# Heads remembered once parsed, and the longest remembered (at most some MiB; then it starts again).
+REMEMBERED = 1024
+REMEMBERED_HEAD = 2048
 
 
 @dataclass(frozen=True)
@@ -46,12 +50,13 @@ class RequestHead:
     # The path of the target, still percent-encoded, without a query.
     path: str
     version: tuple[int, int]
-    headers: dict[str, str]  # lowercased names; repeated headers joined with ", "
+    # Lowercased names; repeated headers joined with ", ". Never changed: requests of the same bytes share it.
+    headers: dict[str, str]
     # Bytes of body that follow the head (read by the server into ``body``).
     body_length: int = 0
     body: bytes = b""
 
-    @property
+    @functools.cached_property
     def keep_alive(self) -> bool:
         """Whether the client wants the connection kept open after the answer."""
         tokens = {token.strip().lower() for token in self.headers.get("connection", "").split(",")}
@@ -66,10 +71,12 @@ def head_end(buffer: bytes | bytearray) -> int | None:
     # The blank line is "\n\r\n" (CRLF heads) or "\n\n" (bare LF): two plain searches in C, for the
     # head is looked for in every read of every request.
     with_cr = buffer.find(b"\n\r\n", 0, MAX_HEAD + 4)
-    bare = buffer.find(b"\n\n", 0, MAX_HEAD + 4)
-    ends = [found + length for found, length in ((with_cr, 3), (bare, 2)) if found >= 0]
-    if ends:
-        return min(ends)
+    # A bare one ends the head first only if it starts at or before the other: looked for up to there.
+    bare = buffer.find(b"\n\n", 0, MAX_HEAD + 4 if with_cr < 0 else with_cr + 2)
+    if bare >= 0:
+        return bare + 2
+    if with_cr >= 0:
+        return with_cr + 3
     line_end = buffer.find(b"\n", 0, MAX_REQUEST_LINE + 2)
     if line_end < 0 and len(buffer) > MAX_REQUEST_LINE:
         raise Refused(414, "request line too long")
@@ -78,8 +85,25 @@ def head_end(buffer: bytes | bytearray) -> int | None:
     return None
 
 
+# Heads parsed lately, by their bytes (shared by the server's threads: one dict operation each).
+_parsed: dict[bytes, RequestHead] = {}
+
+
 def parse_head(raw: bytes) -> RequestHead:
-    """Parse a complete request head (as delimited by ``head_end``)."""
+    """Parse a complete request head (as delimited by ``head_end``); a head seen lately is not parsed
+    again: a popular URL is asked with the very same bytes again and again (a client's repeats, a
+    thousand jobs of one kind), and parsing cost more than the rest of a small answer's Python."""
+    head = _parsed.get(raw)
+    if head is None:
+        head = _parse(raw)
+        if len(raw) <= REMEMBERED_HEAD:
+            if len(_parsed) >= REMEMBERED:
+                _parsed.clear()
+            _parsed[raw] = head
+    return head
+
+
+def _parse(raw: bytes) -> RequestHead:
     lines = _LINE_END.split(raw.decode("latin-1").rstrip("\r\n"))
     request_line = lines[0]
     if len(request_line) > MAX_REQUEST_LINE:

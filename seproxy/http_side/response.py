@@ -38,13 +38,23 @@ class Response:
     served: Callable[[Mapping[tuple[str | None, bool], int]], None] = lambda sent: None
     # For the access log: "<key id>:<link id>", never the signature.
     key: str = "-"
+    # Header lines encoded once for many answers (``encode_headers``), sent after ``headers``.
+    encoded: bytes = b""
 
     def head(self, keep_alive: bool) -> bytes:
         """The status line and headers, ``Date``, ``Server`` and ``Connection`` included."""
-        lines = [f"HTTP/1.1 {self.status} {_PHRASES[self.status]}", f"Date: {_http_date()}", f"Server: {SERVER}"]
-        lines += [f"{name}: {value}" for name, value in self.headers]
-        lines.append("Connection: keep-alive" if keep_alive and not self.close else "Connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        start = f"HTTP/1.1 {self.status} {_PHRASES[self.status]}\r\nDate: {_http_date()}\r\nServer: {SERVER}\r\n"
+        connection = _KEEP_ALIVE if keep_alive and not self.close else _CLOSE
+        return start.encode("latin-1") + encode_headers(self.headers) + self.encoded + connection
+
+
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+
+
+def encode_headers(headers: list[tuple[str, str]]) -> bytes:
+    """Header lines as they go out, each ending in CRLF."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
 
 
 def plain(status: int, message: str, *, close: bool = False, extra: list[tuple[str, str]] | None = None) -> Response:

@@ -99,7 +99,9 @@ class _Tally:
 
     def add_served(self, response: Response, sent: Counter[tuple[str | None, bool]]) -> None:
         if sent:
-            counts = self.served.setdefault(response.served, Counter())
+            counts = self.served.get(response.served)
+            if counts is None:  # (not setdefault: it would make a Counter per answer)
+                counts = self.served[response.served] = Counter()
             for key, count in sent.items():  # (Counter.update checks what it is given first: slower)
                 counts[key] += count
 
@@ -470,6 +472,11 @@ class _Connection:
                 refused = self.response is not None and self.response.close
                 if not self._finish(now):
                     return self._linger(now) if refused else None
+                if not self.buffer and self.server.tls is None:
+                    # A client sends its next request once it has read this answer, so a read now
+                    # would nearly always find nothing: epoll says when it comes. (Through TLS, OpenSSL
+                    # may hold bytes already read from the socket, which epoll cannot see.)
+                    return select.EPOLLIN
         except ssl.SSLWantReadError:
             return select.EPOLLIN
         except ssl.SSLWantWriteError:
