@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 
 from seproxy import __version__, metrics
 from seproxy.config import ConfigError, Settings
@@ -50,6 +51,7 @@ from seproxy.rpc.call import BadRequest, RPCCall, call_of, check_form_type, form
 from seproxy.rpc.context import Resources, ServiceContext
 from seproxy.rpc.executor import current_call
 from seproxy.rpc.form import FormError, FormReader
+from seproxy.rpc.request_body import arrived_whole
 from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
 
 log = logging.getLogger("seproxy.rpc")
@@ -121,6 +123,13 @@ class RPCHandler(AdmittingHandler):
         """Runs for each authorized call, before the exported method."""
 
     # -- lifecycle ----------------------------------------------------------
+
+    @classmethod
+    def for_request(cls, request: HTTPServerRequest) -> type[RPCHandler]:
+        """The class to take ``request``, asked once its head is read: this one, which reads the
+        body as it arrives, or its variant that Tornado gives the body whole, when all of a small
+        body came with the head (``arrived_whole``: two turns of the event loop fewer)."""
+        return _whole_body(cls) if arrived_whole(request) else cls
 
     def initialize(self, service: ServiceContext) -> None:
         super().initialize(service)
@@ -248,6 +257,8 @@ class RPCHandler(AdmittingHandler):
 
     async def post(self) -> None:
         try:
+            if not self._stream_request_body and self.request.body:
+                await self.data_received(self.request.body)  # the body came whole: read as if it streamed
             await self._post()
         finally:
             await self._drop_sink()  # a method that took the routed field has done with it by now
@@ -425,6 +436,19 @@ class NotFoundHandler(tornado.web.RequestHandler):
 
     def data_received(self, chunk: bytes) -> None:
         """The body of a request to nowhere is dropped unread."""
+
+
+# The variant of each RPC handler class that Tornado gives its body whole (``for_request``).
+_WHOLE_BODY: dict[type[RPCHandler], type[RPCHandler]] = {}
+
+
+def _whole_body(handler: type[RPCHandler]) -> type[RPCHandler]:
+    """``handler`` with its body given whole by Tornado, and nothing else changed."""
+    variant = _WHOLE_BODY.get(handler)
+    if variant is None:
+        attributes = {"_stream_request_body": False, "__module__": handler.__module__}
+        variant = _WHOLE_BODY[handler] = type(handler.__name__, (handler,), attributes)
+    return variant
 
 
 @functools.lru_cache(maxsize=1024)
