@@ -129,10 +129,15 @@ class RPCHandler(AdmittingHandler):
         """The class to take ``request``, asked once its head is read: this one, which reads the
         body as it arrives, or its variant that Tornado gives the body whole, when all of a small
         body came with the head (``arrived_whole``: two turns of the event loop fewer)."""
-        return _whole_body(cls) if arrived_whole(request) else cls
+        return _whole_body(cls) if arrived_whole(request, INLINE_BODY) else cls
 
     def initialize(self, service: ServiceContext) -> None:
         super().initialize(service)
+        # A body given whole is taken from the request before Tornado parses it as a form of its
+        # own (its arguments, which the handler never reads): the form reader reads it in ``post``.
+        self._given_body = b""
+        if not self._stream_request_body:
+            self._given_body, self.request.body = self.request.body, b""
         self.call: RPCCall | None = None
         self._form = form_reader(self._route)
         self._sink: tuple[str, FieldSink] | None = None
@@ -257,8 +262,8 @@ class RPCHandler(AdmittingHandler):
 
     async def post(self) -> None:
         try:
-            if not self._stream_request_body and self.request.body:
-                await self.data_received(self.request.body)  # the body came whole: read as if it streamed
+            if self._given_body:
+                await self.data_received(self._given_body)  # read as if it had streamed
             await self._post()
         finally:
             await self._drop_sink()  # a method that took the routed field has done with it by now

@@ -35,11 +35,6 @@ from seproxy.transfer import S_ERROR, codec
 MIN_BODY_RATE = 1024
 # The largest refused body that is read (and dropped) so that its refusal reaches the client.
 DRAIN_LIMIT = 64 * 1024 * 1024
-# The largest body a handler may be given whole (``arrived_whole``). Tornado parses a whole form
-# body itself before the handler sees it, and refuses one of more than 1000 fields (its
-# ``ParseBodyConfig``); a body this short cannot have as many, so that parse never refuses one
-# that the handler's own reader would take, and it costs little.
-WHOLE_BODY_LIMIT = 999
 
 
 def _never_called(message: str) -> None:
@@ -118,22 +113,24 @@ class _Watch:
         self._timer = self.loop.call_later(self.CHECK_EVERY, self._check) if self._deadlines else None
 
 
-def arrived_whole(request: HTTPServerRequest) -> bool:
-    """Whether all of ``request``'s body came with its head: a small body that announced its length.
+def arrived_whole(request: HTTPServerRequest, limit: int) -> bool:
+    """Whether all of ``request``'s body came with its head: a body of at most ``limit`` bytes that
+    announced its length.
 
     Read as it arrives, a body costs the event loop two more turns per
     request than one Tornado reads whole (the handler runs before the body,
-    then waits for it), a third of a small call's work in the loop. A body
-    that is already here cannot trickle, so its deadline has nothing to do;
-    anything else (larger, chunked, still arriving, compressed) is read as
-    it arrives. The buffer's size is Tornado's own attribute: if a release
-    renames it, every body is read as it arrives again, as before.
+    then waits for it). A body that is already here cannot trickle, so its
+    deadline has nothing to do; anything else (larger, chunked, still
+    arriving) is read as it arrives, and so is a compressed one, which
+    Tornado would refuse in its own way before the handler could. The
+    buffer's size is Tornado's own attribute: if a release renames it,
+    every body is read as it arrives again, as before.
     """
     declared = request.headers.get("Content-Length")
-    if declared is None or not declared.isdigit() or len(declared) > 3 or "Content-Encoding" in request.headers:
+    if declared is None or not declared.isdigit() or len(declared) > 9 or "Content-Encoding" in request.headers:
         return False
     buffered: int = getattr(getattr(request.connection, "stream", None), "_read_buffer_size", -1)
-    return buffered >= int(declared) <= WHOLE_BODY_LIMIT
+    return buffered >= int(declared) <= limit
 
 
 def http_error(status_code: int, reason: str, exc_info: Any = None) -> dict[str, Any]:
