@@ -105,11 +105,10 @@ class AdmittingHandler(StreamedBodyHandler):
     def on_finish(self) -> None:
         super().on_finish()
         self._identify_for_the_log()
-        log.info(
-            "%s user=%s dn=%r %s status=%d %s %.1fms",
-            self.request.remote_ip, self.caller.username, self.caller.dn, self.access_subject(),
-            self._status_code, self.access_detail(), self.elapsed() * 1000,
-        )  # fmt: skip
+        logs.log_info(log, (
+            f"{self.request.remote_ip} user={self.caller.username} dn={self.caller.dn!r} {self.access_subject()} "
+            f"status={self._status_code} {self.access_detail()} {self.elapsed() * 1000:.1f}ms"
+        ))  # fmt: skip
 
     def elapsed(self) -> float:
         return time.monotonic() - self._started
