@@ -47,7 +47,7 @@ from seproxy.config import ConfigError, Settings
 from seproxy.errors import failure, rpc_status, status_of
 from seproxy.rpc.admission import DEFAULT_AUTH, AdmittingHandler, RequestError
 from seproxy.rpc.arguments import TypeSpec, check_arguments
-from seproxy.rpc.call import BadRequest, RPCCall, call_of, check_form_type, form_reader, read_fields
+from seproxy.rpc.call import BadRequest, RPCCall, call_of, check_form_type, form_reader, is_form_type, read_fields
 from seproxy.rpc.context import Resources, ServiceContext
 from seproxy.rpc.executor import current_call
 from seproxy.rpc.form import FormError, FormReader
@@ -129,7 +129,9 @@ class RPCHandler(AdmittingHandler):
         """The class to take ``request``, asked once its head is read: this one, which reads the
         body as it arrives, or its variant that Tornado gives the body whole, when all of a small
         body came with the head (``arrived_whole``: two turns of the event loop fewer)."""
-        return _whole_body(cls) if arrived_whole(request, INLINE_BODY) else cls
+        if arrived_whole(request, INLINE_BODY) and is_form_type(request.headers.get("Content-Type", "")):
+            return _whole_body(cls)
+        return cls  # other types too: Tornado would parse a multipart body whole, before the 415
 
     def initialize(self, service: ServiceContext) -> None:
         super().initialize(service)
@@ -266,7 +268,8 @@ class RPCHandler(AdmittingHandler):
                 await self.data_received(self._given_body)  # read as if it had streamed
             await self._post()
         finally:
-            await self._drop_sink()  # a method that took the routed field has done with it by now
+            if self._sink is not None:
+                await self._drop_sink()  # a method that took the routed field has done with it by now
 
     async def _post(self) -> None:
         if self.body_done():
@@ -358,7 +361,7 @@ class RPCHandler(AdmittingHandler):
         self.send_json(200, clean, await self._json_of(clean))
 
     def send_json(self, status: int, result: dict[str, Any], encoded: str | None = None) -> None:
-        clean = _public(result)
+        clean = result if encoded is not None else _public(result)  # what was encoded was public
         self._outcome = "OK" if clean.get("OK") else f"error(errno={clean.get('Errno', 0)})"
         super().send_json(status, clean, encoded)
 
