@@ -79,6 +79,20 @@ class BodyDeadline:
         )
 
 
+class _BodyInAlready:
+    """The deadline of a body Tornado read whole before the handler began: there is nothing to watch,
+    and a small call is spared the watch's bookkeeping."""
+
+    def received(self, count: int) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+_BODY_IN_ALREADY = _BodyInAlready()
+
+
 class _Watch:
     """The bodies being read on one event loop, checked every ``CHECK_EVERY`` seconds while there are any."""
 
@@ -157,12 +171,15 @@ class StreamedBodyHandler(tornado.web.RequestHandler):
     """
 
     def guard_body(self, grace: float) -> None:
-        """Start the body's deadline: ``grace`` seconds, then ``MIN_BODY_RATE``."""
+        """Start the body's deadline: ``grace`` seconds, then ``MIN_BODY_RATE`` (none for a body Tornado
+        read whole: it is in already)."""
         self._refusal: tuple[int, dict[str, Any]] | None = None
         self._received = 0
         # The largest refused body read to its end (a handler may take more from callers it knows).
         self.drain_limit = DRAIN_LIMIT
-        self._deadline = BodyDeadline(grace, self._too_slow)
+        self._deadline: BodyDeadline | _BodyInAlready = (
+            BodyDeadline(grace, self._too_slow) if self._stream_request_body else _BODY_IN_ALREADY
+        )
 
     def send_json(self, status: int, result: dict[str, Any], encoded: str | None = None) -> None:
         """Finish the request with ``status`` and ``result`` as JSON (``encoded``, if it is already)."""
