@@ -180,16 +180,17 @@ class RPCHandler(AdmittingHandler):
         except RequestError:
             pass  # refused credentials (answered at admission) send no more than anonymous callers
         declared = self.request.headers.get("Content-Length")
+        length = int(declared) if declared is not None and declared.isdigit() else None
         if not self._anonymous:
             self._limit = self._ceiling = self.service.settings.service.max_form_size
-            if declared is None or not declared.isdigit() or int(declared) > self._limit:
+            if length is None or length > self._limit:
                 # Only a body that may be larger than a form asks for more (most calls are small).
                 self._ceiling = max(self._limit, self.streamed_body_limit())
             # Refusing such a body mid-way (over a cap, out of quota), its sender still gets the reason.
             self.drain_limit = max(self.drain_limit, self._ceiling)
-        if declared is not None and not declared.isdigit():
+        if declared is not None and length is None:
             self.refuse(400, S_ERROR(errno.EINVAL, f"Content-Length {declared[:32]!r} is not a number"))
-        elif declared is not None and int(declared) > self._ceiling:
+        elif declared is not None and length is not None and length > self._ceiling:
             self._reject_size(declared)
         else:
             try:
