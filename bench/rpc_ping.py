@@ -68,9 +68,10 @@ QUICK = Plan(rounds=1, warmup=0.5, duration=3.0)
 
 
 def start_seproxy(config: dict[str, Any]) -> Started:
-    """The real service, configured and logging as ``seproxy serve`` would (INFO: one line per call)."""
+    """The real service, configured and logging as ``seproxy serve`` would (INFO: one line per call,
+    written a few at a time as ``service.log_flush_after`` says)."""
     settings = settings_from_dict(config, "<bench>")
-    logs.configure(settings.service.log_level)
+    logs.configure(settings.service.log_level, flush_after=settings.service.log_flush_after)
     service = Service(settings, StorageElementProxyHandler)
     service.start()
     return service.port, lambda: service.stop(grace=1.0)

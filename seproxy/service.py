@@ -94,6 +94,23 @@ class _Watched(tornado.httputil.HTTPMessageDelegate):
         self._delegate.on_connection_close()
 
 
+class _Application(tornado.web.Application):
+    """Tornado's application, but an RPC handler class picks its variant for each request
+    (``RPCHandler.for_request``) once the request's head is read."""
+
+    def get_handler_delegate(
+        self,
+        request: tornado.httputil.HTTPServerRequest,
+        target_class: type[tornado.web.RequestHandler],
+        target_kwargs: dict[str, Any] | None = None,
+        path_args: list[bytes] | None = None,
+        path_kwargs: dict[str, bytes] | None = None,
+    ) -> Any:
+        if issubclass(target_class, RPCHandler):
+            target_class = target_class.for_request(request)
+        return super().get_handler_delegate(request, target_class, target_kwargs, path_args, path_kwargs)
+
+
 class BoundedHTTPServer(tornado.httpserver.HTTPServer):
     """An HTTPServer with connection limits (overall and per address) and a deadline for the first request.
 
@@ -317,7 +334,7 @@ class Service:
         routes = [(self.settings.route, self.handler, {"service": self._context})]
         routes += [(self.settings.route + pattern, extra, {"service": self._context}) for pattern, extra in self.handler.extra_routes()]
         routes += [(pattern, extra, {"service": self._context}) for pattern, extra in self.handler.absolute_routes(self.settings)]
-        app = tornado.web.Application(
+        app = _Application(
             routes,
             default_handler_class=NotFoundHandler,
             serve_traceback=False,

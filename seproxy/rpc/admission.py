@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import secrets
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -54,7 +54,9 @@ class AdmittingHandler(StreamedBodyHandler):
 
     def initialize(self, service: ServiceContext) -> None:
         self.service = service
-        self.request_id = secrets.token_hex(6)
+        # Only told apart, never a secret: pseudo-random, without a system call per request (random
+        # seeds each forked worker afresh).
+        self.request_id = f"{random.getrandbits(48):012x}"
         self.caller = NOBODY
         self._identified: Caller | None = None
         self._started = time.monotonic()
@@ -77,7 +79,8 @@ class AdmittingHandler(StreamedBodyHandler):
 
     def admit(self, method: str, rule: Sequence[str]) -> Caller:
         """The caller, if it may call ``method`` (whose handler rule is ``rule``); ``RequestError`` otherwise."""
-        self.identify()
+        if self._identified is None:
+            self.identify()
         override = self.service.settings.authorization.get(method)
         decision = authorize(override if override is not None else rule, self.caller, method)
         if not decision.allowed:
@@ -95,8 +98,6 @@ class AdmittingHandler(StreamedBodyHandler):
     def _identify_for_the_log(self) -> None:
         """Who sent a request refused before its method was known (a body over the limit, an
         unknown method), for the log line: the verified chain or token says so even then."""
-        if self._identified is not None:
-            return
         try:
             self.identify()
         except (RequestError, OSError, AttributeError):
@@ -104,12 +105,12 @@ class AdmittingHandler(StreamedBodyHandler):
 
     def on_finish(self) -> None:
         super().on_finish()
-        self._identify_for_the_log()
-        log.info(
-            "%s user=%s dn=%r %s status=%d %s %.1fms",
-            self.request.remote_ip, self.caller.username, self.caller.dn, self.access_subject(),
-            self._status_code, self.access_detail(), self.elapsed() * 1000,
-        )  # fmt: skip
+        if self._identified is None:
+            self._identify_for_the_log()
+        logs.log_info(log, (
+            f"{self.request.remote_ip} user={self.caller.username} dn={self.caller.dn!r} {self.access_subject()} "
+            f"status={self._status_code} {self.access_detail()} {self.elapsed() * 1000:.1f}ms"
+        ))  # fmt: skip
 
     def elapsed(self) -> float:
         return time.monotonic() - self._started

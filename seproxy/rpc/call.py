@@ -45,9 +45,13 @@ class RPCCall:
     raw_content: bool = False
 
 
+def is_form_type(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == FORM_TYPE
+
+
 def check_form_type(content_type: str) -> None:
     """A call is a form; anything else is a 415, before its body is read."""
-    if content_type.split(";", 1)[0].strip().lower() != FORM_TYPE:
+    if not is_form_type(content_type):
         raise BadRequest(f"Content-Type must be {FORM_TYPE}, got {content_type[:64]!r}", status=415)
 
 

@@ -102,7 +102,8 @@ class FormReader:
                     self._routed += len(pair) - pair.count(b"=")
                     self._sink(_decoded(pair))
             elif self._keeping and pair:
-                self._take(_decoded(pair))
+                assert self._value is not None  # a value is being read: ``_take``'s case, without its call
+                self._value += _decoded(pair)
 
     def finish(self) -> dict[str, str]:
         """The kept fields (a routed one: empty) once the body is all in."""

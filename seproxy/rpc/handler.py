@@ -40,16 +40,18 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 import tornado.web
+from tornado.httputil import HTTPServerRequest
 
 from seproxy import __version__, metrics
 from seproxy.config import ConfigError, Settings
 from seproxy.errors import failure, rpc_status, status_of
 from seproxy.rpc.admission import DEFAULT_AUTH, AdmittingHandler, RequestError
 from seproxy.rpc.arguments import TypeSpec, check_arguments
-from seproxy.rpc.call import BadRequest, RPCCall, call_of, check_form_type, form_reader, read_fields
+from seproxy.rpc.call import BadRequest, RPCCall, call_of, check_form_type, form_reader, is_form_type, read_fields
 from seproxy.rpc.context import Resources, ServiceContext
 from seproxy.rpc.executor import current_call
 from seproxy.rpc.form import FormError, FormReader
+from seproxy.rpc.request_body import arrived_whole
 from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
 
 log = logging.getLogger("seproxy.rpc")
@@ -122,8 +124,22 @@ class RPCHandler(AdmittingHandler):
 
     # -- lifecycle ----------------------------------------------------------
 
+    @classmethod
+    def for_request(cls, request: HTTPServerRequest) -> type[RPCHandler]:
+        """The class to take ``request``, asked once its head is read: this one, which reads the
+        body as it arrives, or its variant that Tornado gives the body whole, when all of a small
+        body came with the head (``arrived_whole``: two turns of the event loop fewer)."""
+        if arrived_whole(request, INLINE_BODY) and is_form_type(request.headers.get("Content-Type", "")):
+            return _whole_body(cls)
+        return cls  # other types too: Tornado would parse a multipart body whole, before the 415
+
     def initialize(self, service: ServiceContext) -> None:
         super().initialize(service)
+        # A body given whole is taken from the request before Tornado parses it as a form of its
+        # own (its arguments, which the handler never reads): the form reader reads it in ``post``.
+        self._given_body = b""
+        if not self._stream_request_body:
+            self._given_body, self.request.body = self.request.body, b""
         self.call: RPCCall | None = None
         self._form = form_reader(self._route)
         self._sink: tuple[str, FieldSink] | None = None
@@ -164,16 +180,17 @@ class RPCHandler(AdmittingHandler):
         except RequestError:
             pass  # refused credentials (answered at admission) send no more than anonymous callers
         declared = self.request.headers.get("Content-Length")
+        length = int(declared) if declared is not None and declared.isdigit() else None
         if not self._anonymous:
             self._limit = self._ceiling = self.service.settings.service.max_form_size
-            if declared is None or not declared.isdigit() or int(declared) > self._limit:
+            if length is None or length > self._limit:
                 # Only a body that may be larger than a form asks for more (most calls are small).
                 self._ceiling = max(self._limit, self.streamed_body_limit())
             # Refusing such a body mid-way (over a cap, out of quota), its sender still gets the reason.
             self.drain_limit = max(self.drain_limit, self._ceiling)
-        if declared is not None and not declared.isdigit():
+        if declared is not None and length is None:
             self.refuse(400, S_ERROR(errno.EINVAL, f"Content-Length {declared[:32]!r} is not a number"))
-        elif declared is not None and int(declared) > self._ceiling:
+        elif declared is not None and length is not None and length > self._ceiling:
             self._reject_size(declared)
         else:
             try:
@@ -248,9 +265,12 @@ class RPCHandler(AdmittingHandler):
 
     async def post(self) -> None:
         try:
+            if self._given_body:
+                await self.data_received(self._given_body)  # read as if it had streamed
             await self._post()
         finally:
-            await self._drop_sink()  # a method that took the routed field has done with it by now
+            if self._sink is not None:
+                await self._drop_sink()  # a method that took the routed field has done with it by now
 
     async def _post(self) -> None:
         if self.body_done():
@@ -342,7 +362,7 @@ class RPCHandler(AdmittingHandler):
         self.send_json(200, clean, await self._json_of(clean))
 
     def send_json(self, status: int, result: dict[str, Any], encoded: str | None = None) -> None:
-        clean = _public(result)
+        clean = result if encoded is not None else _public(result)  # what was encoded was public
         self._outcome = "OK" if clean.get("OK") else f"error(errno={clean.get('Errno', 0)})"
         super().send_json(status, clean, encoded)
 
@@ -425,6 +445,19 @@ class NotFoundHandler(tornado.web.RequestHandler):
 
     def data_received(self, chunk: bytes) -> None:
         """The body of a request to nowhere is dropped unread."""
+
+
+# The variant of each RPC handler class that Tornado gives its body whole (``for_request``).
+_WHOLE_BODY: dict[type[RPCHandler], type[RPCHandler]] = {}
+
+
+def _whole_body(handler: type[RPCHandler]) -> type[RPCHandler]:
+    """``handler`` with its body given whole by Tornado, and nothing else changed."""
+    variant = _WHOLE_BODY.get(handler)
+    if variant is None:
+        attributes = {"_stream_request_body": False, "__module__": handler.__module__}
+        variant = _WHOLE_BODY[handler] = type(handler.__name__, (handler,), attributes)
+    return variant
 
 
 @functools.lru_cache(maxsize=1024)
