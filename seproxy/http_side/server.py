@@ -50,7 +50,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
-from seproxy import metrics
+from seproxy import logs, metrics
 from seproxy.http_side.body import FileSlice, GrowingSlice, Piece, piece_length
 from seproxy.http_side.listen import listening_sockets
 from seproxy.http_side.request import ALLOW, RequestHead, head_end, parse_head
@@ -795,10 +795,8 @@ class _Connection:
             self.worker.tally.downloads -= 1
             self.worker.tally.bytes += body
             self.worker.tally.add_served(response, self.file_bytes)
-        log.info(
-            "%s key=%s %s status=%d bytes=%d %.1fms%s",
-            self.client, response.key, method, response.status, body, (time.monotonic() - self.started) * 1000, note,
-        )  # fmt: skip
+        elapsed = (time.monotonic() - self.started) * 1000
+        logs.log_info(log, f"{self.client} key={response.key} {method} status={response.status} bytes={body} {elapsed:.1f}ms{note}")
 
     def log_timeout(self) -> None:
         if self.response is not None:
