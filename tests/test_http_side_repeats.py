@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -59,6 +60,26 @@ def test_repeat_answers_are_the_first_one_and_each_request_is_still_judged_on_it
         assert md5.headers["Digest"] == f"md5={base64.b64encode(hashlib.md5(data).digest()).decode()}"
         last = session.get(url, timeout=10)
         assert last.content == data and without_date(last) == without_date(first)
+
+
+def test_repeated_digest_requests_get_each_the_digests_they_asked(http_service):
+    """Answers are remembered per combination of digests asked: each repeat gets its own, in its order."""
+    data = os.urandom(5000)
+    url = http_service.url("/lab/digests.dat", data)
+    adler = f"adler32={zlib.adler32(data):08x}"
+    md5 = f"md5={base64.b64encode(hashlib.md5(data).digest()).decode()}"
+    sha = f"sha-256={base64.b64encode(hashlib.sha256(data).digest()).decode()}"
+    asked = [("adler32", adler), ("md5", md5), ("md5, adler32", f"{md5},{adler}"), ("sha-256;q=1", sha), ("adler32", adler)]
+    with requests.Session() as session:
+        for _ in range(3):
+            for want, expected in asked:
+                head = session.head(url, headers={"Want-Digest": want}, timeout=10)
+                assert head.status_code == 200 and head.headers["Digest"] == expected, want
+                got = session.get(url, headers={"Want-Digest": want}, timeout=10)
+                assert got.content == data and got.headers["Digest"] == expected, want
+            assert session.head(url, timeout=10).headers["Digest"] == adler, "ADLER32 unasked"
+        repr_digest = session.head(url, headers={"Want-Repr-Digest": "sha-256=10"}, timeout=10)
+        assert repr_digest.headers["Repr-Digest"] == f"sha-256=:{base64.b64encode(hashlib.sha256(data).digest()).decode()}:"
 
 
 def test_a_copy_marked_stale_fresh_or_dropped_meanwhile_is_answered_as_it_is_now(http_service):

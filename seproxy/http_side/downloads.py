@@ -43,11 +43,11 @@ from seproxy.http_side.body import FileSlice, GrowingSlice, Piece, body_length
 from seproxy.http_side.conditional import Validators
 from seproxy.http_side.digests import ALGORITHMS, DigestOf, checksum_values, file_digest
 from seproxy.http_side.growing import GrowingFile
-from seproxy.http_side.known import Known, KnownUrls, Prepared
+from seproxy.http_side.known import DIGEST_COMBINATIONS, Known, KnownUrls, Prepared, digests_asked
 from seproxy.http_side.links import Link, LinkStore
 from seproxy.http_side.on_demand import OnDemand
 from seproxy.http_side.propfind import DEPTHS, MULTISTATUS_TYPE, BadPropfind, FileProperties, multistatus, read_request
-from seproxy.http_side.representation import ASKED_BY, Plan, Representation, framed, plan
+from seproxy.http_side.representation import Plan, Representation, framed, plan
 from seproxy.http_side.request import ALLOW, RequestHead
 from seproxy.http_side.response import Refused, Response, encode_headers, plain
 from seproxy.http_side.shared_leases import OutsideCache, SharedLeases
@@ -205,13 +205,14 @@ class Downloads:
         representation = prepared.representation
         if request.method == "PROPFIND":
             return propfind_answer(request, [(request.path, file_properties(representation, entries, link.name))])
-        asks = not ASKED_BY.isdisjoint(request.headers)
-        if prepared.plain is not None and not asks:
-            return Response(200, [], list(prepared.body), encoded=prepared.plain)
+        asked = digests_asked(request.headers)
+        encoded = prepared.whole.get(asked) if asked is not None else None
+        if encoded is not None:
+            return Response(200, [], list(prepared.body), encoded=encoded)
         chosen = plan(request.method, request.headers, representation)
         response = self._planned(request, link, chosen, prepared.body, representation, prepared.extra)
-        if known is not None and not asks and response.status == 200:
-            prepared.plain = encode_headers(response.headers)
+        if asked is not None and known is not None and response.status == 200 and len(prepared.whole) < DIGEST_COMBINATIONS:
+            prepared.whole[asked] = encode_headers(response.headers)
         return response
 
     def _prepare(self, link: Link, entries: list[Entry]) -> Prepared:

@@ -18,15 +18,19 @@ entries that differ from those the answer was prepared from mean a new answer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from seproxy.cache import Entry
 from seproxy.http_side.body import Piece
+from seproxy.http_side.digests import WANT_DIGEST, WANT_REPR_DIGEST
 from seproxy.http_side.links import Link
-from seproxy.http_side.representation import Representation
+from seproxy.http_side.representation import ASKED_BY, Representation
 
 # URLs remembered per process (then it starts again: a few MiB at most).
 REMEMBERED = 4096
+DIGEST_ASKS = frozenset((WANT_DIGEST, WANT_REPR_DIGEST))
+# Answers of one URL remembered by the digests asked (clients ask a handful of combinations).
+DIGEST_COMBINATIONS = 8
 
 
 @dataclass
@@ -38,9 +42,9 @@ class Prepared:
     body: list[Piece]
     # Headers beside those of the plan: the copy's staleness, its XXH3.
     extra: dict[str, str]
-    # The encoded header lines of a 200 to a request that asks nothing of the plan (no condition,
-    # range or digest), once one was made: every such request gets the same.
-    plain: bytes | None = None
+    # The encoded header lines of a 200, by the digests asked (``digests_asked``), once one was made:
+    # every request that asks the same (and no condition or range) gets the same.
+    whole: dict[tuple[str | None, str | None], bytes] = field(default_factory=dict)
 
     def holds(self, entries: list[Entry]) -> bool:
         """Whether ``entries`` are those this was prepared from (the same objects while the leases'
@@ -77,3 +81,12 @@ class KnownUrls:
         if len(self._known) >= self._limit:
             self._known.clear()
         self._known[path] = known
+
+
+def digests_asked(headers: dict[str, str]) -> tuple[str | None, str | None] | None:
+    """The digests a request asks (``Want-Digest``, ``Want-Repr-Digest``), if that is all it asks of the
+    plan; None if it also asks a condition or a range, whose answer is worked out per request."""
+    asks = ASKED_BY.intersection(headers)
+    if not asks <= DIGEST_ASKS:
+        return None
+    return headers.get(WANT_DIGEST), headers.get(WANT_REPR_DIGEST)
