@@ -23,10 +23,10 @@ from typing import NamedTuple
 # ASCII digits only (Python's \d also takes other scripts' digits); blanks are SP and HTAB (RFC 9110 OWS).
 _SPEC = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
 _BLANKS = " \t"
-# A whole list of specs, empty elements allowed; written so that no two parts of it can take the same
-# blanks, so that a long list that fails to match fails in linear time.
-_ELEMENT = r"[ \t]*(?:(?:[0-9]+[ \t]*)?-(?:[ \t]*[0-9]+)?[ \t]*)?"
-_LIST = re.compile(rf"{_ELEMENT}(?:,{_ELEMENT})*")
+# A whole list of specs, empty elements allowed. No two parts of it can take the same blanks, and every
+# quantifier is possessive (never gives back what it took): a long list matches, or fails, in linear time.
+_ELEMENT = r"[ \t]*+(?:(?:[0-9]++[ \t]*+)?+-(?:[ \t]*+[0-9]++)?+[ \t]*+)?+"
+_LIST = re.compile(rf"{_ELEMENT}(?:,{_ELEMENT})*+")
 _PAIR = re.compile(r"([0-9]*)[ \t]*-[ \t]*([0-9]*)")
 # More digits than any file size; longer numbers are answered, not parsed.
 _MAX_DIGITS = 19
