@@ -21,7 +21,6 @@ import re
 from typing import NamedTuple
 
 # ASCII digits only (Python's \d also takes other scripts' digits); blanks are SP and HTAB (RFC 9110 OWS).
-_SPEC = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
 _BLANKS = " \t"
 # A whole list of specs, empty elements allowed. No two parts of it can take the same blanks, and every
 # quantifier is possessive (never gives back what it took): a long list matches, or fails, in linear time.
@@ -65,13 +64,8 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     Raises ``RangeNotSatisfiable`` for a well-formed range outside the file.
     """
     specs = _specs(header)
-    if specs is None or "," in specs:
-        return None
-    match = _spec(specs)
-    if match is None:
-        return None
-    first, last = match.groups()
-    return ByteRange(*_bounds(first, last, size))
+    pairs = None if specs is None or "," in specs else _pairs(specs)
+    return ByteRange(*_bounds(*pairs[0], size)) if pairs else None
 
 
 def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
@@ -82,22 +76,18 @@ def parse_ranges(header: str | None, size: int) -> list[ByteRange] | None:
     file are left out; ``RangeNotSatisfiable`` if no range is left.
     """
     specs = _specs(header)
-    if specs is None or specs.count(",") >= MAX_RANGES:
+    pairs = None if specs is None or specs.count(",") >= MAX_RANGES else _pairs(specs)
+    if pairs is None:
         return None
-    if _LIST.fullmatch(specs) is None:
-        return None
-    # Matched once as a whole, then taken apart: a vectored read sends dozens of ranges.
     bounds: list[tuple[int, int]] = []
     refusal: RangeNotSatisfiable | None = None
-    for first, last in _PAIR.findall(specs):
-        # The common "first-last" inside the file without the calls below.
+    for first, last in pairs:
+        # The common "first-last" inside the file without the calls below: a vectored read sends dozens.
         if first and last and len(first) <= _MAX_DIGITS and len(last) <= _MAX_DIGITS:
             start, end = int(first), int(last)
             if start <= end and start < size:
                 bounds.append((start, end if end < size else size - 1))
                 continue
-        elif not (first or last):
-            return None  # a lone "-"
         try:
             bounds.append(_bounds(first, last, size))
         except RangeNotSatisfiable as exc:
@@ -119,10 +109,13 @@ def _specs(header: str | None) -> str | None:
     return specs
 
 
-def _spec(text: str) -> re.Match[str] | None:
-    """One ``first-last`` spec, None if malformed (a lone ``-`` included)."""
-    match = _SPEC.fullmatch(text)
-    return None if match is None or match.groups() == ("", "") else match
+def _pairs(specs: str) -> list[tuple[str, str]] | None:
+    """The ``first-last`` pairs of a list of specs (empty elements left out), or None if one is
+    malformed (a lone ``-`` included): the list matched once as a whole, then taken apart."""
+    if _LIST.fullmatch(specs) is None:
+        return None
+    pairs: list[tuple[str, str]] = _PAIR.findall(specs)
+    return None if ("", "") in pairs else pairs
 
 
 def _bounds(first: str, last: str, size: int) -> tuple[int, int]:

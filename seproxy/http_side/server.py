@@ -443,7 +443,7 @@ class _Connection:
         self.sent = 0
         self.file: tuple[int, Path] | None = None  # (descriptor, path) of the file being sent
         self.mapped: memoryview | None = None  # that file mapped, once a second small slice of it is sent
-        self.slices_read = 0  # small slices of that file read so far
+        self.slice_read = False  # a small slice of that file was read (the next ones are mapped)
         # File bytes of the answer by (storage element, still being staged); through TLS, counted as read.
         self.file_bytes: Counter[tuple[str | None, bool]] = Counter()
 
@@ -743,9 +743,9 @@ class _Connection:
         Python touching them would die of SIGBUS; through TLS, Python's
         OpenSSL would read them.
         """
-        fd = self._descriptor(piece)
-        if self.mapped is None and (self.slices_read == 0 or self.server.tls is not None):
-            self.slices_read += 1
+        fd = self._descriptor(piece)  # first: a slice of another file closes (and unmaps) this one
+        if self.server.tls is not None or (self.mapped is None and not self.slice_read):
+            self.slice_read = True
             return self._read(piece, piece.length)
         if self.mapped is None:
             try:
@@ -772,7 +772,7 @@ class _Connection:
             self.file = None
         # Unmapped once the last view of it (a part still pending in a cut connection) is dropped.
         self.mapped = None
-        self.slices_read = 0
+        self.slice_read = False
 
     def _finish(self, now: float) -> bool:
         """The answer is out: log it, release its files; True if the connection stays open."""

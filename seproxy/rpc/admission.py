@@ -79,8 +79,7 @@ class AdmittingHandler(StreamedBodyHandler):
 
     def admit(self, method: str, rule: Sequence[str]) -> Caller:
         """The caller, if it may call ``method`` (whose handler rule is ``rule``); ``RequestError`` otherwise."""
-        if self._identified is None:
-            self.identify()
+        self.identify()
         override = self.service.settings.authorization.get(method)
         decision = authorize(override if override is not None else rule, self.caller, method)
         if not decision.allowed:
@@ -105,8 +104,7 @@ class AdmittingHandler(StreamedBodyHandler):
 
     def on_finish(self) -> None:
         super().on_finish()
-        if self._identified is None:
-            self._identify_for_the_log()
+        self._identify_for_the_log()
         logs.log_info(log, (
             f"{self.request.remote_ip} user={self.caller.username} dn={self.caller.dn!r} {self.access_subject()} "
             f"status={self._status_code} {self.access_detail()} {self.elapsed() * 1000:.1f}ms"
