@@ -19,7 +19,7 @@ import posixpath
 import re
 import unicodedata
 from typing import Any
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from seproxy.byte_range import MAX_RANGES, RangeNotSatisfiable, parse_range, parse_ranges
 from seproxy.http_side.grants import MAX_ENCODED, Grant
@@ -28,7 +28,8 @@ from seproxy.http_side.response import Refused
 from seproxy.http_side.signing import CLOCK_SKEW, SignedKey, Signer
 from seproxy.proxy.file_ids import parse_file_id
 from seproxy.rpc.arguments import check_arguments
-from seproxy.rpc.call import FORM_TYPE, METHOD_NAME, BadRequest, parse_call
+from seproxy.rpc.call import CALL_FIELDS, FORM_TYPE, METHOD_NAME, BadRequest, parse_call
+from seproxy.rpc.form import FormError, FormReader
 from seproxy.transfer import SErrorException, codec
 
 # --- the codec ---------------------------------------------------------------
@@ -349,6 +350,44 @@ def check_rpc_form(content_type: str, body: bytes) -> None:
         return
     assert 2 <= len(call.args) <= 3 and isinstance(call.args[0], str), call.args
     assert isinstance(call.args[1], (int, float)) and not isinstance(call.args[1], bool), call.args
+
+
+def _read_form(body: bytes, cuts: list[int]) -> dict[str, str] | str:
+    """The kept fields of ``body`` fed in the chunks ``cuts`` make, or the refusal's message."""
+    reader = FormReader(CALL_FIELDS)
+    try:
+        for start, end in itertools.pairwise([0, *sorted(set(cuts)), len(body)]):
+            reader.feed(body[start:end])
+        return reader.finish()
+    except FormError as refused:
+        return str(refused)
+
+
+def check_form_chunking(body: bytes, cuts: list[int]) -> None:
+    """A form reads the same however its body is cut into chunks, and as ``parse_qsl`` (strict) reads it;
+    a form that is refused is refused however cut (for the first fault its reader meets)."""
+    whole = _read_form(body, [])
+    cut = _read_form(body, [cut % (len(body) + 1) for cut in cuts])
+    assert cut == whole or (isinstance(cut, str) and isinstance(whole, str)), (body, cuts, whole, cut)
+    try:
+        text = body.decode()
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, errors="surrogateescape")
+    except (ValueError, UnicodeDecodeError):
+        assert isinstance(whole, str), (body, whole)
+        return
+    kept = [(name, value) for name, value in pairs if name in CALL_FIELDS]
+    if len({name for name, _ in kept}) != len(kept) or not all(_utf8(value) for _, value in kept):
+        assert isinstance(whole, str), (body, whole)  # a field twice, or one not UTF-8 once decoded
+    else:
+        assert whole == dict(kept), (body, whole)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_rpc_call(method: str, args: list[Any], raw_content: bool) -> None:

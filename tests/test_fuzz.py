@@ -333,6 +333,19 @@ def test_rpc_forms_become_calls_or_clear_refusals(content_type, body):
     properties.check_rpc_form(content_type, body)
 
 
+_form_bytes = st.lists(
+    st.sampled_from([b"&", b"=", b"%", b"+", b"%2", b"%26", b"%3D", b"%C3%A9", b"\xc3\xa9", b"\xff", b"a", b"9"])
+    | st.sampled_from([name.encode() for name in ("method", "args", "clientVO", "rawContent", "other")]),
+    max_size=24,
+).map(b"".join)
+
+
+@fuzz
+@given(_forms | _form_bytes, st.lists(st.integers(0, 200), max_size=6))
+def test_forms_read_alike_however_their_body_is_cut(body, cuts):
+    properties.check_form_chunking(body, cuts)
+
+
 @fuzz
 @given(_method_names, st.lists(unicode_values, max_size=4), st.booleans())
 def test_rpc_calls_arrive_as_sent(method, args, raw_content):

@@ -13,8 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
+import functools
 import json
 import math
+import threading
 from typing import Any
 
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -31,19 +33,21 @@ class CodecError(ValueError):
 
 
 class _Encoder(json.JSONEncoder):
-    """One per ``encode``: it counts the tagged values it writes (``tagged``)."""
+    """Kept per thread (``_encoder``) and reused: ``tagged`` counts the tagged values one ``encode`` wrote.
+
+    No circular check: a value that contains itself nests without end, and is refused as nested
+    too deeply (the check cost a dictionary insert per list and dict of every answer).
+    """
 
     def __init__(self) -> None:
-        super().__init__(allow_nan=False, separators=(",", ":"))
+        super().__init__(allow_nan=False, separators=(",", ":"), check_circular=False)
         self.tagged = 0
 
     def default(self, obj: Any) -> Any:
-        if isinstance(obj, (set, frozenset)):
-            return sorted(obj)
         if isinstance(obj, datetime.datetime):
-            if obj.tzinfo is not None:  # DIRAC's datetimes are naive UTC
-                obj = obj.astimezone(datetime.UTC).replace(tzinfo=None)
-            tagged = {"__dCls": "dt", "obj": obj.isoformat(sep=" ", timespec="seconds")}
+            tagged = {"__dCls": "dt", "obj": _datetime_text(obj)}
+        elif isinstance(obj, (set, frozenset)):
+            return sorted(obj)
         elif isinstance(obj, datetime.date):
             tagged = {"__dCls": "date", "obj": obj.isoformat()}
         elif isinstance(obj, (bytes, bytearray, memoryview)):
@@ -52,6 +56,27 @@ class _Encoder(json.JSONEncoder):
             raise TypeError(f"cannot encode a {type(obj).__name__} as DIRAC JSON")
         self.tagged += 1
         return tagged
+
+
+@functools.lru_cache(maxsize=64)
+def _datetime_text(moment: datetime.datetime) -> str:
+    """A datetime as DIRAC writes it, naive UTC to the second; answers carry the same few (now, a
+    service's start) again and again."""
+    if moment.tzinfo is not None:  # DIRAC's datetimes are naive UTC
+        moment = moment.astimezone(datetime.UTC).replace(tzinfo=None)
+    return moment.isoformat(sep=" ", timespec="seconds")
+
+
+_PER_THREAD = threading.local()
+
+
+def _encoder() -> _Encoder:
+    """This thread's encoder (answers are encoded on the event loop and in the pool's threads)."""
+    encoder: _Encoder | None = getattr(_PER_THREAD, "encoder", None)
+    if encoder is None:
+        encoder = _PER_THREAD.encoder = _Encoder()
+    encoder.tagged = 0
+    return encoder
 
 
 def _has_tag_key(data: Any) -> bool:
@@ -88,7 +113,7 @@ def _too_deep(data: Any, text: str) -> bool:
 
 def encode(data: Any) -> str:
     """Serialise ``data``; raises ``CodecError`` for what the wire cannot carry faithfully."""
-    encoder = _Encoder()
+    encoder = _encoder()
     try:
         text = encoder.encode(data)
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: an aware datetime beyond year 1..9999 in UTC

@@ -113,8 +113,10 @@ class StorageElementProxyHandler(RPCHandler):
             return 0
         return sendfile_body
 
+    routed_fields = frozenset({"args"})  # DIRAC's sendFile sends the file in its args
+
     def route_field(self, name: str, form: FormReader) -> FieldSink | None:
-        if name != "args" or form.field("method") != UPLOAD_METHOD or not self._upload_allowed():
+        if form.field("method") != UPLOAD_METHOD or not self._upload_allowed():
             return None
         limits = self.service.settings.service
         self._form_upload = FormUpload(self.resources.cache, self.caller.username, limits.max_form_upload, limits.max_form_size)

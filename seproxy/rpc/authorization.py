@@ -7,6 +7,7 @@ names, any one of which the caller's group must hold.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,11 +24,20 @@ class Decision:
     reason: str = ""
 
 
+ALLOWED = Decision(True)
+
+
+@functools.lru_cache(maxsize=256)
+def _words(rule: tuple[str, ...]) -> frozenset[str]:
+    """A rule's words, "all" and "authenticated" in any case (rules are few: the handler's and the config's)."""
+    return frozenset(word.lower() if word.lower() in (ALL, AUTHENTICATED) else word for word in rule)
+
+
 def authorize(rule: Sequence[str], caller: Caller, method: str) -> Decision:
     """Decide whether ``caller`` may call ``method`` under ``rule``."""
-    words = {word.lower() if word.lower() in (ALL, AUTHENTICATED) else word for word in rule}
+    words = _words(tuple(rule))
     if ALL in words:
-        return Decision(True)
+        return ALLOWED
     if caller.anonymous:
         return Decision(False, 401, f"{method} needs a client certificate")
     if caller.seconds_left() == 0:
@@ -39,10 +49,10 @@ def authorize(rule: Sequence[str], caller: Caller, method: str) -> Decision:
     if not caller.valid_group:
         return Decision(False, 403, f"user {caller.username!r} is not a member of group {caller.group!r}")
     if AUTHENTICATED in words:
-        return Decision(True)
+        return ALLOWED
     needed = sorted(words)
     if words.intersection(caller.properties):
-        return Decision(True)
+        return ALLOWED
     if not needed:
         return Decision(False, 403, f"{method} is not open to any caller")
     return Decision(

@@ -17,6 +17,7 @@ digits stays as it is; names and values must be UTF-8 once decoded.
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Callable, Collection
 from urllib.parse import unquote_to_bytes
 
@@ -29,8 +30,17 @@ class FormError(ValueError):
 _UTF8 = codecs.getincrementaldecoder("utf-8")
 
 
+_HEX_DIGITS = frozenset(bytes([digit]) for digit in b"0123456789abcdefABCDEF")
+
+
 def _route_nothing(name: str) -> None:
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded(names: tuple[str, ...]) -> frozenset[bytes]:
+    """Names as the body has them; a reader per request asks for the same ones."""
+    return frozenset(name.encode() for name in names)
 
 
 def _decoded(raw: bytes) -> bytes:
@@ -42,14 +52,22 @@ class FormReader:
     """Feed it the body chunk by chunk, then ``finish()``: the kept fields as text.
 
     ``kept`` names the fields to keep (any other is checked and dropped);
-    ``route(name)``, asked when a kept field's value begins, may return a
-    callable that gets the value's decoded bytes instead of the reader.
+    ``route(name)``, asked when the value of a kept field named in ``routed``
+    begins, may return a callable that gets the value's decoded bytes
+    instead of the reader (most calls route nothing: asking costs a call per field).
     """
 
-    def __init__(self, kept: Collection[str], route: Callable[[str], Callable[[bytes], None] | None]) -> None:
-        self._kept = {name.encode() for name in kept}
+    def __init__(
+        self,
+        kept: tuple[str, ...],
+        route: Callable[[str], Callable[[bytes], None] | None] = _route_nothing,
+        routed: Collection[str] = (),
+    ) -> None:
+        self._kept = _encoded(kept)
         self._route = route
-        self._utf8 = _UTF8("strict")
+        self._routed_names = frozenset(routed)
+        # The check that the body is UTF-8, made once a chunk is not ASCII (a form seldom has a byte that is not).
+        self._utf8: codecs.IncrementalDecoder | None = None
         self._carry = b""
         self._started = False
         self._name = bytearray()
@@ -57,7 +75,8 @@ class FormReader:
         self._value: bytearray | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._keeping = False
-        self._fields: dict[str, bytearray | None] = {}
+        self._field_name = ""  # the kept field being read, as text
+        self._fields: dict[str, bytes | bytearray | None] = {}
         # Bytes of the body fed, and those of them that went to a sink.
         self._fed = 0
         self._routed = 0
@@ -76,34 +95,59 @@ class FormReader:
             return None
 
     def feed(self, chunk: bytes) -> None:
-        try:
-            self._utf8.decode(chunk)  # only checked: the raw body must be UTF-8 too
-        except UnicodeDecodeError:
-            raise FormError("the request body is not valid UTF-8") from None
+        if self._utf8 is not None or not chunk.isascii():
+            self._utf8 = self._utf8 or _UTF8("strict")
+            try:
+                self._utf8.decode(chunk)  # only checked: the raw body must be UTF-8 too
+            except UnicodeDecodeError:
+                raise FormError("the request body is not valid UTF-8") from None
         self._started = self._started or bool(chunk)
         self._fed += len(chunk)
         data = self._carry + chunk
-        # An escape cut by the chunk's end waits for its hex digits.
-        hold = 2 if data[-2:-1] == b"%" else 1 if data[-1:] == b"%" else 0
+        # An escape cut by the chunk's end waits for its hex digits (a "%" and one: they may be one yet).
+        hold = 2 if data[-2:-1] == b"%" and data[-1:] in _HEX_DIGITS else 1 if data[-1:] == b"%" else 0
         data, self._carry = (data[:-hold], data[-hold:]) if hold else (data, b"")
-        # Split at the pairs, then a name at its first "=": one step per field rather than per separator.
-        for index, pair in enumerate(data.split(b"&")):
-            if index:
-                self._end_pair()
-            if self._value is None:
-                name, equals, pair = pair.partition(b"=")
-                self._name += _decoded(name)
-                if not equals:
-                    continue
-                self._begin_value()
-            # In a value, an "=" is a plain byte (never part of an escape), not counted as a sink's.
-            if self._sink is not None:
-                if pair:
-                    self._routed += len(pair) - pair.count(b"=")
-                    self._sink(_decoded(pair))
-            elif self._keeping and pair:
-                assert self._value is not None  # a value is being read: ``_take``'s case, without its call
-                self._value += _decoded(pair)
+        # Split at the pairs: every piece but the last ends in this chunk; the first may continue a pair
+        # begun in an earlier one.
+        *ended, last = data.split(b"&")
+        if ended and (self._value is not None or self._name):
+            self._part(ended.pop(0))
+            self._end_pair()
+        for pair in ended:
+            # A pair that began and ended in this chunk (all of a small form's but the last): taken as it
+            # is, without the state a pair cut by a chunk's end needs.
+            name, equals, value = pair.partition(b"=")
+            if b"%" in name or b"+" in name:
+                name = _decoded(name)
+            if not equals:
+                raise _bad_field(name)
+            if name in self._kept:
+                sink = self._begin_field(name)
+                if sink is None:
+                    self._fields[self._field_name] = _decoded(value)
+                else:
+                    if value:
+                        self._routed += len(value) - value.count(b"=")
+                        sink(_decoded(value))
+                    self._fields[self._field_name] = None
+        self._part(last)
+
+    def _part(self, piece: bytes) -> None:
+        """Piece of a pair that a chunk's end cut (split at "&"): of its name, maybe its "=", of its value."""
+        if self._value is None:
+            name, equals, piece = piece.partition(b"=")
+            self._name += _decoded(name)
+            if not equals:
+                return
+            self._begin_value()
+        # In a value, an "=" is a plain byte (never part of an escape), not counted as a sink's.
+        if self._sink is not None:
+            if piece:
+                self._routed += len(piece) - piece.count(b"=")
+                self._sink(_decoded(piece))
+        elif self._keeping and piece:
+            assert self._value is not None  # a value is being read: ``_take``'s case, without its call
+            self._value += _decoded(piece)
 
     def finish(self) -> dict[str, str]:
         """The kept fields (a routed one: empty) once the body is all in."""
@@ -111,7 +155,8 @@ class FormReader:
         # reference cycle with the handler holding this reader, freed only by the cyclic collector).
         self._route = _route_nothing
         try:
-            self._utf8.decode(b"", final=True)
+            if self._utf8 is not None:
+                self._utf8.decode(b"", final=True)
         except UnicodeDecodeError:
             raise FormError("the request body is not valid UTF-8") from None
         self._text(self._carry)
@@ -145,20 +190,28 @@ class FormReader:
         name = bytes(self._name)
         self._value = bytearray()
         self._keeping = name in self._kept
-        if not self._keeping:
-            return
-        text = name.decode()
+        if self._keeping:
+            self._sink = self._begin_field(name)
+
+    def _begin_field(self, name: bytes) -> Callable[[bytes], None] | None:
+        """A kept field begins: once only, and routed if ``route`` takes it (the sink then)."""
+        text = self._field_name = name.decode()
         if text in self._fields:
             raise FormError(f"form field {text!r} is given more than once")
-        self._sink = self._route(text)
+        return self._route(text) if text in self._routed_names else None
 
     def _end_pair(self) -> None:
         if self._value is None:
-            shown = bytes(self._name[:32]).decode("utf-8", "replace")
-            raise FormError(f"the request body is not a valid form: bad query field: {shown!r}")
+            raise _bad_field(self._name)
         if self._keeping:
-            self._fields[bytes(self._name).decode()] = None if self._sink is not None else self._value
+            self._fields[self._field_name] = None if self._sink is not None else self._value
         self._name = bytearray()
         self._value = None
         self._sink = None
         self._keeping = False
+
+
+def _bad_field(name: bytes | bytearray) -> FormError:
+    """A pair without "=" (``name`` is what it had)."""
+    shown = bytes(name[:32]).decode("utf-8", "replace")
+    return FormError(f"the request body is not a valid form: bad query field: {shown!r}")

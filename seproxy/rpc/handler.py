@@ -37,7 +37,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import tornado.web
 from tornado.httputil import HTTPServerRequest
@@ -58,12 +58,14 @@ log = logging.getLogger("seproxy.rpc")
 
 __all__ = ["DEFAULT_AUTH", "NotFoundHandler", "RPCHandler", "ServiceContext"]
 
-PRIVATE_KEYS = ("CallStack", "ExecInfo")
+PRIVATE_KEYS = frozenset(("CallStack", "ExecInfo"))
 # A call whose body is larger is decoded, and its answer encoded, off the event loop.
 INLINE_BODY = 4096
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
+    if PRIVATE_KEYS.isdisjoint(result):
+        return result  # (most results: no copy)
     return {k: v for k, v in result.items() if k not in PRIVATE_KEYS}
 
 
@@ -85,6 +87,15 @@ class FieldSink(Protocol):
 
     async def abort(self) -> None:
         """The request ended without the method taking what was sent: drop it. Never raises."""
+
+
+class _Exported(NamedTuple):
+    """What a handler class says of one exported method (``RPCHandler._export``)."""
+
+    name: str  # of the handler's attribute: export_<method>
+    rule: Sequence[str]  # auth_<method>
+    types: Sequence[TypeSpec]  # types_<method>
+    coroutine: bool  # runs on the event loop
 
 
 @tornado.web.stream_request_body
@@ -133,6 +144,19 @@ class RPCHandler(AdmittingHandler):
             return _whole_body(cls)
         return cls  # other types too: Tornado would parse a multipart body whole, before the 415
 
+    @classmethod
+    @functools.lru_cache(maxsize=1024)
+    def _export(cls, method: str) -> _Exported | None:
+        """``method`` as this class exports it, or None when it exports no such method: looked up by
+        name once per class (method names are checked to be names first: the cache holds at most
+        the ones callers tried)."""
+        function = getattr(cls, f"export_{method}", None)
+        if function is None or not callable(function):
+            return None
+        rule = getattr(cls, f"auth_{method}", DEFAULT_AUTH)
+        types = getattr(cls, f"types_{method}", ())
+        return _Exported(f"export_{method}", rule, types, inspect.iscoroutinefunction(function))
+
     def initialize(self, service: ServiceContext) -> None:
         super().initialize(service)
         # A body given whole is taken from the request before Tornado parses it as a form of its
@@ -141,7 +165,8 @@ class RPCHandler(AdmittingHandler):
         if not self._stream_request_body:
             self._given_body, self.request.body = self.request.body, b""
         self.call: RPCCall | None = None
-        self._form = form_reader(self._route)
+        self._exported: _Exported | None = None  # the method the call named, once found
+        self._form = form_reader(self._route, self.routed_fields)
         self._sink: tuple[str, FieldSink] | None = None
         self._anonymous = True
         self._limit: int = service.settings.service.max_anonymous_form_size
@@ -152,9 +177,12 @@ class RPCHandler(AdmittingHandler):
         # (result, its JSON) when the pool thread that ran the method encoded its answer too.
         self._encoded: tuple[Any, str] | None = None
 
+    # The form fields ``route_field`` may take (it is asked of no other).
+    routed_fields: ClassVar[frozenset[str]] = frozenset()
+
     def route_field(self, name: str, form: FormReader) -> FieldSink | None:
-        """Hook: a sink to take form field ``name`` as it arrives instead of keeping it (None: keep it).
-        ``self.call`` is not known yet; the fields read so far are in ``form``."""
+        """Hook: a sink to take form field ``name`` (one of ``routed_fields``) as it arrives instead
+        of keeping it (None: keep it). ``self.call`` is not known yet; the fields read so far are in ``form``."""
         return None
 
     def streamed_body_limit(self) -> int:
@@ -192,7 +220,7 @@ class RPCHandler(AdmittingHandler):
             self.refuse(400, S_ERROR(errno.EINVAL, f"Content-Length {declared[:32]!r} is not a number"))
         elif declared is not None and length is not None and length > self._ceiling:
             self._reject_size(declared)
-        else:
+        elif self._stream_request_body:  # (the variant given its body whole takes forms only: ``for_request``)
             try:
                 check_form_type(self.request.headers.get("Content-Type", ""))
             except BadRequest as exc:
@@ -297,15 +325,16 @@ class RPCHandler(AdmittingHandler):
         else:
             self.call = _decoded(self._form, routed)
         method = self.call.method
-        function = getattr(self, f"export_{method}", None)
-        if function is None or not callable(function):
+        exported = self._exported = self._export(method)
+        if exported is None:
             raise RequestError(501, S_ERROR(errno.ENOSYS, f"unknown method {method!r} of {self.service_name}"))
-        self.admit(method, getattr(self, f"auth_{method}", DEFAULT_AUTH))
+        self.admit(method, exported.rule)
         if isinstance(self.call.extra_credentials, (list, tuple)):
             raise RequestError(403, S_ERROR(errno.EACCES, "delegated credentials (extraCredentials) are not supported"))
-        check_arguments(method, function, getattr(self, f"types_{method}", ()), self.call.args)
+        function = getattr(self, exported.name)
+        check_arguments(method, function, exported.types, self.call.args)
         self.initializeRequest()
-        if _is_coroutine(getattr(function, "__func__", function)):
+        if exported.coroutine:
             return await function(*self.call.args)
         return await self.service.executor.run(self._in_thread, function, *self.call.args)
 
@@ -376,8 +405,7 @@ class RPCHandler(AdmittingHandler):
         self._uncount()
         if self._outcome == "-" and self._status_code < 400:
             self._outcome = "streamed"  # a method that wrote its own answer (streamToClient)
-        known = self.call is not None and callable(getattr(self, f"export_{self.call.method}", None))
-        method = self.call.method if known and self.call else "unknown"
+        method = self.call.method if self.call is not None and self._exported is not None else "unknown"
         ok = self._outcome in ("OK", "streamed")
         calls, duration = _call_metrics(method, metrics.outcome_of(self._meaning or self._status_code, ok))
         calls.inc()
@@ -460,11 +488,8 @@ def _whole_body(handler: type[RPCHandler]) -> type[RPCHandler]:
     return variant
 
 
-@functools.lru_cache(maxsize=1024)
-def _is_coroutine(function: Callable[..., Any]) -> bool:
-    """Whether a method runs on the event loop; keyed on the plain function (a bound method is a new
-    object per request), as unwrapping and flag checks cost more than a cache look-up."""
-    return inspect.iscoroutinefunction(function)
+
+
 
 
 @functools.lru_cache(maxsize=1024)
