@@ -8,6 +8,7 @@ checked before any path is built from them.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from pathlib import Path
@@ -46,6 +47,9 @@ class Layout:
     def create(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
+        # The stamp of changes exists from the start (created empty, never touched if there): a
+        # reader asks for it once per download, and looking for a missing file costs a failed open.
+        os.close(os.open(self.changes, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
 
     def entry_path(self, entry_id: str) -> Path:
         # Fan out over 256 folders so that no folder grows too large to list.
