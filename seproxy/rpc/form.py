@@ -123,8 +123,7 @@ class FormReader:
             # A pair that began and ended in this chunk (all of a small form's but the last): taken as it
             # is, without the state a pair cut by a chunk's end needs.
             name, equals, value = pair.partition(b"=")
-            if b"%" in name or b"+" in name:
-                name = _decoded(name)
+            name = _decoded(name)
             if not equals:
                 raise _bad_field(name)
             if name in self._kept:
@@ -132,9 +131,7 @@ class FormReader:
                 if sink is None:
                     self._fields[self._field_name] = _decoded(value)
                 else:
-                    if value:
-                        self._routed += len(value) - value.count(b"=")
-                        sink(_decoded(value))
+                    self._to_sink(sink, value)
                     self._fields[self._field_name] = None
         self._part(last)
 
@@ -146,14 +143,18 @@ class FormReader:
             if not equals:
                 return
             self._begin_value()
-        # In a value, an "=" is a plain byte (never part of an escape), not counted as a sink's.
         if self._sink is not None:
-            if piece:
-                self._routed += len(piece) - piece.count(b"=")
-                self._sink(_decoded(piece))
+            self._to_sink(self._sink, piece)
         elif self._keeping and piece:
             assert self._value is not None  # a value is being read: ``_take``'s case, without its call
             self._value += _decoded(piece)
+
+    def _to_sink(self, sink: Callable[[bytes], None], piece: bytes) -> None:
+        """Piece of a routed field's value, to its sink. In a value, an "=" is a plain byte (never part
+        of an escape), not counted as a sink's."""
+        if piece:
+            self._routed += len(piece) - piece.count(b"=")
+            sink(_decoded(piece))
 
     def finish(self) -> dict[str, str]:
         """The kept fields (a routed one: empty) once the body is all in."""
