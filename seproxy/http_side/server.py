@@ -395,12 +395,6 @@ def _gathered(piece: FileSlice) -> bool:
     return piece.length <= GATHER_SLICE and not isinstance(piece, GrowingSlice)
 
 
-def _more(following: Piece | memoryview | None) -> int:
-    """The flags of a send followed by ``following``: MSG_MORE if bytes follow at once, so that the kernel
-    puts them in the same packets. Not before a growing file: the kernel would hold these bytes while it waits."""
-    return socket.MSG_MORE if following is not None and not isinstance(following, GrowingSlice) else 0
-
-
 def _release(future: Future[Response]) -> None:
     """Drop what an answer nobody will send holds (its cache read leases)."""
     if not future.cancelled() and future.exception() is None:
@@ -617,12 +611,7 @@ class _Connection:
         while True:
             if isinstance(piece, GrowingSlice):
                 piece = self._arrived(piece)
-            if not isinstance(piece, FileSlice):
-                following = self.pending[1] if len(self.pending) > 1 else None
-                if following is None or (isinstance(following, FileSlice) and not _gathered(following)):
-                    return self._send_bytes(piece, following)
-                return self._send_gathered()
-            if _gathered(piece):
+            if not isinstance(piece, FileSlice) or _gathered(piece):
                 return self._send_gathered()
             if self.server.tls is not None:
                 # No sendfile through TLS: the chunk read here goes out as a bytes piece.
@@ -635,19 +624,6 @@ class _Connection:
                 raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
             self._advance_slice(piece, sent)
             return sent, sent == offered
-
-    def _send_bytes(self, piece: bytes | memoryview, following: Piece | memoryview | None) -> tuple[int, bool]:
-        """Send a run of bytes that nothing joins (an answer's head before its file, a refusal's text):
-        one ``send``, without the gathering of ``_send_gathered``, which cost more than the send."""
-        if self.server.tls is not None:
-            sent = self.sock.send(piece)
-        else:
-            sent = self.sock.send(piece, _more(following))
-        if sent < len(piece):
-            self.pending[0] = memoryview(piece)[sent:]
-        else:
-            self.pending.popleft()
-        return sent, sent == len(piece)
 
     def _send_gathered(self) -> tuple[int, bool]:
         """Send the run of bytes and small file slices at the head of ``pending`` in one system call.
@@ -685,7 +661,10 @@ class _Connection:
             sent = self.sock.send(b"".join(buffers) if len(buffers) > 1 else buffers[0])
         else:
             following = self.pending[len(buffers)] if len(buffers) < len(self.pending) else None
-            sent = self.sock.sendmsg(buffers, (), _more(following))
+            # No MSG_MORE before a growing file: the kernel would hold these bytes while it waits.
+            more = socket.MSG_MORE if following is not None and not isinstance(following, GrowingSlice) else 0
+            # One buffer (an answer's head before its file, say): a plain send costs less than a vector.
+            sent = self.sock.sendmsg(buffers, (), more) if len(buffers) > 1 else self.sock.send(buffers[0], more)
         left = sent
         for buffer in buffers:
             if not left:
