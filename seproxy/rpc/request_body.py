@@ -29,6 +29,7 @@ import tornado.web
 from tornado.httputil import HTTPServerRequest
 from tornado.ioloop import IOLoop
 
+from seproxy.rpc.default_head import DefaultHead
 from seproxy.transfer import S_ERROR, codec
 
 # Bytes per second a body must average, past its first ``grace`` seconds.
@@ -141,7 +142,8 @@ def arrived_whole(request: HTTPServerRequest, limit: int) -> bool:
     every body is read as it arrives again, as before.
     """
     declared = request.headers.get("Content-Length")
-    if declared is None or not declared.isdigit() or len(declared) > 9 or "Content-Encoding" in request.headers:
+    # get_list: a missing header costs no KeyError raised and caught, as ``in`` does.
+    if declared is None or not declared.isdigit() or len(declared) > 9 or request.headers.get_list("Content-Encoding"):
         return False
     buffered: int = getattr(getattr(request.connection, "stream", None), "_read_buffer_size", -1)
     return buffered >= int(declared) <= limit
@@ -162,7 +164,7 @@ def http_error(status_code: int, reason: str, exc_info: Any = None) -> dict[str,
     return S_ERROR(code, f"HTTP {status_code}: {reason or 'error'}{detail}")
 
 
-class StreamedBodyHandler(tornado.web.RequestHandler):
+class StreamedBodyHandler(DefaultHead):
     """Base of handlers that read their body as it arrives; see the module docstring.
 
     A subclass calls ``guard_body`` in ``initialize``, ``refuse`` to refuse,
