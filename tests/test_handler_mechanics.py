@@ -4,14 +4,17 @@ The service runs in a thread of the test process with a handler class made
 for these tests; the TLS, HTTP and RPC layers are the real ones.
 """
 
+import email.utils
 import errno
 import gc
 import logging
+import socket
 import threading
 import time
 import weakref
 
 import pytest
+import requests
 from fixtures.service import ServiceThread, base_config, post_form, rpc_fields
 
 from seproxy.rpc.executor import CallCancelled, check_cancelled
@@ -141,3 +144,30 @@ def test_a_finished_call_is_freed_without_the_cyclic_collector(exercise, pki):
     finally:
         gc.enable()
     assert len(made_handlers) == 5 and not alive, f"{len(alive)} of {len(made_handlers)} handlers still alive"
+
+
+def test_answers_are_dated_with_their_second(exercise, pki):
+    """The Date header is made once a second (``DefaultHead``): it still moves with the clock."""
+    first = call(exercise, pki, "ping")
+    time.sleep(1.1)
+    second = call(exercise, pki, "ping")
+    dates = [email.utils.parsedate_to_datetime(response.headers["Date"]).timestamp() for response in (first, second)]
+    assert abs(dates[1] - time.time()) <= 2
+    assert dates[1] - dates[0] >= 1
+    assert second.headers["Server"].startswith("TornadoServer/")
+
+
+def test_a_connection_keeps_nodelay_and_reads_a_tls_record_at_a_time(exercise, pki):
+    """Tornado turns TCP_NODELAY off after each answer and reads into a new 64 KiB buffer each time;
+    the RPC server keeps it on (no two system calls per call) and reads one TLS record's worth."""
+    with requests.Session() as session:
+        for method in ("ping", "echo"):
+            response = session.post(
+                exercise.url, data=rpc_fields(method, *(["x"] if method == "echo" else [])),
+                cert=str(pki.proxy), verify=str(pki.ca_dir), timeout=30,
+            )  # fmt: skip
+            assert response.status_code == 200 and codec.decode(response.content)["OK"]
+        streams = [stream for stream in exercise._server._clients if not stream.closed()]
+        assert len(streams) == 1
+        assert streams[0].socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert streams[0].read_chunk_size == 16 * 1024

@@ -33,7 +33,8 @@ def caller_of(request: HTTPServerRequest, registry: Registry, tokens: TokenVerif
     change under it) and per registry: a reloaded registry is a new object,
     so connections resolve their caller again.
     """
-    authorization = request.headers.get("Authorization", "")
+    # get_list: a missing header costs no KeyError raised and caught, as ``get`` does.
+    authorization = ",".join(request.headers.get_list("Authorization"))
     if authorization[:7].lower() == "bearer ":
         if tokens is None:
             raise CredentialsRefused("bearer token refused: this service is not configured to accept bearer tokens")
