@@ -72,12 +72,10 @@ class StorageElementProxyHandler(RPCHandler):
     auth_bulkToClient: ClassVar = READ
     types_bulkToClient: ClassVar = (str, str, str)
 
-    def initialize(self, service: ServiceContext) -> None:
-        super().initialize(service)
-        # DIRAC's sendFile from a caller who may upload: the file goes to the cache as the form arrives.
-        # Whether they may is decided when a body could need it (None: not yet), not for every call.
-        self._may_upload: bool | None = None
-        self._form_upload: FormUpload | None = None
+    # DIRAC's sendFile from a caller who may upload: the file goes to the cache as the form arrives.
+    # Whether they may is decided when a body could need it (None: not yet), not for every call.
+    _may_upload: bool | None = None
+    _form_upload: FormUpload | None = None
 
     @classmethod
     def initializeHandler(cls, service: ServiceContext) -> ProxyResources:

@@ -51,14 +51,14 @@ class AdmittingHandler(StreamedBodyHandler):
     """
 
     service: ServiceContext
+    caller = NOBODY
+    _identified: Caller | None = None
 
     def initialize(self, service: ServiceContext) -> None:
         self.service = service
         # Only told apart, never a secret: pseudo-random, without a system call per request (random
         # seeds each forked worker afresh).
         self.request_id = f"{random.getrandbits(48):012x}"
-        self.caller = NOBODY
-        self._identified: Caller | None = None
         self._started = time.monotonic()
         self.guard_body(service.settings.service.idle_connection_timeout)
 

@@ -49,7 +49,7 @@ from seproxy.rpc.admission import DEFAULT_AUTH, AdmittingHandler, RequestError
 from seproxy.rpc.arguments import TypeSpec, check_arguments
 from seproxy.rpc.call import BadRequest, RPCCall, call_of, check_form_type, form_reader, is_form_type, read_fields
 from seproxy.rpc.context import Resources, ServiceContext
-from seproxy.rpc.executor import current_call
+from seproxy.rpc.executor import CallContext, current_call
 from seproxy.rpc.form import FormError, FormReader
 from seproxy.rpc.request_body import arrived_whole
 from seproxy.transfer import S_ERROR, S_OK, codec, isReturnStructure
@@ -157,25 +157,31 @@ class RPCHandler(AdmittingHandler):
         types = getattr(cls, f"types_{method}", ())
         return _Exported(f"export_{method}", rule, types, inspect.iscoroutinefunction(function))
 
+    # The state of one request, where it starts as the class says (one handler is made per request:
+    # what it need not set, it need not hold).
+    # A body given whole, taken from the request before Tornado parses it as a form of its own (its
+    # arguments, which the handler never reads): the form reader reads it in ``post``.
+    _given_body = b""
+    call: RPCCall | None = None
+    _exported: _Exported | None = None  # the method the call named, once found
+    _sink: tuple[str, FieldSink] | None = None
+    _anonymous = True
+    _outcome = "-"
+    # The status a refused call means (it may go out as 200: ``rpc_status``), for the metrics.
+    _meaning: int | None = None
+    # (result, its JSON) when the pool thread that ran the method encoded its answer too.
+    _encoded: tuple[Any, str] | None = None
+    _counted = False  # in ``service.in_flight``
+    # The context of the method running in the pool (``on_connection_close`` cancels it).
+    _call_context: CallContext | None = None
+
     def initialize(self, service: ServiceContext) -> None:
         super().initialize(service)
-        # A body given whole is taken from the request before Tornado parses it as a form of its
-        # own (its arguments, which the handler never reads): the form reader reads it in ``post``.
-        self._given_body = b""
         if not self._stream_request_body:
             self._given_body, self.request.body = self.request.body, b""
-        self.call: RPCCall | None = None
-        self._exported: _Exported | None = None  # the method the call named, once found
         self._form = form_reader(self._route, self.routed_fields)
-        self._sink: tuple[str, FieldSink] | None = None
-        self._anonymous = True
         self._limit: int = service.settings.service.max_anonymous_form_size
         self._ceiling: int = self._limit
-        self._outcome = "-"
-        # The status a refused call means (it may go out as 200: ``rpc_status``), for the metrics.
-        self._meaning: int | None = None
-        # (result, its JSON) when the pool thread that ran the method encoded its answer too.
-        self._encoded: tuple[Any, str] | None = None
 
     # The form fields ``route_field`` may take (it is asked of no other).
     routed_fields: ClassVar[frozenset[str]] = frozenset()
@@ -281,13 +287,13 @@ class RPCHandler(AdmittingHandler):
         super().on_connection_close()
         if self._sink is not None:
             self._dropping = asyncio.ensure_future(self._drop_sink())
-        context = getattr(self, "_call_context", None)
+        context = self._call_context
         if context is not None:
             context.cancelled.set()
         self._uncount()
 
     def _uncount(self) -> None:
-        if getattr(self, "_counted", False):
+        if self._counted:
             self._counted = False
             self.service.in_flight -= 1
 

@@ -172,13 +172,14 @@ class StreamedBodyHandler(DefaultHead):
     HTTP method, and answers with ``send_json``.
     """
 
+    _refusal: tuple[int, dict[str, Any]] | None = None
+    _received = 0
+    # The largest refused body read to its end (a handler may take more from callers it knows).
+    drain_limit = DRAIN_LIMIT
+
     def guard_body(self, grace: float) -> None:
         """Start the body's deadline: ``grace`` seconds, then ``MIN_BODY_RATE`` (none for a body Tornado
         read whole: it is in already)."""
-        self._refusal: tuple[int, dict[str, Any]] | None = None
-        self._received = 0
-        # The largest refused body read to its end (a handler may take more from callers it knows).
-        self.drain_limit = DRAIN_LIMIT
         self._deadline: BodyDeadline | _BodyInAlready = (
             BodyDeadline(grace, self._too_slow) if self._stream_request_body else _BODY_IN_ALREADY
         )
