@@ -352,12 +352,14 @@ def check_rpc_form(content_type: str, body: bytes) -> None:
     assert isinstance(call.args[1], (int, float)) and not isinstance(call.args[1], bool), call.args
 
 
-def _read_form(body: bytes, cuts: list[int]) -> dict[str, str] | str:
-    """The kept fields of ``body`` fed in the chunks ``cuts`` make, or the refusal's message."""
+def _read_form(body: bytes, cuts: list[int], last: bool = False) -> dict[str, str] | str:
+    """The kept fields of ``body`` fed in the chunks ``cuts`` make, or the refusal's message; ``last``:
+    the reader is told which chunk is the body's last."""
     reader = FormReader(CALL_FIELDS)
+    chunks = [body[start:end] for start, end in itertools.pairwise([0, *sorted(set(cuts)), len(body)])]
     try:
-        for start, end in itertools.pairwise([0, *sorted(set(cuts)), len(body)]):
-            reader.feed(body[start:end])
+        for number, chunk in enumerate(chunks, 1):
+            reader.feed(chunk, last=last and number == len(chunks))
         return reader.finish()
     except FormError as refused:
         return str(refused)
@@ -367,8 +369,9 @@ def check_form_chunking(body: bytes, cuts: list[int]) -> None:
     """A form reads the same however its body is cut into chunks, and as ``parse_qsl`` (strict) reads it;
     a form that is refused is refused however cut (for the first fault its reader meets)."""
     whole = _read_form(body, [])
-    cut = _read_form(body, [cut % (len(body) + 1) for cut in cuts])
-    assert cut == whole or (isinstance(cut, str) and isinstance(whole, str)), (body, cuts, whole, cut)
+    cuts = [cut % (len(body) + 1) for cut in cuts]
+    for told in (_read_form(body, [], last=True), _read_form(body, cuts), _read_form(body, cuts, last=True)):
+        assert told == whole or (isinstance(told, str) and isinstance(whole, str)), (body, cuts, whole, told)
     try:
         text = body.decode()
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True, errors="surrogateescape")

@@ -122,7 +122,7 @@ def parse_call(content_type: str, body: bytes) -> RPCCall:
     check_form_type(content_type)
     reader = form_reader()
     try:
-        reader.feed(body)
+        reader.feed(body, last=True)
     except FormError as exc:
         raise BadRequest(str(exc)) from None
     return call_of(read_fields(reader))

@@ -65,8 +65,8 @@ class FormReader:
 
     # One reader per call: slots make it smaller and its attributes quicker to set.
     __slots__ = (
-        "_carry", "_fed", "_field_name", "_fields", "_keeping", "_kept", "_name", "_route", "_routed",
-        "_routed_names", "_sink", "_started", "_utf8", "_value",
+        "_carry", "_fed", "_field_name", "_fields", "_keeping", "_kept", "_name", "_open", "_route",
+        "_routed", "_routed_names", "_sink", "_utf8", "_value",
     )  # fmt: skip
 
     def __init__(
@@ -81,7 +81,7 @@ class FormReader:
         # The check that the body is UTF-8, made once a chunk is not ASCII (a form seldom has a byte that is not).
         self._utf8: codecs.IncrementalDecoder | None = None
         self._carry = b""
-        self._started = False
+        self._open = False  # the body's last pair so far has not ended: ``finish`` ends it
         self._name = bytearray()
         # The value of the pair being read: None while its name is read.
         self._value: bytearray | None = None
@@ -106,22 +106,27 @@ class FormReader:
         except UnicodeDecodeError:
             return None
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes, last: bool = False) -> None:
+        """The body's next chunk; ``last``: the body ends with it (a body that came whole), so that its
+        last pair is read as the others are, not kept waiting for more."""
         if self._utf8 is not None or not chunk.isascii():
             self._utf8 = self._utf8 or _UTF8("strict")
             try:
                 self._utf8.decode(chunk)  # only checked: the raw body must be UTF-8 too
             except UnicodeDecodeError:
                 raise FormError("the request body is not valid UTF-8") from None
-        self._started = self._started or bool(chunk)
         self._fed += len(chunk)
         data = self._carry + chunk
         # An escape cut by the chunk's end waits for its hex digits (a "%" and one: they may be one yet).
-        hold = 2 if data[-2:-1] == b"%" and data[-1:] in _HEX_DIGITS else 1 if data[-1:] == b"%" else 0
+        hold = 0 if last else 2 if data[-2:-1] == b"%" and data[-1:] in _HEX_DIGITS else 1 if data[-1:] == b"%" else 0
         data, self._carry = (data[:-hold], data[-hold:]) if hold else (data, b"")
-        # Split at the pairs: every piece but the last ends in this chunk; the first may continue a pair
-        # begun in an earlier one.
-        *ended, last = data.split(b"&")
+        # Split at the pairs: every piece but the last ends in this chunk (the last too when the body
+        # ends with it); the first may continue a pair begun in an earlier one.
+        *ended, rest = data.split(b"&")
+        if last and (data or self._open):
+            ended.append(rest)
+            rest = b""
+        self._open = not last and (self._open or bool(chunk))
         if ended and (self._value is not None or self._name):
             self._part(ended.pop(0))
             self._end_pair()
@@ -139,7 +144,8 @@ class FormReader:
                 else:
                     self._to_sink(sink, value)
                     self._fields[self._field_name] = None
-        self._part(last)
+        if rest:
+            self._part(rest)
 
     def _part(self, piece: bytes) -> None:
         """Piece of a pair that a chunk's end cut (split at "&"): of its name, maybe its "=", of its value."""
@@ -174,7 +180,7 @@ class FormReader:
             raise FormError("the request body is not valid UTF-8") from None
         self._text(self._carry)
         self._carry = b""
-        if self._started:
+        if self._open:
             self._end_pair()
         fields = {}
         for name in list(self._fields):

@@ -233,10 +233,14 @@ class RPCHandler(AdmittingHandler):
                 self.refuse(exc.status, S_ERROR(errno.EINVAL, str(exc)))
 
     async def data_received(self, chunk: bytes) -> None:
+        await self._receive(chunk, last=False)
+
+    async def _receive(self, chunk: bytes, last: bool) -> None:
+        """A chunk of the body (``last``: the body ends with it)."""
         if not self.keep_chunk(chunk):
             return
         try:
-            await self._take(chunk)
+            await self._take(chunk, last)
         except FormError as exc:
             self.refuse(400, S_ERROR(errno.EINVAL, str(exc)))
         except RequestError as exc:
@@ -246,9 +250,9 @@ class RPCHandler(AdmittingHandler):
         if self.refused:
             await self._drop_sink()
 
-    async def _take(self, chunk: bytes) -> None:
+    async def _take(self, chunk: bytes, last: bool) -> None:
         if self._received <= self._ceiling:
-            self._form.feed(chunk)
+            self._form.feed(chunk, last)
         if self._received > self._ceiling or self._form.kept > self._limit:
             self._reject_size(f"{self._received}+")
         elif self._sink is not None:
@@ -300,7 +304,7 @@ class RPCHandler(AdmittingHandler):
     async def post(self) -> None:
         try:
             if self._given_body:
-                await self.data_received(self._given_body)  # read as if it had streamed
+                await self._receive(self._given_body, last=True)  # read as if it had streamed, in one chunk
             await self._post()
         finally:
             if self._sink is not None:
