@@ -16,9 +16,10 @@ import threading
 import time
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
-# One write carries whole lines of at most this many characters, so at most PIPE_BUF bytes of UTF-8:
-# the kernel writes that much to a pipe at once, and the lines of workers sharing stderr never mix.
-BATCH_CHARS = select.PIPE_BUF // 4
+# One write carries whole lines of at most this many bytes (a line that is not ASCII counted as four
+# bytes a character): the kernel writes that much to a pipe at once, and the lines of workers sharing
+# stderr never mix.
+BATCH_BYTES = select.PIPE_BUF
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("seproxy_request_id", default="-")
 
@@ -146,11 +147,12 @@ class _BatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
             batch: list[str] = []
             size = 0
             for line in lines:
-                if batch and size + len(line) > BATCH_CHARS:
+                length = len(line) if line.isascii() else 4 * len(line)
+                if batch and size + length > BATCH_BYTES:
                     self._write("".join(batch))
                     batch, size = [], 0
                 batch.append(line)
-                size += len(line)
+                size += length
             if batch:
                 self._write("".join(batch))
         finally:

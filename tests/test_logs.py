@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import select
 from collections.abc import Iterator
 
 import pytest
@@ -89,3 +90,31 @@ def test_without_configure_the_line_goes_through_logging(stderr: io.StringIO, ca
     with caplog.at_level(logging.INFO, logger="seproxy.access"):
         logs.log_info(logging.getLogger("seproxy.access"), "through logging")
     assert "through logging" in caplog.text
+
+
+class _Writes(io.StringIO):
+    """A stderr that keeps each write apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+def test_lines_go_out_in_whole_lines_of_at_most_pipe_buf_bytes(stderr: io.StringIO):
+    """Workers share one stderr: a write of at most PIPE_BUF bytes reaches a pipe whole, so their lines
+    never mix; within that, as many lines as fit go in one write (a system call fewer per line)."""
+    written = _Writes()
+    logs.configure("INFO", flush_after=60)
+    assert logs._handler is not None
+    logs._handler.setStream(written)
+    access = logging.getLogger("seproxy.access")
+    for number in range(300):
+        logs.log_info(access, f"line {number} " + ("é" if number % 7 == 0 else "") + "x" * 90)
+    logs._handler.flush()
+    assert all(len(text.encode()) <= select.PIPE_BUF and text.endswith("\n") for text in written.writes)
+    assert len(written.getvalue().splitlines()) == 300
+    assert len(written.writes) <= 300 * 130 // (select.PIPE_BUF // 2)  # writes at least half full

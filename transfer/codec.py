@@ -22,6 +22,7 @@ from typing import Any
 DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 DATE_FORMAT = "%Y-%m-%d"
 TAG = "__dCls"
+_QUOTED_TAG = f'"{TAG}"'
 # Nesting limit for both directions: DIRAC payloads nest a few levels; without a limit of
 # its own the codec would accept or refuse by how deep the caller's Python stack already is.
 MAX_DEPTH = 100
@@ -123,7 +124,7 @@ def encode(data: Any) -> str:
     # A caller's dict with the key __dCls would come back as bytes or a date, or be refused: look for
     # one only when the text shows the key more often than the tagged values the encoder wrote put it
     # there (each puts it once; a string "__dCls" counts too, so more is a reason to look, not a proof).
-    if text.count(f'"{TAG}"') > encoder.tagged and _has_tag_key(data):
+    if text.count(_QUOTED_TAG) > encoder.tagged and _has_tag_key(data):
         raise CodecError(f"a dict key {TAG!r} is reserved for tagged values and cannot be sent")
     if _too_deep(data, text):
         raise CodecError(_TOO_DEEP)

@@ -27,9 +27,11 @@ class DefaultHead(tornado.web.RequestHandler):
     """Mixin: Tornado's ``clear`` (its default headers, no body, status 200) with a Date of this second."""
 
     def clear(self) -> None:
-        self._headers = tornado.httputil.HTTPHeaders(
-            {"Server": SERVER, "Content-Type": "text/html; charset=UTF-8", "Date": _http_date(int(time.time()))}
-        )
+        # Filled item by item: from a dict, they would go through MutableMapping.update and its isinstance checks.
+        headers = self._headers = tornado.httputil.HTTPHeaders()
+        headers["Server"] = SERVER
+        headers["Content-Type"] = "text/html; charset=UTF-8"
+        headers["Date"] = _http_date(int(time.time()))
         self.set_default_headers()
         self._write_buffer: list[bytes] = []
         self._status_code = 200
