@@ -97,7 +97,7 @@ class _Tally:
         # File bytes sent, by the function that counts them (``Response.served``), then by (SE, still staged).
         self.served: dict[Callable[[Mapping[tuple[str | None, bool], int]], None], Counter[tuple[str | None, bool]]] = {}
 
-    def add_served(self, response: Response, sent: Counter[tuple[str | None, bool]]) -> None:
+    def add_served(self, response: Response, sent: Mapping[tuple[str | None, bool], int]) -> None:
         if sent:
             counts = self.served.get(response.served)
             if counts is None:  # (not setdefault: it would make a Counter per answer)
@@ -375,7 +375,7 @@ class _Worker:
             return
         if wanted == STARVED and connection.waiting is None:  # (one waiting for its answer is watched for nothing too)
             self._starved.add(connection)
-        else:
+        elif self._starved:
             self._starved.discard(connection)
         if wanted != connection.events:
             connection.events = wanted
@@ -445,7 +445,8 @@ class _Connection:
         self.mapped: memoryview | None = None  # that file mapped, once a second small slice of it is sent
         self.slice_read = False  # a small slice of that file was read (the next ones are mapped)
         # File bytes of the answer by (storage element, still being staged); through TLS, counted as read.
-        self.file_bytes: Counter[tuple[str | None, bool]] = Counter()
+        # (A dict, not a Counter: emptied for every answer, a Counter would call its __missing__ each time.)
+        self.file_bytes: dict[tuple[str | None, bool], int] = {}
 
     @property
     def busy(self) -> bool:
@@ -516,7 +517,7 @@ class _Connection:
         False to wait."""
         while True:
             try:
-                if self.incoming is None and (length := head_end(self.buffer)) is not None:
+                if self.buffer and self.incoming is None and (length := head_end(self.buffer)) is not None:
                     head = bytes(self.buffer[:length])
                     del self.buffer[:length]
                     self.incoming = parse_head(head)
@@ -527,20 +528,24 @@ class _Connection:
                         del self.buffer[: request.body_length]
                     self._respond(request, now)
                     return True
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    raise ConnectionResetError(errno.ECONNRESET, "closed by the client")
+                if not self.buffer and self.incoming is None and head_end(data) == len(data):
+                    # A head alone, as a keep-alive client sends its next request: parsed as it came,
+                    # not copied into the buffer and out again.
+                    self.incoming = parse_head(data)
+                else:
+                    self.buffer += data
+            except BlockingIOError:
+                return False
             except Refused as refused:
                 self._respond_refusal(refused, now)
                 return True
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                return False
-            if not data:
-                raise ConnectionResetError(errno.ECONNRESET, "closed by the client")
-            self.buffer += data
 
     def _respond(self, request: RequestHead, now: float) -> None:
         self.request = request
-        response = self._made(lambda: self.server.answer(request))
+        response = self._made(self.server.answer, request)
         if isinstance(response, Future):
             self.waiting = response
             self.started = now
@@ -553,14 +558,14 @@ class _Connection:
         """The answer that was being made elsewhere is done: start sending it."""
         assert self.waiting is not None and self.request is not None
         future, self.waiting = self.waiting, None
-        response = self._made(future.result)
+        response = self._made(lambda _request: future.result(), self.request)
         assert isinstance(response, Response)
         self._start(response, self.request.keep_alive, now, with_body=self.request.method != "HEAD")
 
-    def _made(self, make: Callable[[], Response | Future[Response]]) -> Response | Future[Response]:
-        """What ``make`` answers; a 500 (its traceback logged) if it fails."""
+    def _made(self, make: Answer, request: RequestHead) -> Response | Future[Response]:
+        """What ``make`` answers to ``request``; a 500 (its traceback logged) if it fails."""
         try:
-            return make()
+            return make(request)
         except Exception:
             # Not the path: it holds the URL's signature, which must not land in logs.
             method = self.request.method if self.request else "-"
@@ -584,8 +589,8 @@ class _Connection:
         self.started = now
         self.deadline = now + self.server.idle_timeout
         # Empty pieces would leave the head waiting behind MSG_MORE for a write that never comes.
-        body = [piece for piece in response.body if piece_length(piece)] if with_body else []
-        self.pending = deque([head, *body])
+        self.pending = deque([piece for piece in response.body if piece_length(piece)] if with_body else ())
+        self.pending.appendleft(head)
 
     def _send(self, now: float) -> bool:
         """Write what is pending; True when all is out, False when the socket is full or the turn is over.
@@ -671,7 +676,7 @@ class _Connection:
                 break
             piece = self.pending[0]
             if isinstance(piece, FileSlice):
-                self.file_bytes[piece.se, piece.growing] += len(buffer)
+                self._count_file_bytes(piece, len(buffer))
             if left < len(buffer):
                 self.pending[0] = memoryview(buffer)[left:]
                 break
@@ -680,11 +685,15 @@ class _Connection:
         return sent, sent == offered
 
     def _advance_slice(self, piece: FileSlice, count: int) -> None:
-        self.file_bytes[piece.se, piece.growing] += count
+        self._count_file_bytes(piece, count)
         if count < piece.length:
             self.pending[0] = replace(piece, offset=piece.offset + count, length=piece.length - count)
         else:
             self.pending.popleft()
+
+    def _count_file_bytes(self, piece: FileSlice, count: int) -> None:
+        key = (piece.se, piece.growing)
+        self.file_bytes[key] = self.file_bytes.get(key, 0) + count
 
     def _arrived(self, piece: GrowingSlice) -> Piece:
         """What can be sent now of a growing slice at the head of ``pending``, put there in its place.
@@ -762,10 +771,13 @@ class _Connection:
         """The file of a slice: the growing file's own descriptor, or the cache file opened by path."""
         if isinstance(piece, GrowingSlice):
             return piece.growth.fileno()
-        if self.file is None or (self.file[1] is not piece.path and self.file[1] != piece.path):
+        file = self.file
+        if file is not None:
+            if file[1] is piece.path or file[1] == piece.path:
+                return file[0]
             self._close_file()
-            self.file = (os.open(piece.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), piece.path)
-        return self.file[0]
+        self.file = file = (os.open(piece.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), piece.path)
+        return file[0]
 
     def _close_file(self) -> None:
         if self.file is not None:
