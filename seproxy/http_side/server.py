@@ -80,6 +80,16 @@ STARVED_INTERVAL = 0.01
 # (which epoll reports anyway), so that a writable socket does not wake its worker in vain.
 STARVED = 0
 
+# Where ``_Connection.step`` may stop, answering PAUSED: the connections one epoll wait found ready
+# go through three passes, each over all of them before the next: requests read and answers made, then
+# sent, then finished (released, logged). The Python of each pass stays in the processor's caches from
+# one connection to the next, where whole answers one after the other have the kernel's work of each
+# sendfile evict it in between.
+BEFORE_SEND = 1
+BEFORE_FINISH = 2
+PASSES = (BEFORE_SEND, BEFORE_FINISH, 0)
+PAUSED = -1
+
 Answer = Callable[[RequestHead], Response | Future[Response]]
 
 _BYTES_SENT = metrics.BYTES_SENT.labels("http")
@@ -286,6 +296,7 @@ class _Worker:
             while True:
                 events = self._epoll.poll(STARVED_INTERVAL if self._starved else SWEEP_INTERVAL)
                 now = time.monotonic()
+                ready: list[_Connection] = []
                 for fd, flags in events:
                     if fd in self._listeners:
                         self._accept(self._listeners[fd], now)
@@ -298,7 +309,9 @@ class _Worker:
                     elif connection in self._starved and flags & (select.EPOLLHUP | select.EPOLLERR):
                         self._close(connection)  # the client left while the file was growing
                     else:
-                        self._advance(connection, now)
+                        ready.append(connection)
+                for pause in PASSES:
+                    ready = [connection for connection in ready if self._advance(connection, now, pause)]
                 for connection in list(self._starved):
                     self._advance(connection, now)
                 if self.server.stopping and self._wind_down():
@@ -364,15 +377,18 @@ class _Worker:
         self._close(victim)
         return True
 
-    def _advance(self, connection: _Connection, now: float) -> None:
+    def _advance(self, connection: _Connection, now: float, pause: int = 0) -> bool:
+        """Step ``connection`` on (to ``pause``); True if it paused there."""
         try:
-            wanted = connection.step(now)
+            wanted = connection.step(now, pause)
         except Exception:
             log.exception("%s: connection failed", connection.client)
             wanted = None
+        if wanted == PAUSED:
+            return True
         if wanted is None:
             self._close(connection)
-            return
+            return False
         if wanted == STARVED and connection.waiting is None:  # (one waiting for its answer is watched for nothing too)
             self._starved.add(connection)
         elif self._starved:
@@ -380,6 +396,7 @@ class _Worker:
         if wanted != connection.events:
             connection.events = wanted
             self._epoll.modify(connection.fd, wanted)
+        return False
 
     def _close(self, connection: _Connection) -> None:
         if self.connections.pop(connection.fd, None) is None:
@@ -453,8 +470,9 @@ class _Connection:
         """Whether a request is being read or answered (a graceful stop waits for these)."""
         return self.response is not None or self.waiting is not None or self.incoming is not None or bool(self.buffer)
 
-    def step(self, now: float) -> int | None:
-        """Go as far as the socket allows; return the epoll events to wait for, or None to close."""
+    def step(self, now: float, pause: int = 0) -> int | None:
+        """Go as far as the socket allows, or to ``pause``; return the epoll events to wait for, None to
+        close, or PAUSED."""
         if self.waiting is not None:
             return None  # watched for nothing, so woken only by a hang-up or an error: the client is gone
         try:
@@ -468,8 +486,12 @@ class _Connection:
                     return select.EPOLLIN
                 if self.waiting is not None:
                     return 0
+                if pause == BEFORE_SEND:
+                    return PAUSED
                 if not self._send(now):
                     return select.EPOLLOUT
+                if pause == BEFORE_FINISH:
+                    return PAUSED
                 refused = self.response is not None and self.response.close
                 if not self._finish(now):
                     return self._linger(now) if refused else None
