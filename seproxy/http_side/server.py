@@ -53,7 +53,7 @@ from pathlib import Path
 from seproxy import logs, metrics
 from seproxy.http_side.body import FileSlice, GrowingSlice, Piece, piece_length
 from seproxy.http_side.listen import listening_sockets
-from seproxy.http_side.request import ALLOW, RequestHead, head_end, parse_head
+from seproxy.http_side.request import ALLOW, RequestHead, head_end, parse_head, whole_head
 from seproxy.http_side.response import Refused, Response, plain
 from seproxy.security.connection_limits import FULL, ConnectionLimits
 
@@ -553,10 +553,10 @@ class _Connection:
                 data = self.sock.recv(RECV_SIZE)
                 if not data:
                     raise ConnectionResetError(errno.ECONNRESET, "closed by the client")
-                if not self.buffer and self.incoming is None and head_end(data) == len(data):
+                if not self.buffer and self.incoming is None and (whole := whole_head(data)) is not None:
                     # A head alone, as a keep-alive client sends its next request: parsed as it came,
                     # not copied into the buffer and out again.
-                    self.incoming = parse_head(data)
+                    self.incoming = whole
                 else:
                     self.buffer += data
             except BlockingIOError:
