@@ -229,6 +229,9 @@ class _Worker:
         self._answered: list[tuple[_Connection, Future[Response]]] | None = []
         self._evictions_lock = threading.Lock()
         self.tally = _Tally()
+        # The files this thread's connections are sending: [descriptor, users] by path. A file that
+        # several answers send at once (a popular one; the answers of one turn) is opened once.
+        self._files: dict[Path, list[int]] = {}
 
     def start(self, listeners: list[socket.socket]) -> None:
         self._listeners = {listener.fileno(): listener for listener in listeners}
@@ -397,6 +400,26 @@ class _Worker:
             connection.events = wanted
             self._epoll.modify(connection.fd, wanted)
         return False
+
+    def open_file(self, path: Path) -> int:
+        """A descriptor of the cache file at ``path``, for one answer's use until ``close_file``.
+
+        Shared by the answers in progress that send the same file: they all hold a
+        read lease on it, and a cache path never names another file (entry ids are
+        never reused), so each would open the very same file.
+        """
+        held = self._files.get(path)
+        if held is None:
+            held = self._files[path] = [os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), 0]
+        held[1] += 1
+        return held[0]
+
+    def close_file(self, path: Path) -> None:
+        held = self._files[path]
+        held[1] -= 1
+        if not held[1]:
+            del self._files[path]
+            os.close(held[0])
 
     def _close(self, connection: _Connection) -> None:
         if self.connections.pop(connection.fd, None) is None:
@@ -798,12 +821,12 @@ class _Connection:
             if file[1] is piece.path or file[1] == piece.path:
                 return file[0]
             self._close_file()
-        self.file = file = (os.open(piece.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), piece.path)
+        self.file = file = (self.worker.open_file(piece.path), piece.path)
         return file[0]
 
     def _close_file(self) -> None:
         if self.file is not None:
-            os.close(self.file[0])
+            self.worker.close_file(self.file[1])
             self.file = None
         # Unmapped once the last view of it (a part still pending in a cut connection) is dropped.
         self.mapped = None
