@@ -132,7 +132,7 @@ class Downloads:
 
     def _serve(self, request: RequestHead, link: Link, known: Known | None = None, *, growing: bool = True) -> Response:
         try:
-            entries, release = self._leases.hold([member.entry_id for member in link.members])
+            entries, release = self._leases.hold(link.entry_ids)
         except FileNotFoundError:
             if growing:
                 return self._not_committed(request, link)

@@ -15,6 +15,7 @@ two downloads racing for it, exactly one wins, even across processes.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ class Link:
     single_use: bool
     members: tuple[Member, ...]
     used: float | None = None
+
+    @functools.cached_property
+    def entry_ids(self) -> tuple[str, ...]:
+        """(Asked for every download of the link: made once.)"""
+        return tuple(member.entry_id for member in self.members)
 
 
 class LinkStore:

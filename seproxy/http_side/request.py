@@ -103,6 +103,16 @@ def parse_head(raw: bytes) -> RequestHead:
     return head
 
 
+def whole_head(data: bytes) -> RequestHead | None:
+    """The request head ``data`` is, if it is exactly one whole head (a keep-alive client's next request,
+    read as it came); None if it is not. A head remembered by ``parse_head`` is one by its bytes alone:
+    no look for its end."""
+    head = _parsed.get(data)
+    if head is None and head_end(data) == len(data):
+        head = parse_head(data)
+    return head
+
+
 def _parse(raw: bytes) -> RequestHead:
     lines = _LINE_END.split(raw.decode("latin-1").rstrip("\r\n"))
     request_line = lines[0]

@@ -43,9 +43,9 @@ class Response:
 
     def head(self, keep_alive: bool) -> bytes:
         """The status line and headers, ``Date``, ``Server`` and ``Connection`` included."""
-        start = f"HTTP/1.1 {self.status} {_PHRASES[self.status]}\r\nDate: {_http_date()}\r\nServer: {SERVER}\r\n"
         connection = _KEEP_ALIVE if keep_alive and not self.close else _CLOSE
-        return start.encode("latin-1") + encode_headers(self.headers) + self.encoded + connection
+        headers = encode_headers(self.headers) if self.headers else b""
+        return b"".join((_start(self.status), headers, self.encoded, connection))
 
 
 _KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
@@ -64,16 +64,24 @@ def plain(status: int, message: str, *, close: bool = False, extra: list[tuple[s
     return Response(status, headers, [text], close=close)
 
 
-_date_cache: tuple[int, str] = (0, "")
+# The second the lines in it were made for, and the lines by status (threads share them: a line
+# made twice, or into the dict of a second just past, is only made in vain).
+_starts: tuple[int, dict[int, bytes]] = (0, {})
 
 
-def _http_date() -> str:
-    """The current time as an HTTP date; formatted once a second, not once a request."""
-    global _date_cache
+def _start(status: int) -> bytes:
+    """The status line, ``Date`` and ``Server`` of an answer sent now: made once a second per status,
+    not once a request (formatting them cost more than the rest of a repeated answer's head)."""
+    global _starts
     now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, http_date(now))
-    return _date_cache[1]
+    second, lines = _starts
+    if second != now:
+        lines = {}
+        _starts = (now, lines)
+    line = lines.get(status)
+    if line is None:
+        line = lines[status] = f"HTTP/1.1 {status} {_PHRASES[status]}\r\nDate: {http_date(now)}\r\nServer: {SERVER}\r\n".encode("latin-1")
+    return line
 
 
 @functools.lru_cache(maxsize=4096)

@@ -53,7 +53,7 @@ from pathlib import Path
 from seproxy import logs, metrics
 from seproxy.http_side.body import FileSlice, GrowingSlice, Piece, piece_length
 from seproxy.http_side.listen import listening_sockets
-from seproxy.http_side.request import ALLOW, RequestHead, head_end, parse_head
+from seproxy.http_side.request import ALLOW, RequestHead, head_end, parse_head, whole_head
 from seproxy.http_side.response import Refused, Response, plain
 from seproxy.security.connection_limits import FULL, ConnectionLimits
 
@@ -80,6 +80,16 @@ STARVED_INTERVAL = 0.01
 # (which epoll reports anyway), so that a writable socket does not wake its worker in vain.
 STARVED = 0
 
+# Where ``_Connection.step`` may stop, answering PAUSED: the connections one epoll wait found ready
+# go through three passes, each over all of them before the next: requests read and answers made, then
+# sent, then finished (released, logged). The Python of each pass stays in the processor's caches from
+# one connection to the next, where whole answers one after the other have the kernel's work of each
+# sendfile evict it in between.
+BEFORE_SEND = 1
+BEFORE_FINISH = 2
+PASSES = (BEFORE_SEND, BEFORE_FINISH, 0)
+PAUSED = -1
+
 Answer = Callable[[RequestHead], Response | Future[Response]]
 
 _BYTES_SENT = metrics.BYTES_SENT.labels("http")
@@ -97,7 +107,7 @@ class _Tally:
         # File bytes sent, by the function that counts them (``Response.served``), then by (SE, still staged).
         self.served: dict[Callable[[Mapping[tuple[str | None, bool], int]], None], Counter[tuple[str | None, bool]]] = {}
 
-    def add_served(self, response: Response, sent: Counter[tuple[str | None, bool]]) -> None:
+    def add_served(self, response: Response, sent: Mapping[tuple[str | None, bool], int]) -> None:
         if sent:
             counts = self.served.get(response.served)
             if counts is None:  # (not setdefault: it would make a Counter per answer)
@@ -219,6 +229,9 @@ class _Worker:
         self._answered: list[tuple[_Connection, Future[Response]]] | None = []
         self._evictions_lock = threading.Lock()
         self.tally = _Tally()
+        # The files this thread's connections are sending: [descriptor, users] by path. A file that
+        # several answers send at once (a popular one; the answers of one turn) is opened once.
+        self._files: dict[Path, list[int]] = {}
 
     def start(self, listeners: list[socket.socket]) -> None:
         self._listeners = {listener.fileno(): listener for listener in listeners}
@@ -286,6 +299,7 @@ class _Worker:
             while True:
                 events = self._epoll.poll(STARVED_INTERVAL if self._starved else SWEEP_INTERVAL)
                 now = time.monotonic()
+                ready: list[_Connection] = []
                 for fd, flags in events:
                     if fd in self._listeners:
                         self._accept(self._listeners[fd], now)
@@ -298,7 +312,9 @@ class _Worker:
                     elif connection in self._starved and flags & (select.EPOLLHUP | select.EPOLLERR):
                         self._close(connection)  # the client left while the file was growing
                     else:
-                        self._advance(connection, now)
+                        ready.append(connection)
+                for pause in PASSES:
+                    ready = [connection for connection in ready if self._advance(connection, now, pause)]
                 for connection in list(self._starved):
                     self._advance(connection, now)
                 if self.server.stopping and self._wind_down():
@@ -364,22 +380,46 @@ class _Worker:
         self._close(victim)
         return True
 
-    def _advance(self, connection: _Connection, now: float) -> None:
+    def _advance(self, connection: _Connection, now: float, pause: int = 0) -> bool:
+        """Step ``connection`` on (to ``pause``); True if it paused there."""
         try:
-            wanted = connection.step(now)
+            wanted = connection.step(now, pause)
         except Exception:
             log.exception("%s: connection failed", connection.client)
             wanted = None
+        if wanted == PAUSED:
+            return True
         if wanted is None:
             self._close(connection)
-            return
+            return False
         if wanted == STARVED and connection.waiting is None:  # (one waiting for its answer is watched for nothing too)
             self._starved.add(connection)
-        else:
+        elif self._starved:
             self._starved.discard(connection)
         if wanted != connection.events:
             connection.events = wanted
             self._epoll.modify(connection.fd, wanted)
+        return False
+
+    def open_file(self, path: Path) -> int:
+        """A descriptor of the cache file at ``path``, for one answer's use until ``close_file``.
+
+        Shared by the answers in progress that send the same file: they all hold a
+        read lease on it, and a cache path never names another file (entry ids are
+        never reused), so each would open the very same file.
+        """
+        held = self._files.get(path)
+        if held is None:
+            held = self._files[path] = [os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), 0]
+        held[1] += 1
+        return held[0]
+
+    def close_file(self, path: Path) -> None:
+        held = self._files[path]
+        held[1] -= 1
+        if not held[1]:
+            del self._files[path]
+            os.close(held[0])
 
     def _close(self, connection: _Connection) -> None:
         if self.connections.pop(connection.fd, None) is None:
@@ -445,15 +485,17 @@ class _Connection:
         self.mapped: memoryview | None = None  # that file mapped, once a second small slice of it is sent
         self.slice_read = False  # a small slice of that file was read (the next ones are mapped)
         # File bytes of the answer by (storage element, still being staged); through TLS, counted as read.
-        self.file_bytes: Counter[tuple[str | None, bool]] = Counter()
+        # (A dict, not a Counter: emptied for every answer, a Counter would call its __missing__ each time.)
+        self.file_bytes: dict[tuple[str | None, bool], int] = {}
 
     @property
     def busy(self) -> bool:
         """Whether a request is being read or answered (a graceful stop waits for these)."""
         return self.response is not None or self.waiting is not None or self.incoming is not None or bool(self.buffer)
 
-    def step(self, now: float) -> int | None:
-        """Go as far as the socket allows; return the epoll events to wait for, or None to close."""
+    def step(self, now: float, pause: int = 0) -> int | None:
+        """Go as far as the socket allows, or to ``pause``; return the epoll events to wait for, None to
+        close, or PAUSED."""
         if self.waiting is not None:
             return None  # watched for nothing, so woken only by a hang-up or an error: the client is gone
         try:
@@ -467,8 +509,12 @@ class _Connection:
                     return select.EPOLLIN
                 if self.waiting is not None:
                     return 0
+                if pause == BEFORE_SEND:
+                    return PAUSED
                 if not self._send(now):
                     return select.EPOLLOUT
+                if pause == BEFORE_FINISH:
+                    return PAUSED
                 refused = self.response is not None and self.response.close
                 if not self._finish(now):
                     return self._linger(now) if refused else None
@@ -516,7 +562,7 @@ class _Connection:
         False to wait."""
         while True:
             try:
-                if self.incoming is None and (length := head_end(self.buffer)) is not None:
+                if self.buffer and self.incoming is None and (length := head_end(self.buffer)) is not None:
                     head = bytes(self.buffer[:length])
                     del self.buffer[:length]
                     self.incoming = parse_head(head)
@@ -527,20 +573,24 @@ class _Connection:
                         del self.buffer[: request.body_length]
                     self._respond(request, now)
                     return True
+                data = self.sock.recv(RECV_SIZE)
+                if not data:
+                    raise ConnectionResetError(errno.ECONNRESET, "closed by the client")
+                if not self.buffer and self.incoming is None and (whole := whole_head(data)) is not None:
+                    # A head alone, as a keep-alive client sends its next request: parsed as it came,
+                    # not copied into the buffer and out again.
+                    self.incoming = whole
+                else:
+                    self.buffer += data
+            except BlockingIOError:
+                return False
             except Refused as refused:
                 self._respond_refusal(refused, now)
                 return True
-            try:
-                data = self.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                return False
-            if not data:
-                raise ConnectionResetError(errno.ECONNRESET, "closed by the client")
-            self.buffer += data
 
     def _respond(self, request: RequestHead, now: float) -> None:
         self.request = request
-        response = self._made(lambda: self.server.answer(request))
+        response = self._made(self.server.answer, request)
         if isinstance(response, Future):
             self.waiting = response
             self.started = now
@@ -553,14 +603,14 @@ class _Connection:
         """The answer that was being made elsewhere is done: start sending it."""
         assert self.waiting is not None and self.request is not None
         future, self.waiting = self.waiting, None
-        response = self._made(future.result)
+        response = self._made(lambda _request: future.result(), self.request)
         assert isinstance(response, Response)
         self._start(response, self.request.keep_alive, now, with_body=self.request.method != "HEAD")
 
-    def _made(self, make: Callable[[], Response | Future[Response]]) -> Response | Future[Response]:
-        """What ``make`` answers; a 500 (its traceback logged) if it fails."""
+    def _made(self, make: Answer, request: RequestHead) -> Response | Future[Response]:
+        """What ``make`` answers to ``request``; a 500 (its traceback logged) if it fails."""
         try:
-            return make()
+            return make(request)
         except Exception:
             # Not the path: it holds the URL's signature, which must not land in logs.
             method = self.request.method if self.request else "-"
@@ -584,8 +634,8 @@ class _Connection:
         self.started = now
         self.deadline = now + self.server.idle_timeout
         # Empty pieces would leave the head waiting behind MSG_MORE for a write that never comes.
-        body = [piece for piece in response.body if piece_length(piece)] if with_body else []
-        self.pending = deque([head, *body])
+        self.pending = deque([piece for piece in response.body if piece_length(piece)] if with_body else ())
+        self.pending.appendleft(head)
 
     def _send(self, now: float) -> bool:
         """Write what is pending; True when all is out, False when the socket is full or the turn is over.
@@ -671,7 +721,7 @@ class _Connection:
                 break
             piece = self.pending[0]
             if isinstance(piece, FileSlice):
-                self.file_bytes[piece.se, piece.growing] += len(buffer)
+                self._count_file_bytes(piece, len(buffer))
             if left < len(buffer):
                 self.pending[0] = memoryview(buffer)[left:]
                 break
@@ -680,11 +730,15 @@ class _Connection:
         return sent, sent == offered
 
     def _advance_slice(self, piece: FileSlice, count: int) -> None:
-        self.file_bytes[piece.se, piece.growing] += count
+        self._count_file_bytes(piece, count)
         if count < piece.length:
             self.pending[0] = replace(piece, offset=piece.offset + count, length=piece.length - count)
         else:
             self.pending.popleft()
+
+    def _count_file_bytes(self, piece: FileSlice, count: int) -> None:
+        key = (piece.se, piece.growing)
+        self.file_bytes[key] = self.file_bytes.get(key, 0) + count
 
     def _arrived(self, piece: GrowingSlice) -> Piece:
         """What can be sent now of a growing slice at the head of ``pending``, put there in its place.
@@ -762,14 +816,17 @@ class _Connection:
         """The file of a slice: the growing file's own descriptor, or the cache file opened by path."""
         if isinstance(piece, GrowingSlice):
             return piece.growth.fileno()
-        if self.file is None or (self.file[1] is not piece.path and self.file[1] != piece.path):
+        file = self.file
+        if file is not None:
+            if file[1] is piece.path or file[1] == piece.path:
+                return file[0]
             self._close_file()
-            self.file = (os.open(piece.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), piece.path)
-        return self.file[0]
+        self.file = file = (self.worker.open_file(piece.path), piece.path)
+        return file[0]
 
     def _close_file(self) -> None:
         if self.file is not None:
-            os.close(self.file[0])
+            self.worker.close_file(self.file[1])
             self.file = None
         # Unmapped once the last view of it (a part still pending in a cut connection) is dropped.
         self.mapped = None

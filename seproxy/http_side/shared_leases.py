@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from seproxy.cache import Cache, Entry, ReadLease
@@ -74,7 +74,7 @@ class SharedLeases:
         if sweeper is not None:
             sweeper.join()
 
-    def hold(self, entry_ids: list[str]) -> tuple[list[Entry], Callable[[], None]]:
+    def hold(self, entry_ids: Sequence[str]) -> tuple[list[Entry], Callable[[], None]]:
         """The entries, kept on disk until the returned function is called (once); ``FileNotFoundError``
         if one is gone. A plain function rather than a context manager: the side server releases
         them when the answer is sent, in another turn of its loop.
@@ -90,9 +90,11 @@ class SharedLeases:
             for entry in entries:
                 self._release(entry.id)
             raise
+        if len(entry_ids) == 1:  # (most answers are one file: a call less when it is released)
+            return entries, functools.partial(self._release, entry_ids[0])
         return entries, functools.partial(self._release_all, entry_ids)
 
-    def _release_all(self, entry_ids: list[str]) -> None:
+    def _release_all(self, entry_ids: Sequence[str]) -> None:
         for entry_id in entry_ids:
             self._release(entry_id)
 
