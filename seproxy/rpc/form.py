@@ -46,12 +46,12 @@ def _encoded(names: tuple[str, ...]) -> frozenset[bytes]:
 
 # Looked for with a pattern: ``b"%" in raw`` first tries b"%" as an integer (``65 in b"A"`` is
 # True), raising and clearing a TypeError each time, which cost more than the rest of the check.
-_ENCODED = re.compile(rb"[%+]").search
+_ESCAPED = re.compile(rb"[%+]").search
 
 
 def _decoded(raw: bytes) -> bytes:
     """``raw`` with ``+`` as a space and its %-escapes decoded (most names and values have neither)."""
-    return unquote_to_bytes(raw.replace(b"+", b" ")) if _ENCODED(raw) else raw
+    return unquote_to_bytes(raw.replace(b"+", b" ")) if _ESCAPED(raw) else raw
 
 
 class FormReader:

@@ -498,10 +498,6 @@ def _whole_body(handler: type[RPCHandler]) -> type[RPCHandler]:
     return variant
 
 
-
-
-
-
 @functools.lru_cache(maxsize=1024)
 def _call_metrics(method: str, outcome: str) -> tuple[Any, Any]:
     """The metric children of one (method, outcome); methods are the exported ones or "unknown":
