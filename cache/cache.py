@@ -42,6 +42,7 @@ from seproxy.cache.locks import CacheLocks
 from seproxy.cache.recovery import check_everything, orphans, reap_dead_writers, recover_after_crash
 from seproxy.cache.singleflight import SingleFlight
 from seproxy.cache.space import DiskSpace
+from seproxy.cache.stamp import ChangeStamp
 from seproxy.cache.traffic import Traffic, traffic_by_se
 from seproxy.cache.writer import StagingWriter
 
@@ -54,9 +55,6 @@ Fetch = Callable[[StagingWriter], None]
 
 # The largest size an upload's lease records (SQLite's largest integer).
 _MOST_CLAIMED = 2**63 - 1
-
-# The size at which the stamp file of ``changes`` starts again.
-_CHANGES_CYCLE = 4096
 
 # Rows read at a time when looking for eviction candidates: a pass that needs
 # a few entries reads about one page; a large one reads page after page.
@@ -159,8 +157,7 @@ class Cache:
         # Bytes by storage element (hit, miss, stream-through), stored by the heartbeat for `cache du`.
         self.traffic = Traffic()
         self._heartbeat: Heartbeat | None = None
-        # The stamp file of ``changes``, open once it exists (it is truncated in place, never replaced).
-        self._changes_fd: int | None = None
+        self._stamp = ChangeStamp(self.layout.changes)
         if read_only:
             if not self.layout.index.is_file():
                 raise FileNotFoundError(errno.ENOENT, "no cache here yet", str(self.layout.root))
@@ -192,10 +189,7 @@ class Cache:
                 log.warning("the last traffic counts are lost: the index cannot be written (%s)", error)
             self._index.drop_openers([self._opener])
         self._index.close()
-        with self._books:
-            if self._changes_fd is not None:
-                os.close(self._changes_fd)
-                self._changes_fd = None
+        self._stamp.close()
 
     def __enter__(self) -> Cache:
         return self
@@ -487,7 +481,7 @@ class Cache:
     def record_digest(self, entry_id: str, algorithm: str, value: str) -> None:
         """Keep a checksum computed after the entry was written (md5, sha256: asked for, once)."""
         self._index.record_digest(check_entry_id(entry_id), algorithm, value)
-        self._changed()
+        self._stamp.bump()
 
     @_full_index_is_enospc
     def acquire_read(self, entry_id: str) -> ReadLease:
@@ -546,7 +540,7 @@ class Cache:
         could not be compared, ``failure`` saying why. Either way its freshness starts again now:
         a source that cannot be reached is asked again when the copy is due, not by every reader."""
         self._index.record_check(check_entry_id(entry_id), time.time(), failure)
-        self._changed()
+        self._stamp.bump()
 
     @_full_index_is_enospc
     def drop_source(self, se: str, path: str, *, tree: bool = False) -> int:
@@ -565,36 +559,14 @@ class Cache:
         entries = [entry for entry in map(self._index.get, dropped) if entry is not None]
         self.delete_batch(entries, force=True)
         if dropped:
-            self._changed()
+            self._stamp.bump()
         return len(dropped)
 
-    def changes(self) -> tuple[int, int]:
-        """A stamp of the changes that readers holding an entry must see (copies dropped by a write,
-        marked stale or fresh again), from any process, for one ``stat``: a reader that keeps an
-        entry in memory reads the index again only when the stamp moved. The file is kept open: an
-        ``fstat`` costs half a ``stat`` of its path, and the side server asks once per download."""
-        descriptor = self._changes_fd
-        if descriptor is None:
-            try:
-                opened = os.open(self.layout.changes, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return (0, 0)
-            with self._books:
-                if self._changes_fd is None:
-                    self._changes_fd, opened = opened, -1
-                descriptor = self._changes_fd
-            if opened >= 0:
-                os.close(opened)  # another thread was first
-        stamp = os.fstat(descriptor)
-        return (stamp.st_size, stamp.st_mtime_ns)
-
-    def _changed(self) -> None:
-        """Move the stamp of ``changes``: a byte more, or none once it holds a page (its size then
-        starts again, and its modification time moves too)."""
-        with open(self.layout.changes, "ab") as stamp:
-            if stamp.tell() >= _CHANGES_CYCLE:
-                stamp.truncate(0)
-            stamp.write(b".")
+    def changes(self) -> int:
+        """A count of the changes that readers holding an entry must see (copies dropped by a write,
+        marked stale or fresh again), from any process: a reader that keeps an entry in memory reads
+        the index again only when the count moved. The side server asks once per download."""
+        return self._stamp.read()
 
     # --- names, pins, uploads
 

@@ -8,10 +8,11 @@ checked before any path is built from them.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 from pathlib import Path
+
+from seproxy.cache.stamp import ChangeStamp
 
 _ENTRY_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -41,15 +42,13 @@ class Layout:
         self.tmp = self.root / "tmp"
         self.index = self.root / "index.sqlite3"
         self.locks = self.root / "locks"
-        # Grows (and starts again) by a byte at each change readers that hold an entry must see.
+        # The count of changes readers that hold an entry must see (``ChangeStamp``).
         self.changes = self.root / "changes"
 
     def create(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(exist_ok=True)
-        # The stamp of changes exists from the start (created empty, never touched if there): a
-        # reader asks for it once per download, and looking for a missing file costs a failed open.
-        os.close(os.open(self.changes, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        ChangeStamp.create(self.changes)  # from the start: readers map it once
 
     def entry_path(self, entry_id: str) -> Path:
         # Fan out over 256 folders so that no folder grows too large to list.

@@ -44,10 +44,10 @@ import socket
 import ssl
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from seproxy import logs, metrics
@@ -105,15 +105,16 @@ class _Tally:
         self.downloads = 0  # started minus ended
         self.bytes = 0
         # File bytes sent, by the function that counts them (``Response.served``), then by (SE, still staged).
-        self.served: dict[Callable[[Mapping[tuple[str | None, bool], int]], None], Counter[tuple[str | None, bool]]] = {}
+        # (Dicts, not Counters: a Counter's ``__delitem__`` sends every ``counts[key] = ...`` through Python.)
+        self.served: dict[Callable[[Mapping[tuple[str | None, bool], int]], None], dict[tuple[str | None, bool], int]] = {}
 
     def add_served(self, response: Response, sent: Mapping[tuple[str | None, bool], int]) -> None:
         if sent:
             counts = self.served.get(response.served)
-            if counts is None:  # (not setdefault: it would make a Counter per answer)
-                counts = self.served[response.served] = Counter()
-            for key, count in sent.items():  # (Counter.update checks what it is given first: slower)
-                counts[key] += count
+            if counts is None:  # (not setdefault: it would make a dict per answer)
+                counts = self.served[response.served] = {}
+            for key, count in sent.items():
+                counts[key] = counts.get(key, 0) + count
 
     def write(self) -> None:
         if self.downloads:
@@ -125,6 +126,18 @@ class _Tally:
         served, self.served = self.served, {}
         for count, sent in served.items():
             count(sent)
+
+
+@dataclass(slots=True)
+class _OpenFile:
+    """A cache file open for the answers sending it. Found by the id of its ``path``, not the path:
+    the answers of one prepared body share one ``Path`` object, and hashing a ``Path`` is a call into
+    Python's code, an ``id`` is not. Kept here, the path keeps its id from going to another object;
+    another ``Path`` of the same file (a body prepared again) only opens the file once more."""
+
+    descriptor: int
+    path: Path
+    users: int = 0
 
 
 class _ShortFile(Exception):
@@ -229,9 +242,9 @@ class _Worker:
         self._answered: list[tuple[_Connection, Future[Response]]] | None = []
         self._evictions_lock = threading.Lock()
         self.tally = _Tally()
-        # The files this thread's connections are sending: [descriptor, users] by path. A file that
-        # several answers send at once (a popular one; the answers of one turn) is opened once.
-        self._files: dict[Path, list[int]] = {}
+        # The files this thread's connections are sending, by the id of their path: a file that several
+        # answers send at once (a popular one; the answers of one turn) is opened once.
+        self._files: dict[int, _OpenFile] = {}
 
     def start(self, listeners: list[socket.socket]) -> None:
         self._listeners = {listener.fileno(): listener for listener in listeners}
@@ -408,18 +421,18 @@ class _Worker:
         read lease on it, and a cache path never names another file (entry ids are
         never reused), so each would open the very same file.
         """
-        held = self._files.get(path)
+        held = self._files.get(id(path))
         if held is None:
-            held = self._files[path] = [os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), 0]
-        held[1] += 1
-        return held[0]
+            held = self._files[id(path)] = _OpenFile(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), path)
+        held.users += 1
+        return held.descriptor
 
     def close_file(self, path: Path) -> None:
-        held = self._files[path]
-        held[1] -= 1
-        if not held[1]:
-            del self._files[path]
-            os.close(held[0])
+        held = self._files[id(path)]
+        held.users -= 1
+        if not held.users:
+            del self._files[id(path)]
+            os.close(held.descriptor)
 
     def _close(self, connection: _Connection) -> None:
         if self.connections.pop(connection.fd, None) is None:
@@ -668,7 +681,7 @@ class _Connection:
                 piece = self._read_chunk(piece)
                 self.pending.appendleft(piece)
                 continue
-            offered = min(piece.length, SENDFILE_MAX)
+            offered = piece.length if piece.length < SENDFILE_MAX else SENDFILE_MAX  # (min() parses arguments)
             sent = os.sendfile(self.fd, self._descriptor(piece), piece.offset, offered)
             if sent == 0:
                 raise _ShortFile(f"{piece.path} ended {piece.length} bytes early")
@@ -848,7 +861,7 @@ class _Connection:
         except Exception:
             log.exception("%s: releasing the files of an answer failed", self.client)
         method = self.request.method if self.request else "-"
-        body = max(0, self.sent - self.head_length)
+        body = self.sent - self.head_length if self.sent > self.head_length else 0
         if response.status < 400:
             self.worker.tally.downloads -= 1
             self.worker.tally.bytes += body

@@ -17,7 +17,7 @@ long for a file nobody reads any more.
 
 A download that joins a lease held already sees what changed since (a copy
 marked stale, a checksum recorded): the cache's stamp of such changes
-(``Cache.changes``, one ``stat``) tells when the entry's row must be read
+(``Cache.changes``, read from memory) tells when the entry's row must be read
 again. A file that a write through seproxy dropped meanwhile stays for the
 downloads it has, and is not served to a new one.
 """
@@ -51,7 +51,7 @@ class _Held:
     users: int
     # The entry as last read from the index, and the cache's stamp of changes then.
     entry: Entry
-    stamp: tuple[int, int]
+    stamp: int
     idle_since: float = 0.0
 
 
