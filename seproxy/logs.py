@@ -15,11 +15,14 @@ import sys
 import threading
 import time
 
+# ``_Formatter.line`` writes the same fields in an f-string: change both (tests/test_logs.py compares them).
 FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # One write carries whole lines of at most this many bytes (a line that is not ASCII counted as four
 # bytes a character): the kernel writes that much to a pipe at once, and the lines of workers sharing
 # stderr never mix.
 BATCH_BYTES = select.PIPE_BUF
+# The milliseconds of a line's time, formatted once.
+_MILLISECONDS = [f"{n:03d}" for n in range(1000)]
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("seproxy_request_id", default="-")
 
@@ -58,9 +61,6 @@ class _Formatter(logging.Formatter):
         created = time.time()
         asctime = self._time_of_day(created, int((created - int(created)) * 1000))
         return f"{asctime} {logging.getLevelName(level)} {self._worker}{name} [{request_id.get()}] {message}"
-
-
-_MILLISECONDS = [f"{n:03d}" for n in range(1000)]
 
 
 def _skip_what_no_line_shows() -> None:
