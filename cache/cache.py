@@ -60,6 +60,11 @@ _MOST_CLAIMED = 2**63 - 1
 # a few entries reads about one page; a large one reads page after page.
 _EVICTION_PAGE = 128
 
+# Seconds to which a hit keeps an entry's last access (the LRU's key): a file that jobs ask for
+# many times a second is written to the index about once a second, not once a hit, and the
+# service's processes do not queue for the index's write lock to record it.
+_ACCESS_RESOLUTION = 1.0
+
 # What a new entry says unless its kind of writing tells (an upload has no source SE, ...).
 _NEW_ENTRY: dict[str, Any] = {
     "se": None, "source_path": None, "owner": None, "name": None, "pinned_until": 0.0, "upload_pending": False,
@@ -222,13 +227,10 @@ class Cache:
 
         def work() -> Entry:
             with self._locks.hold(_staging_lock(se, path)):
-                now = time.time()
                 cached = self._index.find_source(se, path)
-                hit = cached is not None and not force
-                self.on_count("hit" if hit else "miss", 1)
-                if cached is not None and hit:
-                    self._index.touch(cached.id, now)
-                    return replace(cached, last_access=now)
+                if cached is not None and not force:
+                    return self._hit(cached)  # staged by another process while this one waited
+                self.on_count("miss", 1)
                 with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
                     fetch(writer)
                 if cached is not None:
@@ -236,7 +238,18 @@ class Cache:
                 assert writer.entry is not None
                 return writer.entry
 
+        cached = None if force else self._index.find_source(se, path)
+        if cached is not None:
+            return self._hit(cached)  # a committed copy: no staging to share or lock to take
         return self._stagings.run((se, path), work)
+
+    def _hit(self, cached: Entry) -> Entry:
+        self.on_count("hit", 1)
+        now = time.time()
+        if now - cached.last_access < _ACCESS_RESOLUTION:
+            return cached
+        self._index.touch(cached.id, now)
+        return replace(cached, last_access=now)
 
     @_full_index_is_enospc
     def begin_upload(

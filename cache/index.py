@@ -196,6 +196,7 @@ _FIELDS = (
 _RECORDED_DIGESTS = ("adler32", "md5", "sha256")
 _COLUMNS = ", ".join(_FIELDS)
 _ENTRY_COLUMNS = ", ".join(f"e.{field}" for field in _FIELDS)
+_ALIAS_OF = "SELECT entry_id FROM aliases WHERE owner = ? AND name = ?"
 # An entry is in use while any lease on it has not expired (dead holders'
 # leases are removed by reap_leases before this matters).
 _IN_USE = "EXISTS (SELECT 1 FROM leases l WHERE l.entry_id = e.id AND l.expires > :now)"
@@ -569,8 +570,11 @@ class Index:
     def set_alias(self, owner: str, name: str, entry_id: str) -> str | None:
         """Point (owner, name) at an existing entry (``KeyError`` if there is none);
         return the entry it pointed at before."""
+        # Mostly a job asking again for the file it asked for before: a read, and no write to queue for.
+        if self._rows(_ALIAS_OF, (owner, name)) == [(entry_id,)]:
+            return entry_id
         with self.transaction():
-            before = self._rows("SELECT entry_id FROM aliases WHERE owner = ? AND name = ?", (owner, name))
+            before = self._rows(_ALIAS_OF, (owner, name))
             added = self._db.execute(
                 "INSERT INTO aliases (owner, name, entry_id) SELECT ?, ?, id FROM entries WHERE id = ?"
                 " ON CONFLICT (owner, name) DO UPDATE SET entry_id = excluded.entry_id",

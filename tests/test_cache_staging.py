@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -104,6 +105,39 @@ def test_a_cached_source_is_not_fetched_again(cache: Cache) -> None:
     forced = cache.stage("SE", "/f", source(b"two"), force=True)
     assert forced.id != first.id and forced.path.read_bytes() == b"two"
     assert cache.get(first.id) is None and not first.path.exists()
+
+
+def test_a_hit_and_an_alias_named_again_do_not_wait_for_the_index_write_lock(cache: Cache) -> None:
+    # Thousands of jobs ask for one cached file: each hit must not queue behind the index's writers
+    # (another process's staging, an eviction), as a write per hit would.
+    entry = cache.stage("SE", "/hot", source(b"hot"))
+    cache.set_alias("alice", "getFile/hot", entry.id)
+    writer = sqlite3.connect(cache.layout.index, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # held as a writer in another process would hold it
+    answered: list[object] = []
+
+    def ask() -> None:
+        answered.append(cache.stage("SE", "/hot", source(b"not again")))
+        answered.append(cache.set_alias("alice", "getFile/hot", entry.id))
+
+    try:
+        asker = threading.Thread(target=ask)
+        asker.start()
+        asker.join(timeout=5)
+        assert not asker.is_alive(), "a hit waited for the index's write lock"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert answered == [entry, None]
+
+
+def test_a_hit_after_a_while_moves_the_entry_up_the_lru(cache: Cache) -> None:
+    entry = cache.stage("SE", "/old", source(b"old"))
+    with sqlite3.connect(cache.layout.index) as db:
+        db.execute("UPDATE entries SET last_access = last_access - 3600 WHERE id = ?", (entry.id,))
+    hit = cache.stage("SE", "/old", source(b"not again"))
+    assert hit.id == entry.id and hit.last_access >= entry.last_access
+    assert cache.get(entry.id).last_access == hit.last_access  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
