@@ -229,7 +229,7 @@ class Cache:
             with self._locks.hold(_staging_lock(se, path)):
                 cached = self._index.find_source(se, path)
                 if cached is not None and not force:
-                    return self._hit(cached)  # staged by another process while this one waited
+                    return self.hit(cached)  # staged by another process while this one waited
                 self.on_count("miss", 1)
                 with self._writing("staged", se=se, source_path=path, owner=owner, name=name) as writer:
                     fetch(writer)
@@ -240,10 +240,12 @@ class Cache:
 
         cached = None if force else self._index.find_source(se, path)
         if cached is not None:
-            return self._hit(cached)  # a committed copy: no staging to share or lock to take
+            return self.hit(cached)  # a committed copy: no staging to share or lock to take
         return self._stagings.run((se, path), work)
 
-    def _hit(self, cached: Entry) -> Entry:
+    def hit(self, cached: Entry) -> Entry:
+        """``cached`` (a committed entry ``lookup`` found) served instead of a staging: counted as a
+        hit, and its last access kept."""
         self.on_count("hit", 1)
         now = time.time()
         if now - cached.last_access < _ACCESS_RESOLUTION:

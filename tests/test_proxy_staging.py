@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from fixtures.proxy import (
@@ -47,6 +48,16 @@ def test_missing_files_and_directories_are_not_staged(proxy: ProxyService, plugi
     ok(proxy.operation(se, "createDirectory", directory))
     assert directory in refused(proxy.call("prepareFile", se, f"{directory}/nothing"), errno.ENOENT)
     refused(proxy.call("prepareFile", se, directory), errno.EISDIR)
+
+
+def test_a_symlink_leading_out_of_a_local_element_is_not_staged(proxy: ProxyService, tmp_path: Path) -> None:
+    # The cache is looked up by the path's text; the storage, asked on a miss, sees where it leads.
+    place = proxy.place("file")
+    (tmp_path / "secret.dat").write_bytes(b"secret")
+    name = unique("escape")
+    (place.root / name).symlink_to(tmp_path / "secret.dat")
+    assert "leads outside" in refused(proxy.call("prepareFile", place.name, f"/{name}"), errno.EPERM)
+    assert not [entry for entry in proxy.cache_entries(se=place.name) if entry.source_path == f"/{name}"]
 
 
 def test_concurrent_stagings_of_one_file_share_one_download(

@@ -131,7 +131,9 @@ class Stager:
         ``unverified`` is set is a copy that could not be revalidated: its
         source was unreachable (stale-if-error).
         """
-        element, path, _cached, force = self._source(caller, se, pfn, revalidate)
+        element, path, cached, force = self._source(caller, se, pfn, revalidate)
+        if cached is not None and not force:
+            return self.cache.hit(cached)
         return self._until_staged(element, path, caller.username, name, force)
 
     def open(self, caller: Caller, se: str, pfn: str, *, name: str | None = None, revalidate: bool = False) -> Entry | Growing:
@@ -143,7 +145,7 @@ class Stager:
         """
         element, path, cached, force = self._source(caller, se, pfn, revalidate)
         if cached is not None and not force:
-            return self._until_staged(element, path, caller.username, name, False)  # a hit: no fetch
+            return self.cache.hit(cached)  # no fetch
         growing = self.cache.growing(se, path)
         if growing is not None:
             return growing  # another process (or a prepareFile here) stages it: no thread of ours waits for it
@@ -167,23 +169,25 @@ class Stager:
         return lambda: self.cache.growing_entry(growing.entry_id) is not None
 
     def _source(self, caller: Caller, se: str, pfn: str, revalidate: bool) -> tuple[StorageElement, str, Entry | None, bool]:
-        """The element and clean path of a file ``caller`` may stage, its cached copy, and whether
-        that copy must be staged again (it changed at its source)."""
+        """The element and clean path of a file ``caller`` may stage, its cached copy (as the index has
+        it now: a revalidation is recorded in it), and whether that copy must be staged again (it
+        changed at its source)."""
         element = self.element(caller, se)
-        path = element.normalize(pfn)
+        # A fresh copy is served without asking the storage; whatever asks it checks the path there too.
+        path = element.clean_path(pfn)
         check_access(se, caller, (Access.READ, Access.STAGE), path)
         cached = self.cache.lookup(se, path)
         if cached is not None and not revalidate and time.time() - cached.fresh_since < self.revalidate_after:
             return element, path, cached, False
         source = self._ask_source(element, path, cached)
         if source is None:
-            return element, path, cached, False
+            return element, path, self.cache.get(cached.id) if cached else None, False
         if source.is_dir:
             raise IsADirectoryError(errno.EISDIR, f"{se}: {path}: is a directory, not a file")
-        force = cached is not None and stale(cached, source)
-        if cached is not None and not force:
-            self.cache.record_check(cached.id)
-        return element, path, cached, force
+        if cached is None or stale(cached, source):
+            return element, path, cached, cached is not None
+        self.cache.record_check(cached.id)
+        return element, path, self.cache.get(cached.id), False
 
     def _ask_source(self, element: StorageElement, path: str, cached: Entry | None) -> FileInfo | None:
         """What the storage tells of ``path``; None when it cannot be asked and ``cached`` is served

@@ -149,7 +149,12 @@ class StorageElement(ABC):
     # -- paths -------------------------------------------------------------
 
     def normalize(self, pfn: str) -> str:
-        """The clean absolute path inside the element for a path or for a URL of this element."""
+        """The clean absolute path inside the element for a path or for a URL of this element, where
+        every operation on the storage goes (a plugin may check more than the text: a symlink)."""
+        return self.clean_path(pfn)
+
+    def clean_path(self, pfn: str) -> str:
+        """``normalize`` from the text alone: the cache's key, found without asking the storage."""
         if not isinstance(pfn, str):
             raise self._refused(repr(pfn), "a path must be a string")
         self._check_text(pfn)

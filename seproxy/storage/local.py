@@ -34,7 +34,7 @@ class LocalStorage(StorageElement):
     base_form = "an absolute directory such as /storage/se1"
 
     def normalize(self, pfn: str) -> str:
-        path = super().normalize(pfn)
+        path = self.clean_path(pfn)
         self._resolve(path)
         return path
 
